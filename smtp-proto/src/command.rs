@@ -1,0 +1,236 @@
+//! Parsed SMTP/LMTP commands (RFC 5321 §4.1, RFC 2033, RFC 3207, RFC 4954, RFC 3030).
+//!
+//! Every value borrows from the command line it was parsed from: parsing
+//! never allocates. The grammar lives in [`crate::parse`].
+
+/// One parsed command line (without its CRLF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `HELO domain` (RFC 5321 §4.1.1.1).
+    Helo {
+        /// The client's claimed identity: a domain or an address literal, as sent.
+        domain: &'a str,
+    },
+    /// `EHLO domain` (RFC 5321 §4.1.1.1).
+    Ehlo {
+        /// The client's claimed identity: a domain or an address literal, as sent.
+        domain: &'a str,
+    },
+    /// `LHLO domain` (RFC 2033 §4.1).
+    Lhlo {
+        /// The client's claimed identity: a domain or an address literal, as sent.
+        domain: &'a str,
+    },
+    /// `MAIL FROM:<reverse-path> [params]` (RFC 5321 §4.1.1.2).
+    Mail {
+        /// The reverse path; `<>` is [`ReversePath::Null`].
+        from: ReversePath<'a>,
+        /// ESMTP parameters.
+        params: MailParams<'a>,
+    },
+    /// `RCPT TO:<forward-path> [params]` (RFC 5321 §4.1.1.3).
+    Rcpt {
+        /// The forward path.
+        to: ForwardPath<'a>,
+        /// ESMTP parameters.
+        params: RcptParams<'a>,
+    },
+    /// `DATA` (RFC 5321 §4.1.1.4).
+    Data,
+    /// `BDAT size [LAST]` (RFC 3030).
+    Bdat {
+        /// Exact number of octets that follow the command line.
+        size: u64,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// `RSET` (RFC 5321 §4.1.1.5).
+    Rset,
+    /// `NOOP [string]` (RFC 5321 §4.1.1.9).
+    Noop,
+    /// `QUIT` (RFC 5321 §4.1.1.10).
+    Quit,
+    /// `VRFY string` (RFC 5321 §4.1.1.6).
+    Vrfy {
+        /// The argument, as sent (trimmed).
+        arg: &'a str,
+    },
+    /// `EXPN string` (RFC 5321 §4.1.1.7).
+    Expn {
+        /// The argument, as sent (trimmed).
+        arg: &'a str,
+    },
+    /// `HELP [string]` (RFC 5321 §4.1.1.8).
+    Help {
+        /// The optional topic.
+        topic: Option<&'a str>,
+    },
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The SASL mechanism name, as sent (compare case-insensitively).
+        mechanism: &'a str,
+        /// The initial response: base64 text, or `=` for an empty one.
+        initial: Option<&'a str>,
+    },
+}
+
+impl Command<'_> {
+    /// The command verb in upper case, for logs and sequence checks.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Helo { .. } => "HELO",
+            Command::Ehlo { .. } => "EHLO",
+            Command::Lhlo { .. } => "LHLO",
+            Command::Mail { .. } => "MAIL",
+            Command::Rcpt { .. } => "RCPT",
+            Command::Data => "DATA",
+            Command::Bdat { .. } => "BDAT",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Vrfy { .. } => "VRFY",
+            Command::Expn { .. } => "EXPN",
+            Command::Help { .. } => "HELP",
+            Command::StartTls => "STARTTLS",
+            Command::Auth { .. } => "AUTH",
+        }
+    }
+}
+
+/// A mailbox `local-part@domain` (RFC 5321 §4.1.2), borrowed as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mailbox<'a> {
+    /// The whole mailbox text between the angle brackets, source route removed.
+    pub raw: &'a str,
+    /// The local part as sent: a dot-string, or a quoted string with its quotes.
+    pub local_part: &'a str,
+    /// The domain as sent: a domain name, or an address literal with its brackets.
+    pub domain: &'a str,
+}
+
+impl Mailbox<'_> {
+    /// Whether the domain is an address literal (`[192.0.2.1]`, `[IPv6:...]`).
+    pub fn is_address_literal(&self) -> bool {
+        self.domain.starts_with('[')
+    }
+
+    /// Whether any part of the mailbox is non-ASCII (needs SMTPUTF8, RFC 6531).
+    pub fn is_utf8(&self) -> bool {
+        !self.raw.is_ascii()
+    }
+}
+
+/// The argument of `MAIL FROM:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversePath<'a> {
+    /// The null reverse path `<>` (bounces, DSNs).
+    Null,
+    /// A sender mailbox.
+    Mailbox(Mailbox<'a>),
+}
+
+/// The argument of `RCPT TO:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardPath<'a> {
+    /// The special `<Postmaster>` without a domain (any case), always valid (RFC 5321 §4.1.1.3).
+    Postmaster,
+    /// A recipient mailbox.
+    Mailbox(Mailbox<'a>),
+}
+
+/// The `BODY=` parameter of MAIL (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    /// `BODY=7BIT`.
+    #[default]
+    SevenBit,
+    /// `BODY=8BITMIME` (RFC 6152).
+    EightBitMime,
+    /// `BODY=BINARYMIME` (RFC 3030; requires BDAT).
+    BinaryMime,
+}
+
+/// The `RET=` parameter of MAIL (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// `RET=FULL`: return the full message in a DSN.
+    Full,
+    /// `RET=HDRS`: return only the headers.
+    Hdrs,
+}
+
+/// The `NOTIFY=` parameter of RCPT (RFC 3461 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notify {
+    /// `NEVER` was given (then the three flags are false).
+    pub never: bool,
+    /// `SUCCESS` was given.
+    pub success: bool,
+    /// `FAILURE` was given.
+    pub failure: bool,
+    /// `DELAY` was given.
+    pub delay: bool,
+}
+
+/// ESMTP parameters of MAIL FROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailParams<'a> {
+    /// `SIZE=n` (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152 / RFC 3030).
+    pub body: Option<BodyType>,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+    /// `RET=` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// `ENVID=` as sent (xtext-encoded, RFC 3461 §4.4).
+    pub envid: Option<&'a str>,
+    /// `AUTH=` as sent (xtext mailbox or `<>`, RFC 4954 §5).
+    pub auth: Option<&'a str>,
+    /// `REQUIRETLS` (RFC 8689).
+    pub requiretls: bool,
+}
+
+/// ESMTP parameters of RCPT TO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RcptParams<'a> {
+    /// `NOTIFY=` (RFC 3461 §4.1).
+    pub notify: Option<Notify>,
+    /// `ORCPT=` as sent: `addr-type;xtext` (RFC 3461 §4.2).
+    pub orcpt: Option<&'a str>,
+}
+
+/// Why a command line could not be parsed. Each maps to one exact reply
+/// (see [`crate::reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// The verb is not a known command: `500 5.5.2`.
+    UnknownCommand,
+    /// The arguments do not follow the command's grammar: `501 5.5.4`.
+    Syntax,
+    /// The reverse path of MAIL is not a valid address: `501 5.1.7`.
+    BadSender,
+    /// The forward path of RCPT is not a valid address: `501 5.1.3`.
+    BadRecipient,
+    /// An ESMTP parameter is not known (or given twice): `555 5.5.4`.
+    UnknownParameter,
+    /// A known parameter has an invalid value: `501 5.5.4`.
+    BadParameterValue,
+    /// A non-ASCII address without SMTPUTF8: `553 5.6.7`.
+    Utf8NotPermitted,
+}
+
+/// Options that change how a command line is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParseOptions {
+    /// Non-ASCII addresses are allowed in RCPT (the transaction's MAIL carried
+    /// `SMTPUTF8`). For MAIL itself, the `SMTPUTF8` parameter on the same line
+    /// decides.
+    pub utf8_addresses: bool,
+    /// Accept common real-world address defects: a local part with a leading,
+    /// trailing or doubled dot (`local.@domain`), and a space after the colon
+    /// (`MAIL FROM: <a@b>`). Strict by default.
+    pub lenient: bool,
+}

@@ -1,0 +1,228 @@
+//! Session configuration: identity, extensions, policies, limits, timeouts.
+//!
+//! A [`Config`] is shared by every session of a server (`Arc<Config>`); start
+//! from [`Config::default`] and change fields.
+
+use std::time::Duration;
+
+use crate::sasl::Mechanism;
+
+/// Which ESMTP extensions EHLO/LHLO advertises (and so which the session accepts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Extensions {
+    /// PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// SIZE (RFC 1870); the figure is [`Limits::max_message_size`].
+    pub size: bool,
+    /// 8BITMIME (RFC 6152).
+    pub eightbitmime: bool,
+    /// ENHANCEDSTATUSCODES (RFC 2034); replies carry RFC 3463 codes only when on.
+    pub enhanced_status_codes: bool,
+    /// SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// CHUNKING, the BDAT command (RFC 3030).
+    pub chunking: bool,
+    /// BINARYMIME (RFC 3030); needs `chunking`.
+    pub binarymime: bool,
+    /// DSN (RFC 3461): RET, ENVID, NOTIFY, ORCPT.
+    pub dsn: bool,
+    /// REQUIRETLS (RFC 8689), advertised only under TLS.
+    pub requiretls: bool,
+    /// LIMITS (RFC 9422): advertises `RCPTMAX`.
+    pub limits: bool,
+    /// HELP in the EHLO list and the HELP command.
+    pub help: bool,
+    /// STARTTLS (RFC 3207): set when the caller can upgrade; offered only before TLS.
+    pub starttls: bool,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Extensions {
+            pipelining: true,
+            size: true,
+            eightbitmime: true,
+            enhanced_status_codes: true,
+            smtputf8: true,
+            chunking: true,
+            binarymime: true,
+            dsn: true,
+            requiretls: false,
+            limits: true,
+            help: true,
+            starttls: false,
+        }
+    }
+}
+
+/// AUTH (RFC 4954) policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct AuthPolicy {
+    /// Mechanisms offered; empty means AUTH is off.
+    pub mechanisms: Vec<Mechanism>,
+    /// Offer and accept AUTH on a connection without TLS (off by default:
+    /// credentials would cross the network in clear text).
+    pub allow_plaintext: bool,
+    /// MAIL is refused (`530 5.7.0`) until the client authenticated.
+    pub required: bool,
+}
+
+/// What to do with a message whose line endings are not CRLF, or whose lines
+/// are too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentPolicy {
+    /// Reject the whole message after its end (nothing is delivered).
+    #[default]
+    Reject,
+    /// Accept it as it is.
+    Accept,
+}
+
+/// What to do about protocol hygiene violations (input before the greeting,
+/// improper pipelining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViolationPolicy {
+    /// Report them as [`crate::server::Event::Violation`] and go on.
+    #[default]
+    Report,
+    /// Report them, answer `554 5.5.0` and close the connection.
+    Disconnect,
+}
+
+/// Size limits; every buffer the session keeps is bounded by these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512). AUTH
+    /// response lines may be up to 12288 octets (RFC 4954 §4).
+    pub max_command_line: usize,
+    /// Longest text line in a message, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
+    pub max_text_line: usize,
+    /// What to do with longer text lines.
+    pub long_lines: ContentPolicy,
+    /// What to do with a bare LF or bare CR in a message (SMTP smuggling).
+    pub bare_line_endings: ContentPolicy,
+    /// Largest message in octets; 0 means no limit (then SIZE is advertised without a figure).
+    pub max_message_size: u64,
+    /// Most accepted recipients per transaction (RFC 5321 §4.5.3.1.8: at least 100).
+    pub max_recipients: usize,
+    /// Errors after which every reply is delayed (the caller sleeps
+    /// [`Limits::error_delay`]); Postfix's soft error limit.
+    pub soft_error_limit: u32,
+    /// Delay asked for per error once past the soft limit.
+    pub error_delay: Duration,
+    /// Errors after which the session answers `421 4.7.0` and closes.
+    pub hard_error_limit: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands (and RCPTs past the recipient
+    /// limit) allowed before each further one counts as an error.
+    pub junk_command_limit: u32,
+    /// Size of the input buffer (bytes read but not yet processed).
+    pub input_buffer: usize,
+    /// Replies waiting to be written beyond which the session stops reading
+    /// (a client that does not read replies is paused, not buffered forever).
+    pub max_pending_output: usize,
+    /// Messages per session; 0 means no limit. Past it, MAIL gets `421 4.7.0`.
+    pub max_messages: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_command_line: 512,
+            max_text_line: 1000,
+            long_lines: ContentPolicy::Reject,
+            bare_line_endings: ContentPolicy::Reject,
+            max_message_size: 35 * 1024 * 1024,
+            max_recipients: 100,
+            soft_error_limit: 10,
+            error_delay: Duration::from_secs(1),
+            hard_error_limit: 20,
+            junk_command_limit: 100,
+            input_buffer: 16 * 1024,
+            max_pending_output: 64 * 1024,
+            max_messages: 0,
+        }
+    }
+}
+
+/// Server timeouts (RFC 5321 §4.5.3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Waiting for the next complete command (RFC: 5 minutes). A deadline:
+    /// partial bytes do not move it.
+    pub command: Duration,
+    /// Waiting for the next complete line of a DATA body or the next BDAT
+    /// octets (RFC: 3 minutes per data block).
+    pub data: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(300),
+            data: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Everything a session needs to know that does not change per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Our host name, in the greeting, the EHLO reply and the Received header.
+    pub hostname: String,
+    /// Text after the host name in the 220 greeting.
+    pub greeting: String,
+    /// LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient after the body.
+    pub lmtp: bool,
+    /// Advertised extensions.
+    pub extensions: Extensions,
+    /// AUTH policy.
+    pub auth: AuthPolicy,
+    /// MAIL, RCPT, DATA, BDAT and AUTH are refused with `530 5.7.0` before TLS.
+    pub require_tls: bool,
+    /// Expect a HAProxy PROXY protocol (v1 or v2) header before anything else.
+    pub proxy_protocol: bool,
+    /// Accept common malformed addresses (`local.@domain`, missing brackets).
+    pub lenient_addresses: bool,
+    /// MAIL before HELO/EHLO is refused (`503 5.5.1`). On by default (RFC 5321 §4.1.4).
+    pub require_helo: bool,
+    /// What to do about hygiene violations.
+    pub violations: ViolationPolicy,
+    /// Limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: "localhost".into(),
+            greeting: "ESMTP ready".into(),
+            lmtp: false,
+            extensions: Extensions::default(),
+            auth: AuthPolicy::default(),
+            require_tls: false,
+            proxy_protocol: false,
+            lenient_addresses: false,
+            require_helo: true,
+            violations: ViolationPolicy::Report,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A default configuration with the given host name.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Config {
+            hostname: hostname.into(),
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The application side: an async [`Handler`] trait and the [`Dispatcher`]
+//! that feeds a [`Session`]'s events to it.
+//!
+//! This module is runtime-agnostic (futures only): every adapter runs the
+//! same dispatch, so handlers behave the same on tokio, smol, async-std and
+//! threads. Unlike [`crate::server`], it may read the system clock (for the
+//! `Received:` header's date).
+//!
+//! The handler hooks mirror the classic server APIs: Tcl smtpd's
+//! `validate_host` ([`Handler::connect`]), `validate_sender`
+//! ([`Handler::mail`]), `validate_recipient` ([`Handler::rcpt`]) and
+//! `deliver` ([`Handler::message`]); Pike's DATA callback gets the parsed MIME
+//! message ([`Message::parsed`]), the sender, the recipients and the raw data.
+//!
+//! Every hook has a default: accept (AUTH's default refuses, so that a server
+//! never accepts any password by accident).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use smtp_proto::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+//! use smtp_proto::server::Decision;
+//! use smtp_proto::reply::Reply;
+//!
+//! struct OnlyExampleOrg;
+//!
+//! impl Handler for OnlyExampleOrg {
+//!     async fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
+//!         if to.address.to_ascii_lowercase().ends_with("@example.org") {
+//!             Decision::Accept
+//!         } else {
+//!             Reply::RELAY_DENIED.into()
+//!         }
+//!     }
+//!     async fn message(&self, _s: &SessionInfo, env: &Envelope, msg: &Message) -> MessageDecision {
+//!         let subject = msg.parsed().and_then(|m| m.subject().map(str::to_owned));
+//!         let _ = (env.recipients.len(), subject);
+//!         Decision::Accept.into()
+//!     }
+//! }
+//! # let _ = Arc::new(OnlyExampleOrg);
+//! ```
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+
+use crate::command::{BodyType, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath};
+use crate::reply::Reply;
+use crate::sasl::Credentials;
+use crate::server::{CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket};
+
+/// What a handler knows about the session when a hook runs.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// A server-unique id (for logs and the Received header).
+    pub id: String,
+    /// The peer (after the PROXY header, if any).
+    pub peer: PeerInfo,
+    /// The HELO/EHLO/LHLO name, once accepted.
+    pub helo: Option<String>,
+    /// Whether the connection is under TLS.
+    pub tls: bool,
+    /// The authenticated user, if any.
+    pub authenticated: Option<String>,
+}
+
+impl SessionInfo {
+    fn refresh(&mut self, s: &Session) {
+        self.peer.clone_from(s.peer());
+        self.tls = s.is_tls();
+        match (s.helo_name(), &mut self.helo) {
+            (Some(n), Some(h)) if h == n => {}
+            (n, h) => *h = n.map(str::to_owned),
+        }
+        match (s.authenticated(), &mut self.authenticated) {
+            (Some(n), Some(h)) if h == n => {}
+            (n, h) => *h = n.map(str::to_owned),
+        }
+    }
+}
+
+/// The MAIL FROM parameters, owned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailOptions {
+    /// `SIZE=`.
+    pub size: Option<u64>,
+    /// `BODY=`.
+    pub body: BodyType,
+    /// `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// `RET=`.
+    pub ret: Option<Ret>,
+    /// `ENVID=` (xtext, as sent).
+    pub envid: Option<String>,
+    /// `AUTH=` (as sent).
+    pub auth: Option<String>,
+    /// `REQUIRETLS`.
+    pub requiretls: bool,
+}
+
+impl From<&MailParams<'_>> for MailOptions {
+    fn from(p: &MailParams<'_>) -> Self {
+        MailOptions {
+            size: p.size,
+            body: p.body.unwrap_or_default(),
+            smtputf8: p.smtputf8,
+            ret: p.ret,
+            envid: p.envid.map(str::to_owned),
+            auth: p.auth.map(str::to_owned),
+            requiretls: p.requiretls,
+        }
+    }
+}
+
+/// One accepted recipient, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as sent (`Postmaster` for the bare `<Postmaster>`).
+    pub address: String,
+    /// `NOTIFY=`.
+    pub notify: Option<Notify>,
+    /// `ORCPT=` as sent.
+    pub orcpt: Option<String>,
+}
+
+/// The transaction's envelope: sender and accepted recipients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse path; empty for the null sender `<>`.
+    pub from: String,
+    /// MAIL parameters.
+    pub options: MailOptions,
+    /// Accepted recipients, in order.
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// The recipient addresses (Python smtpd's `rcpttos`).
+    pub fn recipient_addresses(&self) -> impl Iterator<Item = &str> {
+        self.recipients.iter().map(|r| r.address.as_str())
+    }
+}
+
+/// Text of a reverse path (`""` for `<>`).
+pub fn reverse_path_text(p: &ReversePath<'_>) -> String {
+    match p {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(m) => m.raw.to_owned(),
+    }
+}
+
+/// Text of a forward path (`Postmaster` for the bare form).
+pub fn forward_path_text(p: &ForwardPath<'_>) -> String {
+    match p {
+        ForwardPath::Postmaster => "Postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.raw.to_owned(),
+    }
+}
+
+/// A received message: the raw bytes, the trace header, and a parsed view.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The message exactly as received (dot-unstuffed, CRLF line ends).
+    pub data: Vec<u8>,
+    /// The `Received:` header this server adds (prepend it when storing or relaying).
+    pub trace: Vec<u8>,
+}
+
+impl Message {
+    /// The MIME structure, parsed by mail-parser; `None` if it is not a message at all.
+    pub fn parsed(&self) -> Option<mail_parser::Message<'_>> {
+        mail_parser::MessageParser::default().parse(&self.data)
+    }
+}
+
+/// The answer to a message: one decision for all, or one per recipient
+/// (LMTP; in SMTP one refusal refuses the message for everyone, since
+/// SMTP cannot answer per recipient after the body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageDecision {
+    /// The same answer for every recipient.
+    All(Decision),
+    /// One answer per accepted recipient, in order.
+    PerRecipient(Vec<Decision>),
+}
+
+impl From<Decision> for MessageDecision {
+    fn from(d: Decision) -> Self {
+        MessageDecision::All(d)
+    }
+}
+
+impl From<Reply> for MessageDecision {
+    fn from(r: Reply) -> Self {
+        MessageDecision::All(Decision::Reply(r))
+    }
+}
+
+/// The application's hooks. Every method has a default (accept; AUTH refuses).
+///
+/// Methods are `async`; the futures must be `Send` so adapters can run
+/// sessions on multi-threaded runtimes. A panic in a hook ends that session
+/// with `421 4.3.0`, never the server.
+pub trait Handler: Send + Sync + 'static {
+    /// A client connected (Tcl smtpd's `validate_host`).
+    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
+        let _ = session;
+        async { Decision::Accept }
+    }
+
+    /// HELO, EHLO or LHLO.
+    fn helo(
+        &self,
+        session: &SessionInfo,
+        kind: HeloKind,
+        name: &str,
+    ) -> impl Future<Output = Decision> + Send {
+        let _ = (session, kind, name);
+        async { Decision::Accept }
+    }
+
+    /// MAIL FROM (Tcl smtpd's `validate_sender`); `from` is empty for `<>`.
+    fn mail(
+        &self,
+        session: &SessionInfo,
+        from: &str,
+        options: &MailOptions,
+    ) -> impl Future<Output = Decision> + Send {
+        let _ = (session, from, options);
+        async { Decision::Accept }
+    }
+
+    /// RCPT TO (Tcl smtpd's `validate_recipient`); `envelope` holds the
+    /// sender and the recipients accepted so far; `to.address` is the address.
+    fn rcpt(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        to: &Recipient,
+    ) -> impl Future<Output = Decision> + Send {
+        let _ = (session, envelope, to);
+        async { Decision::Accept }
+    }
+
+    /// VRFY/EXPN. The default answers `252 2.5.0`.
+    fn verify(
+        &self,
+        session: &SessionInfo,
+        arg: &str,
+        expand: bool,
+    ) -> impl Future<Output = Decision> + Send {
+        let _ = (session, arg, expand);
+        async { Decision::Accept }
+    }
+
+    /// AUTH credentials. The default refuses (`535 5.7.8`).
+    fn auth(
+        &self,
+        session: &SessionInfo,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Decision> + Send {
+        let _ = (session, credentials);
+        async { Decision::Reply(Reply::AUTH_FAILED) }
+    }
+
+    /// A complete message (Tcl smtpd's `deliver`, Python smtpd's
+    /// `process_message`). Store it durably before accepting: a 250 means
+    /// the message is safe.
+    fn message(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> impl Future<Output = MessageDecision> + Send {
+        let _ = (session, envelope, message);
+        async { MessageDecision::All(Decision::Accept) }
+    }
+
+    /// The session ended (for cleanup and metrics).
+    fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
+        let _ = (session, reason);
+    }
+}
+
+/// What [`Dispatcher::drive`] stopped for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Write [`Session::transmit`], then read more input.
+    Idle,
+    /// Write [`Session::transmit`], then do the TLS handshake and call
+    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    StartTls,
+    /// Wait this long, then call `drive` again (soft error limit).
+    Throttle(Duration),
+    /// Write [`Session::transmit`], then close the connection.
+    Closed,
+}
+
+/// Feeds a session's events to a [`Handler`] and answers its decisions.
+#[derive(Debug)]
+pub struct Dispatcher<H> {
+    handler: Arc<H>,
+    info: SessionInfo,
+    envelope: Envelope,
+    body: Vec<u8>,
+    closed: bool,
+}
+
+impl<H: Handler> Dispatcher<H> {
+    /// A dispatcher for one session; `id` names the session in logs and headers.
+    pub fn new(handler: Arc<H>, id: impl Into<String>) -> Self {
+        Dispatcher {
+            handler,
+            info: SessionInfo {
+                id: id.into(),
+                ..SessionInfo::default()
+            },
+            envelope: Envelope::default(),
+            body: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// The session information as last seen.
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// Processes events until the session needs I/O. Runs the handler's
+    /// hooks; a panicking hook aborts the session with `421 4.3.0`.
+    pub async fn drive(&mut self, s: &mut Session) -> Drive {
+        loop {
+            let Some(event) = s.poll_event() else {
+                return if s.is_closed() {
+                    Drive::Closed
+                } else {
+                    Drive::Idle
+                };
+            };
+            match event {
+                Event::Connect { ticket, .. } => {
+                    self.info.refresh(s);
+                    let d = guarded(self.handler.connect(&self.info)).await;
+                    self.answer(s, ticket, d);
+                }
+                Event::Helo {
+                    ticket,
+                    kind,
+                    domain,
+                } => {
+                    let domain = domain.to_owned();
+                    self.info.refresh(s);
+                    let d = guarded(self.handler.helo(&self.info, kind, &domain)).await;
+                    self.answer(s, ticket, d);
+                }
+                Event::Mail {
+                    ticket,
+                    from,
+                    params,
+                } => {
+                    let from = reverse_path_text(&from);
+                    let options = MailOptions::from(&params);
+                    self.info.refresh(s);
+                    let d = guarded(self.handler.mail(&self.info, &from, &options)).await;
+                    if matches!(&d, Some(d) if is_accept(d)) {
+                        self.envelope = Envelope {
+                            from,
+                            options,
+                            recipients: Vec::new(),
+                        };
+                    }
+                    self.answer(s, ticket, d);
+                }
+                Event::Rcpt { ticket, to, params } => {
+                    let rcpt = recipient(&to, &params);
+                    self.info.refresh(s);
+                    let d = guarded(self.handler.rcpt(&self.info, &self.envelope, &rcpt)).await;
+                    if matches!(&d, Some(d) if is_accept(d)) {
+                        self.envelope.recipients.push(rcpt);
+                    }
+                    self.answer(s, ticket, d);
+                }
+                Event::Verify {
+                    ticket,
+                    arg,
+                    expand,
+                } => {
+                    let arg = arg.to_owned();
+                    let d = guarded(self.handler.verify(&self.info, &arg, expand)).await;
+                    self.answer(s, ticket, d);
+                }
+                Event::Auth {
+                    ticket,
+                    credentials,
+                } => {
+                    self.info.refresh(s);
+                    let d = guarded(self.handler.auth(&self.info, &credentials)).await;
+                    self.answer(s, ticket, d);
+                }
+                Event::BodyStart { .. } => self.body.clear(),
+                Event::Body(chunk) => self.body.extend_from_slice(chunk),
+                Event::MessageEnd { ticket, .. } => {
+                    self.info.refresh(s);
+                    let (ts, _) = unix_now();
+                    let only = match self.envelope.recipients.as_slice() {
+                        [one] => Some(one.address.as_str()),
+                        _ => None,
+                    };
+                    let trace = s.received_header(Some(&self.info.id), only, ts, 0);
+                    let message = Message {
+                        data: std::mem::take(&mut self.body),
+                        trace,
+                    };
+                    let envelope = std::mem::take(&mut self.envelope);
+                    let d = guarded(self.handler.message(&self.info, &envelope, &message)).await;
+                    let mut data = message.data;
+                    data.clear();
+                    self.body = data;
+                    match d {
+                        None => {
+                            s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
+                        }
+                        Some(d) => {
+                            let n = envelope.recipients.len().max(1);
+                            let decisions = per_recipient(d, n, s.config().lmtp);
+                            if let Err(e) = s.respond_each(ticket, decisions) {
+                                tracing::error!(error = %e, "message decision refused");
+                            }
+                        }
+                    }
+                }
+                Event::MessageAborted(reason) => {
+                    tracing::debug!(?reason, "message aborted");
+                    self.body.clear();
+                    self.envelope = Envelope::default();
+                }
+                Event::Reset => {
+                    self.body.clear();
+                    self.envelope = Envelope::default();
+                }
+                Event::StartTls => return Drive::StartTls,
+                Event::Violation(v) => tracing::info!(violation = ?v, "protocol violation"),
+                Event::Throttle(d) => return Drive::Throttle(d),
+                Event::Closing(reason) => {
+                    tracing::debug!(?reason, "session closing");
+                    if !self.closed {
+                        self.closed = true;
+                        self.info.refresh(s);
+                        let h = &self.handler;
+                        let info = &self.info;
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| h.disconnect(info, reason)))
+                            .is_err()
+                        {
+                            tracing::error!("handler panicked in disconnect");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, s: &mut Session, ticket: Ticket, d: Option<Decision>) {
+        match d {
+            Some(d) => {
+                if let Err(e) = s.respond(ticket, d) {
+                    tracing::error!(error = %e, "decision refused");
+                }
+            }
+            None => s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted),
+        }
+    }
+}
+
+fn is_accept(d: &Decision) -> bool {
+    match d {
+        Decision::Accept => true,
+        Decision::Reply(r) => r.code() < 400,
+    }
+}
+
+fn recipient(to: &ForwardPath<'_>, params: &RcptParams<'_>) -> Recipient {
+    Recipient {
+        address: forward_path_text(to),
+        notify: params.notify,
+        orcpt: params.orcpt.map(str::to_owned),
+    }
+}
+
+/// Turns a message decision into the decisions the session expects.
+fn per_recipient(d: MessageDecision, n: usize, lmtp: bool) -> Vec<Decision> {
+    match (d, lmtp) {
+        (MessageDecision::All(d), true) => vec![d; n],
+        (MessageDecision::All(d), false) => vec![d],
+        (MessageDecision::PerRecipient(mut v), true) => {
+            let fill = v
+                .last()
+                .cloned()
+                .unwrap_or(Decision::Reply(Reply::TEMPORARY_FAILURE));
+            v.resize(n, fill);
+            v
+        }
+        (MessageDecision::PerRecipient(v), false) => {
+            // SMTP has one reply per message: any refusal refuses it.
+            let refusal = v.iter().find(|d| !is_accept(d)).cloned();
+            vec![
+                refusal
+                    .or_else(|| v.into_iter().next())
+                    .unwrap_or(Decision::Accept),
+            ]
+        }
+    }
+}
+
+/// Runs a hook future, turning a panic into `None`.
+async fn guarded<T>(fut: impl Future<Output = T>) -> Option<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::error!("handler panicked; closing the session with 421");
+            None
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, and the UTC offset (always 0: no time zone database).
+fn unix_now() -> (i64, i16) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (secs, 0)
+}
