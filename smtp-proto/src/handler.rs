@@ -426,6 +426,7 @@ impl<H: Handler> Dispatcher<H> {
                         Some(d) => {
                             let n = envelope.recipients.len().max(1);
                             let decisions = per_recipient(d, n, s.config().lmtp);
+                            s.set_time(std::time::Instant::now());
                             if let Err(e) = s.respond_each(ticket, decisions) {
                                 tracing::error!(error = %e, "message decision refused");
                             }
@@ -465,6 +466,7 @@ impl<H: Handler> Dispatcher<H> {
     fn answer(&mut self, s: &mut Session, ticket: Ticket, d: Option<Decision>) {
         match d {
             Some(d) => {
+                s.set_time(std::time::Instant::now());
                 if let Err(e) = s.respond(ticket, d) {
                     tracing::error!(error = %e, "decision refused");
                 }

@@ -103,4 +103,6 @@ pub mod proxy;
 pub mod reply;
 pub mod sasl;
 pub mod server;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod trace;

@@ -505,7 +505,6 @@ pub struct Session {
     // Time.
     now: Instant,
     deadline: Option<Instant>,
-    deadline_stale: bool,
 }
 
 impl fmt::Debug for Session {
@@ -569,7 +568,6 @@ impl Session {
             shutting_down: false,
             now,
             deadline,
-            deadline_stale: false,
             config,
         }
     }
@@ -747,13 +745,6 @@ impl Session {
         if now < deadline {
             return;
         }
-        if self.deadline_stale {
-            // Armed from the last input time after a slow decision: give the
-            // client a full period from now instead.
-            self.deadline_stale = false;
-            self.arm_from(now, self.phase_timeout());
-            return;
-        }
         self.apply_release();
         if matches!(self.phase, Phase::Proxy) {
             self.close(CloseReason::Timeout);
@@ -762,6 +753,14 @@ impl Session {
         self.abort_body(AbortReason::Timeout);
         self.queue(&Reply::TIMEOUT);
         self.close(CloseReason::Timeout);
+    }
+
+    /// Tells the session the current time without other input. Call it
+    /// before answering a decision that took a while (an async handler):
+    /// the client's next deadline counts from the answer, not from the
+    /// command. [`crate::handler::Dispatcher`] does this.
+    pub fn set_time(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     /// When [`Session::handle_timeout`] must be called; `None` while a
@@ -994,28 +993,28 @@ impl Session {
     }
 
     /// Answers an LMTP [`Event::MessageEnd`] with one decision per accepted
-    /// recipient, in RCPT order (RFC 2033 §4.2). In SMTP mode the first
-    /// decision applies to the message.
+    /// recipient, in RCPT order (RFC 2033 §4.2). Any other decision (and an
+    /// SMTP message end) takes exactly one.
     pub fn respond_each(
         &mut self,
         ticket: Ticket,
         decisions: impl IntoIterator<Item = Decision>,
     ) -> Result<(), Misuse> {
         let decisions: Vec<Decision> = decisions.into_iter().collect();
-        let expected = if self.config.lmtp {
-            self.txn.recipients
-        } else {
-            1
+        let expected = match self.pending {
+            Some((seq, _)) if seq != ticket.seq => {
+                return Err(Misuse {
+                    ticket: Some(ticket),
+                    kind: MisuseKind::UnknownTicket,
+                });
+            }
+            Some((_, Pending::MessageEnd)) if self.config.lmtp => self.txn.recipients,
+            _ => 1,
         };
-        if !matches!(self.pending, Some((_, Pending::MessageEnd))) || decisions.len() != expected {
-            let kind = if self.pending.as_ref().is_some_and(|(s, _)| *s == ticket.seq) {
-                MisuseKind::WrongReplyCount
-            } else {
-                MisuseKind::UnknownTicket
-            };
+        if decisions.len() != expected {
             return Err(Misuse {
                 ticket: Some(ticket),
-                kind,
+                kind: MisuseKind::WrongReplyCount,
             });
         }
         let what = self.take_pending(ticket)?;
@@ -1040,9 +1039,8 @@ impl Session {
         if self.is_closed() {
             return;
         }
-        // The clock restarts for the client once we answered.
+        // The client's clock restarts once we answered.
         self.arm(self.config.timeouts.command);
-        self.deadline_stale = true;
         let decision = decisions.next().unwrap_or(Decision::Accept);
         let accepted = decision.accepted();
         let line = std::mem::take(&mut self.pending_line);
@@ -1315,8 +1313,12 @@ impl Session {
                 return Step::Continue;
             }
         }
+        let junk = matches!(cmd, Cmd::Rset | Cmd::Noop | Cmd::Verify | Cmd::Help);
         let outcome = self.command(cmd, more_input);
-        match outcome {
+        // Junk is counted after the command's own reply is queued.
+        let junk =
+            junk || matches!(&outcome, Outcome::Reply(r) if *r == Reply::TOO_MANY_RECIPIENTS);
+        let step = match outcome {
             Outcome::Decide(what) => {
                 self.pending_line = len;
                 let _t = self.new_ticket(what);
@@ -1345,7 +1347,11 @@ impl Session {
                 self.start += len;
                 Step::Emit(e)
             }
+        };
+        if junk && !self.is_closed() {
+            self.count_junk();
         }
+        step
     }
 
     /// Applies one parsed command to the state.
@@ -1399,7 +1405,6 @@ impl Session {
                     return Outcome::Error(Reply::UNKNOWN_PARAMETER);
                 }
                 if self.txn.recipients >= self.config.limits.max_recipients {
-                    self.count_junk();
                     return Outcome::Reply(Reply::TOO_MANY_RECIPIENTS);
                 }
                 Outcome::Decide(Pending::Rcpt)
@@ -1438,14 +1443,10 @@ impl Session {
                 Outcome::Done
             }
             Cmd::Rset => {
-                self.count_junk();
                 self.reset_transaction();
                 Outcome::Reply(Reply::RESET_OK)
             }
-            Cmd::Noop => {
-                self.count_junk();
-                Outcome::Reply(Reply::OK)
-            }
+            Cmd::Noop => Outcome::Reply(Reply::OK),
             Cmd::Quit => {
                 self.abort_body(AbortReason::Disconnected);
                 let r = Reply::new(221, EnhancedCode::new(2, 0, 0), "Bye");
@@ -1453,12 +1454,8 @@ impl Session {
                 self.close(CloseReason::Quit);
                 Outcome::Done
             }
-            Cmd::Verify => {
-                self.count_junk();
-                Outcome::Decide(Pending::Verify)
-            }
+            Cmd::Verify => Outcome::Decide(Pending::Verify),
             Cmd::Help => {
-                self.count_junk();
                 if self.ext.help {
                     Outcome::Reply(Reply::HELP)
                 } else {
@@ -1625,7 +1622,11 @@ impl Session {
                 }
                 if self.body_doomed() || end == start {
                     self.start += consumed;
-                    return Step::Continue;
+                    return if consumed == 0 {
+                        Step::Idle
+                    } else {
+                        Step::Continue
+                    };
                 }
                 let abs = self.start;
                 self.release = consumed;
@@ -1783,19 +1784,11 @@ impl Session {
         }
     }
 
-    fn phase_timeout(&self) -> Duration {
-        match self.phase {
-            Phase::Data | Phase::Bdat { .. } => self.config.timeouts.data,
-            _ => self.config.timeouts.command,
-        }
-    }
-
     fn arm(&mut self, d: Duration) {
         self.arm_from(self.now, d);
     }
 
     fn arm_from(&mut self, now: Instant, d: Duration) {
-        self.deadline_stale = false;
         self.deadline = now.checked_add(d);
     }
 

@@ -1,0 +1,389 @@
+//! The `smtpd` command line: flags, and their translation into a
+//! [`Config`], a handler and a [`Server`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::config::Config;
+use smtp_proto::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+use smtp_proto::reply::Reply;
+use smtp_proto::sasl::{Credentials, Mechanism};
+use smtp_proto::server::Decision;
+use smtp_proto::store::{
+    DebugHandler, DomainPolicy, MaildirHandler, MboxHandler, SinkHandler, local_hostname,
+};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Server;
+
+/// A debugging SMTP server: prints each message (default), or stores it
+/// in a Maildir or an mbox file.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "smtpd", version)]
+pub struct Args {
+    /// Address to listen on for SMTP (repeatable).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
+    pub listen: Vec<SocketAddr>,
+    /// Address to listen on for implicit TLS (RFC 8314; repeatable). Needs --tls-cert.
+    #[arg(long, value_name = "ADDR")]
+    pub listen_tls: Vec<SocketAddr>,
+    /// Host name for the greeting and the Received header (default: this machine's).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// A served domain (repeatable; `*` for any; none means any). The first is our own.
+    #[arg(long, value_name = "D")]
+    pub domain: Vec<String>,
+    /// Store messages in Maildirs under DIR, one per recipient.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["mbox", "sink"])]
+    pub maildir: Option<PathBuf>,
+    /// Append messages to the mbox FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "sink")]
+    pub mbox: Option<PathBuf>,
+    /// Accept and discard messages.
+    #[arg(long)]
+    pub sink: bool,
+    /// Largest message in bytes (0: no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+    /// Most recipients per message.
+    #[arg(long, value_name = "N")]
+    pub max_recipients: Option<usize>,
+    /// Most connections at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Command timeout in seconds (also bounds TLS handshakes).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// TLS certificate chain (PEM); enables STARTTLS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse mail transactions before STARTTLS.
+    #[arg(long)]
+    pub require_tls: bool,
+    /// Users for AUTH PLAIN/LOGIN: lines `user:password`. Offered after TLS only.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// Offer AUTH on plaintext connections too.
+    #[arg(long, requires = "auth")]
+    pub auth_insecure: bool,
+    /// Refuse mail until the client authenticated.
+    #[arg(long, requires = "auth")]
+    pub require_auth: bool,
+    /// Speak LMTP (RFC 2033) instead of SMTP.
+    #[arg(long)]
+    pub lmtp: bool,
+    /// Expect a HAProxy PROXY protocol header on every connection.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log: tracing::Level,
+}
+
+/// A problem with the flags or the files they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError(String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+fn err(msg: impl Into<String>) -> CliError {
+    CliError(msg.into())
+}
+
+/// Where messages go.
+#[derive(Debug)]
+pub enum Store {
+    /// Print them (the default).
+    Debug(DebugHandler),
+    /// Discard them.
+    Sink(SinkHandler),
+    /// Maildir per recipient.
+    Maildir(MaildirHandler),
+    /// One mbox file.
+    Mbox(MboxHandler),
+}
+
+impl Handler for Store {
+    async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {
+        match self {
+            Store::Debug(h) => h.rcpt(s, e, to).await,
+            Store::Sink(h) => h.rcpt(s, e, to).await,
+            Store::Maildir(h) => h.rcpt(s, e, to).await,
+            Store::Mbox(h) => h.rcpt(s, e, to).await,
+        }
+    }
+
+    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> MessageDecision {
+        match self {
+            Store::Debug(h) => h.message(s, e, m).await,
+            Store::Sink(h) => h.message(s, e, m).await,
+            Store::Maildir(h) => h.message(s, e, m).await,
+            Store::Mbox(h) => h.message(s, e, m).await,
+        }
+    }
+}
+
+/// The handler `smtpd` runs: served domains, a store, and a user list for AUTH.
+#[derive(Debug)]
+pub struct CliHandler {
+    inner: DomainPolicy<Store>,
+    users: HashMap<String, String>,
+}
+
+impl CliHandler {
+    /// A handler storing into `store` for `domains`, with AUTH `users` (name → password).
+    pub fn new(domains: Vec<String>, store: Store, users: HashMap<String, String>) -> Self {
+        CliHandler {
+            inner: DomainPolicy::new(domains, store),
+            users,
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+impl Handler for CliHandler {
+    async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {
+        self.inner.rcpt(s, e, to).await
+    }
+
+    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> MessageDecision {
+        self.inner.message(s, e, m).await
+    }
+
+    async fn auth(&self, s: &SessionInfo, c: &Credentials) -> Decision {
+        let authz_ok = c
+            .authzid
+            .as_deref()
+            .is_none_or(|z| z.is_empty() || z == c.username);
+        let stored = self.users.get(&c.username).map(String::as_bytes);
+        // Compare against something even for unknown users.
+        let ok = constant_time_eq(stored.unwrap_or(b"\0"), c.password.expose().as_bytes());
+        if ok && authz_ok && stored.is_some() {
+            tracing::info!(session = %s.id, user = %c.username, "authenticated");
+            Decision::Accept
+        } else {
+            tracing::info!(session = %s.id, user = %c.username, "authentication failed");
+            Reply::AUTH_FAILED.into()
+        }
+    }
+}
+
+/// Everything `smtpd` needs to start, built from [`Args`] before binding.
+#[derive(Debug)]
+pub struct Setup {
+    /// The session configuration.
+    pub config: Config,
+    /// The handler.
+    pub handler: CliHandler,
+    /// TLS, when a certificate was given.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Plain listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Connection limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Setup {
+    /// Checks the flags and reads the certificate, key and user files.
+    pub fn from_args(a: &Args) -> Result<Setup, CliError> {
+        let mut config = Config::new(a.hostname.clone().unwrap_or_else(local_hostname));
+        config.lmtp = a.lmtp;
+        config.proxy_protocol = a.proxy_protocol;
+        config.require_tls = a.require_tls;
+        if let Some(n) = a.max_size {
+            config.limits.max_message_size = n;
+        }
+        if let Some(n) = a.max_recipients {
+            config.limits.max_recipients = n.max(1);
+        }
+        if let Some(t) = a.timeout {
+            if t == 0 {
+                return Err(err("--timeout must be at least 1 second"));
+            }
+            config.timeouts.command = Duration::from_secs(t);
+        }
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => Some(load_tls(c, k)?),
+            _ => None,
+        };
+        if tls.is_none() && (a.require_tls || !a.listen_tls.is_empty()) {
+            return Err(err(
+                "--require-tls and --listen-tls need --tls-cert and --tls-key",
+            ));
+        }
+        let mut users = HashMap::new();
+        if let Some(path) = &a.auth {
+            if tls.is_none() && !a.auth_insecure {
+                return Err(err(
+                    "--auth needs TLS (--tls-cert/--tls-key) or --auth-insecure",
+                ));
+            }
+            users = load_users(path)?;
+            config.auth.mechanisms = vec![Mechanism::Plain, Mechanism::Login];
+            config.auth.allow_plaintext = a.auth_insecure;
+            config.auth.required = a.require_auth;
+        }
+        let store = if let Some(dir) = &a.maildir {
+            Store::Maildir(MaildirHandler::new(dir))
+        } else if let Some(file) = &a.mbox {
+            Store::Mbox(MboxHandler::new(file))
+        } else if a.sink {
+            Store::Sink(SinkHandler)
+        } else {
+            Store::Debug(DebugHandler::stdout())
+        };
+        Ok(Setup {
+            config,
+            handler: CliHandler::new(a.domain.clone(), store, users),
+            tls,
+            listen: a.listen.clone(),
+            listen_tls: a.listen_tls.clone(),
+            max_connections: a.max_connections,
+        })
+    }
+
+    /// The server (without a shutdown signal: add [`shutdown_signal`]).
+    pub fn into_server(self) -> Server<CliHandler> {
+        let mut s = Server::new(self.handler).config(Arc::new(self.config));
+        for a in self.listen {
+            s = s.listen(a);
+        }
+        for a in self.listen_tls {
+            s = s.listen_tls(a);
+        }
+        if let Some(t) = self.tls {
+            s = s.tls(t);
+        }
+        if let Some(n) = self.max_connections {
+            s = s.max_connections(n);
+        }
+        s
+    }
+}
+
+/// Reads a PEM certificate chain and private key into a rustls configuration.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CliError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| err(format!("cannot read certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(err(format!("no certificate in {}", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err(format!("cannot read private key {}: {e}", key.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| err(format!("bad certificate or key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// Reads `user:password` lines (blank lines and `#` comments skipped).
+pub fn load_users(path: &Path) -> Result<HashMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read auth file {}: {e}", path.display())))?;
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, pass)) = line.split_once(':') else {
+            return Err(err(format!(
+                "{}:{}: expected user:password",
+                path.display(),
+                i + 1
+            )));
+        };
+        users.insert(user.to_owned(), pass.to_owned());
+    }
+    if users.is_empty() {
+        return Err(err(format!("no users in {}", path.display())));
+    }
+    Ok(users)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn constant_time() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn flags() {
+        let a = Args::try_parse_from([
+            "smtpd",
+            "--sink",
+            "--max-size",
+            "100",
+            "--lmtp",
+            "--timeout",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        let s = Setup::from_args(&a).unwrap();
+        assert!(s.config.lmtp);
+        assert_eq!(s.config.limits.max_message_size, 100);
+        assert_eq!(s.config.timeouts.command, Duration::from_secs(7));
+        assert!(Args::try_parse_from(["smtpd", "--maildir", "x", "--mbox", "y"]).is_err());
+        assert!(Args::try_parse_from(["smtpd", "--tls-cert", "x"]).is_err());
+        let a = Args::try_parse_from(["smtpd", "--require-tls"]).unwrap();
+        assert!(Setup::from_args(&a).is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! The high level: a [`Server`] builder with listeners, limits and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use smtp_proto::config::Config;
+use smtp_proto::handler::Handler;
+use smtp_proto::reply::Reply;
+use smtp_proto::server::PeerInfo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+
+use crate::connection::{Connection, Stop, tls_info};
+
+/// Connections allowed at once unless [`Server::max_connections`] says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How long to let sessions finish after [`Server::shutdown_signal`] fires,
+/// unless [`Server::grace_period`] says otherwise.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// How long a `421` for an over-limit connection, or the final `421` of a
+/// shutdown, may take to write.
+const LAST_WORDS: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+enum Listen {
+    Tcp(SocketAddr),
+    Tls(SocketAddr),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+/// Builds an SMTP server: listeners, configuration, handler, TLS, limits, shutdown.
+///
+/// See the [crate docs](crate) for an example.
+pub struct Server<H> {
+    handler: Arc<H>,
+    config: Arc<Config>,
+    listen: Vec<Listen>,
+    tls: Option<Arc<ServerConfig>>,
+    max_connections: usize,
+    max_per_ip: Option<usize>,
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    grace: Duration,
+}
+
+impl<H> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// A server for `handler`, with [`Config::default`] and no listener yet.
+    pub fn new(handler: H) -> Self {
+        Server {
+            handler: Arc::new(handler),
+            config: Arc::new(Config::default()),
+            listen: Vec::new(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: None,
+            shutdown: None,
+            grace: DEFAULT_GRACE_PERIOD,
+        }
+    }
+
+    /// Replaces the handler.
+    pub fn handler<H2: Handler>(self, handler: H2) -> Server<H2> {
+        Server {
+            handler: Arc::new(handler),
+            config: self.config,
+            listen: self.listen,
+            tls: self.tls,
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            shutdown: self.shutdown,
+            grace: self.grace,
+        }
+    }
+
+    /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tcp(addr));
+        self
+    }
+
+    /// Listens for implicit TLS (RFC 8314, "submissions"): the handshake
+    /// comes first, within the command timeout. Needs [`Server::tls`].
+    pub fn listen_tls(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tls(addr));
+        self
+    }
+
+    /// Listens on a Unix domain socket (e.g. for LMTP from a local MTA).
+    #[cfg(unix)]
+    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.listen.push(Listen::Unix(path.into()));
+        self
+    }
+
+    /// The session configuration.
+    pub fn config(mut self, config: Arc<Config>) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The TLS configuration: enables STARTTLS on plain listeners and allows
+    /// [`Server::listen_tls`].
+    pub fn tls(mut self, tls: Arc<ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connections served at once; more get `421 4.7.0` and are closed.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connections served at once from one IP address; more get `421 4.7.0`.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_per_ip = Some(n);
+        self
+    }
+
+    /// When `signal` completes, the server stops accepting, asks every
+    /// session to finish ([`smtp_proto::server::Session::shutdown`]), waits up to the grace
+    /// period, then closes the rest with `421 4.3.2`.
+    pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// How long sessions may take to finish after the shutdown signal.
+    /// Default: [`DEFAULT_GRACE_PERIOD`].
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Binds every listener.
+    pub async fn bind(self) -> io::Result<BoundServer<H>> {
+        let acceptor = self.tls.map(TlsAcceptor::from);
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for l in &self.listen {
+            match l {
+                Listen::Tcp(a) | Listen::Tls(a) => {
+                    let tls = matches!(l, Listen::Tls(_));
+                    if tls && acceptor.is_none() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "listen_tls needs a TLS configuration",
+                        ));
+                    }
+                    let tcp = TcpListener::bind(a).await?;
+                    local_addrs.push(tcp.local_addr()?);
+                    listeners.push(Listener::Tcp { tcp, tls });
+                }
+                #[cfg(unix)]
+                Listen::Unix(p) => {
+                    let unix = tokio::net::UnixListener::bind(p)?;
+                    listeners.push(Listener::Unix(unix, p.clone()));
+                }
+            }
+        }
+        let mut plain = (*self.config).clone();
+        plain.extensions.starttls = acceptor.is_some();
+        let (stop, _) = watch::channel(Stop::Run);
+        Ok(BoundServer {
+            listeners,
+            local_addrs,
+            shared: Arc::new(Shared {
+                handler: self.handler,
+                plain: Arc::new(plain),
+                config: self.config,
+                acceptor,
+                max_connections: self.max_connections,
+                max_per_ip: self.max_per_ip,
+                counts: Mutex::new(Counts::default()),
+            }),
+            stop,
+            shutdown: self.shutdown,
+            grace: self.grace,
+        })
+    }
+
+    /// Binds and runs until the shutdown signal (see [`BoundServer::run`]).
+    pub async fn run(self) -> io::Result<()> {
+        self.bind().await?.run().await
+    }
+}
+
+enum Listener {
+    Tcp {
+        tcp: TcpListener,
+        tls: bool,
+    },
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct Shared<H> {
+    handler: Arc<H>,
+    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    plain: Arc<Config>,
+    /// The configuration as given (for implicit TLS).
+    config: Arc<Config>,
+    acceptor: Option<TlsAcceptor>,
+    max_connections: usize,
+    max_per_ip: Option<usize>,
+    counts: Mutex<Counts>,
+}
+
+/// Holds a connection slot; gives it back when dropped.
+struct Slot<H> {
+    shared: Arc<Shared<H>>,
+    ip: Option<IpAddr>,
+}
+
+impl<H> Shared<H> {
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot<H>> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= self.max_connections {
+            return None;
+        }
+        if let (Some(ip), Some(max)) = (ip, self.max_per_ip) {
+            let n = c.per_ip.entry(ip).or_default();
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        Some(Slot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl<H> Drop for Slot<H> {
+    fn drop(&mut self) {
+        let mut c = self.shared.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// An accepted stream, before it becomes a [`Connection`].
+enum Accepted {
+    Tcp(TcpStream, SocketAddr, bool),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// A server whose listeners are bound; [`BoundServer::run`] serves them.
+pub struct BoundServer<H> {
+    listeners: Vec<Listener>,
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared<H>>,
+    stop: watch::Sender<Stop>,
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    grace: Duration,
+}
+
+impl<H> std::fmt::Debug for BoundServer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> BoundServer<H> {
+    /// The TCP addresses bound, in [`Server::listen`]/[`Server::listen_tls`]
+    /// order (with the ports the OS picked for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Accepts and serves connections until the shutdown signal, then shuts
+    /// down gracefully. Returns once every session has ended.
+    pub async fn run(mut self) -> io::Result<()> {
+        let mut shutdown = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
+        let mut tasks = JoinSet::new();
+        let mut next = 0usize;
+        loop {
+            let accepted = poll_fn(|cx| {
+                let n = self.listeners.len();
+                for k in 0..n {
+                    let i = (next + k) % n;
+                    let r = match &self.listeners[i] {
+                        Listener::Tcp { tcp, tls } => tcp
+                            .poll_accept(cx)
+                            .map_ok(|(s, a)| Accepted::Tcp(s, a, *tls)),
+                        #[cfg(unix)]
+                        Listener::Unix(u, _) => {
+                            u.poll_accept(cx).map_ok(|(s, _)| Accepted::Unix(s))
+                        }
+                    };
+                    if r.is_ready() {
+                        next = i + 1;
+                        return r;
+                    }
+                }
+                Poll::Pending
+            });
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(res) = tasks.join_next(), if !tasks.is_empty() => log_join(res),
+                res = accepted => match res {
+                    Ok(a) => self.spawn(&mut tasks, a),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!(sessions = tasks.len(), "shutting down");
+        for l in self.listeners.drain(..) {
+            #[cfg(unix)]
+            if let Listener::Unix(_, path) = l {
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(not(unix))]
+            drop(l);
+        }
+        let _ = self.stop.send(Stop::Drain);
+        if timeout(self.grace, join_all(&mut tasks)).await.is_err() {
+            tracing::info!(
+                sessions = tasks.len(),
+                "grace period over; closing sessions"
+            );
+            let _ = self.stop.send(Stop::Abort);
+            if timeout(LAST_WORDS, join_all(&mut tasks)).await.is_err() {
+                tasks.shutdown().await;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, tasks: &mut JoinSet<()>, accepted: Accepted) {
+        let ip = match &accepted {
+            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            #[cfg(unix)]
+            Accepted::Unix(_) => None,
+        };
+        let Some(slot) = self.shared.admit(ip) else {
+            tracing::info!(peer = ?ip, "too many connections");
+            // A plain listener gets a 421; an implicit-TLS one just closes.
+            if let Accepted::Tcp(mut tcp, _, false) = accepted {
+                tokio::spawn(async move {
+                    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+                    let _ = timeout(LAST_WORDS, async {
+                        tcp.write_all(&bye).await?;
+                        tcp.shutdown().await
+                    })
+                    .await;
+                });
+            }
+            return;
+        };
+        let shared = self.shared.clone();
+        let stop = self.stop.subscribe();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let res = match accepted {
+                Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls, stop).await,
+                #[cfg(unix)]
+                Accepted::Unix(s) => {
+                    let c = Connection::new(
+                        s,
+                        PeerInfo::default(),
+                        shared.plain.clone(),
+                        shared.handler.clone(),
+                    );
+                    with_acceptor(c, &shared).with_stop(stop).run().await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn with_acceptor<S, H>(c: Connection<S, H>, shared: &Shared<H>) -> Connection<S, H>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    match &shared.acceptor {
+        Some(a) => c.with_tls(a.clone()),
+        None => c,
+    }
+}
+
+async fn serve_tcp<H: Handler>(
+    shared: &Shared<H>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: bool,
+    stop: watch::Receiver<Stop>,
+) -> io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let peer = PeerInfo {
+        remote: Some(remote),
+        local: tcp.local_addr().ok(),
+        tls: None,
+    };
+    if !tls {
+        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+        return with_acceptor(c, shared).with_stop(stop).run().await;
+    }
+    let Some(acceptor) = &shared.acceptor else {
+        return Ok(());
+    };
+    // Implicit TLS: the handshake first; garbage or a timeout closes silently.
+    let handshake = timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await;
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::info!(peer = %remote, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let peer = PeerInfo {
+        tls: Some(tls_info(stream.get_ref().1)),
+        ..peer
+    };
+    Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
+        .with_stop(stop)
+        .run()
+        .await
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while let Some(res) = tasks.join_next().await {
+        log_join(res);
+    }
+}
+
+fn log_join(res: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = res {
+        if e.is_panic() {
+            tracing::error!("a connection task panicked; the server goes on");
+        }
+    }
+}
