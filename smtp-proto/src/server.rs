@@ -1200,8 +1200,8 @@ impl Session {
                         // A bare LF never ends a line.
                         self.bare_in_line = true;
                         self.scan = lf + 1;
-                        if !self.poisoned && self.scan > max {
-                            self.poison();
+                        if self.poisoned || self.scan > max {
+                            self.poison(lf + 1);
                         }
                         continue;
                     }
@@ -1227,12 +1227,14 @@ impl Session {
                         self.scan = 0;
                         return Some(Err(Reply::BARE_LF_COMMAND));
                     }
+                    // The caller consumes this line (now or after its decision).
+                    self.scan = 0;
                     return Some(Ok(len));
                 }
                 None => {
                     self.scan = buf.len();
                     if self.poisoned || buf.len() > max {
-                        self.poison();
+                        self.poison(buf.len());
                     }
                     return None;
                 }
@@ -1240,13 +1242,13 @@ impl Session {
         }
     }
 
-    /// Drops the bytes of an over-long line seen so far (keeping a final CR).
-    fn poison(&mut self) {
+    /// Drops the first `upto` bytes of an over-long line (remembering
+    /// whether the last one was a CR that a following LF would complete).
+    fn poison(&mut self, upto: usize) {
         self.poisoned = true;
-        let buf = &self.input[self.start..self.end];
-        let keep_cr = buf.last() == Some(&b'\r');
-        self.scan_cr = keep_cr;
-        self.start = self.end;
+        let upto = upto.min(self.end - self.start);
+        self.scan_cr = upto > 0 && self.input[self.start + upto - 1] == b'\r';
+        self.start += upto;
         self.scan = 0;
     }
 
