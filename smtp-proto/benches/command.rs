@@ -1,4 +1,5 @@
 //! Command parse cost: ns per MAIL FROM / RCPT TO line.
+#![allow(missing_docs, clippy::unwrap_used)]
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use smtp_proto::command::ParseOptions;
 use smtp_proto::parse::parse_command;

@@ -1,4 +1,5 @@
 //! Tests for the DATA body decoder, `dot_stuff` and `LineChecker`.
+#![allow(clippy::unwrap_used)]
 //!
 //! The streaming decoder is compared with a deliberately naive reference
 //! decoder over arbitrary inputs and arbitrary ways of splitting them.

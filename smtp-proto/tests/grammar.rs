@@ -1,4 +1,5 @@
 //! Table-driven and property tests of the command-line grammar.
+#![allow(clippy::unwrap_used)]
 
 use smtp_proto::command::*;
 use smtp_proto::parse::*;

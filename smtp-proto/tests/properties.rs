@@ -1,4 +1,5 @@
 //! Property tests over the whole session: split invariance, no panics,
+#![allow(clippy::unwrap_used)]
 //! reply round trips.
 
 mod common;

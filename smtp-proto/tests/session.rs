@@ -1,4 +1,5 @@
 //! Whole-session transcripts: every command, extension and core error.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! A transcript harness: client bytes in, server bytes out, with a simulated
+#![allow(clippy::unwrap_used)]
 //! clock and a scripted application.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 

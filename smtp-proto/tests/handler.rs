@@ -1,0 +1,174 @@
+//! The async Handler layer driven by the Dispatcher, without any runtime.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_executor::block_on;
+use smtp_proto::config::Config;
+use smtp_proto::handler::{
+    Dispatcher, Drive, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo,
+};
+use smtp_proto::reply::Reply;
+use smtp_proto::sasl::Mechanism;
+use smtp_proto::server::{Decision, PeerInfo, Session};
+
+#[derive(Default)]
+struct Recorder {
+    delivered: Mutex<Vec<(String, Vec<String>, Vec<u8>, Option<String>, Vec<u8>)>>,
+}
+
+impl Handler for Recorder {
+    async fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
+        if to.address.starts_with("panic") {
+            panic!("handler bug");
+        }
+        if to.address.starts_with("nobody") {
+            return Reply::NO_SUCH_USER.into();
+        }
+        Decision::Accept
+    }
+
+    async fn message(&self, _s: &SessionInfo, env: &Envelope, msg: &Message) -> MessageDecision {
+        let subject = msg.parsed().and_then(|m| m.subject().map(str::to_owned));
+        let rcpts: Vec<String> = env.recipient_addresses().map(str::to_owned).collect();
+        let per: Vec<Decision> = rcpts
+            .iter()
+            .map(|r| {
+                if r.starts_with("full") {
+                    Reply::new(452, smtp_proto::reply::EnhancedCode::new(4, 2, 2), "Full").into()
+                } else {
+                    Decision::Accept
+                }
+            })
+            .collect();
+        self.delivered.lock().unwrap().push((
+            env.from.clone(),
+            rcpts,
+            msg.data.clone(),
+            subject,
+            msg.trace.clone(),
+        ));
+        MessageDecision::PerRecipient(per)
+    }
+}
+
+fn run(config: Config, handler: Arc<Recorder>, input: &[u8]) -> String {
+    let mut s = Session::new(
+        Arc::new(config),
+        PeerInfo::new("192.0.2.9:2000".parse().unwrap()),
+        Instant::now(),
+    );
+    let mut d = Dispatcher::new(handler, "s1");
+    let mut out = Vec::new();
+    let mut rest = input;
+    loop {
+        let r = block_on(d.drive(&mut s));
+        out.extend_from_slice(s.transmit());
+        let n = s.transmit().len();
+        s.transmitted(n);
+        match r {
+            Drive::Closed => break,
+            Drive::StartTls => panic!("no TLS here"),
+            Drive::Throttle(_) | Drive::Idle => {}
+        }
+        if rest.is_empty() {
+            s.receive_eof();
+            continue;
+        }
+        let n = s.receive(rest, Instant::now());
+        rest = &rest[n..];
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn message_hook_gets_envelope_raw_and_parsed() {
+    let h = Arc::new(Recorder::default());
+    let out = run(
+        Config::new("mx.example"),
+        h.clone(),
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nRCPT TO:<nobody@y.example>\r\nDATA\r\n\
+          Subject: Hello there\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+    );
+    assert!(out.contains("550 5.1.1"));
+    assert!(
+        out.ends_with("250 2.0.0 Message accepted for delivery\r\n221 2.0.0 Bye\r\n"),
+        "{out}"
+    );
+    let got = h.delivered.lock().unwrap();
+    let (from, rcpts, data, subject, trace) = &got[0];
+    assert_eq!(from, "a@b.example");
+    assert_eq!(rcpts, &vec!["x@y.example".to_string()]);
+    assert_eq!(data, b"Subject: Hello there\r\n\r\nbody\r\n");
+    assert_eq!(subject.as_deref(), Some("Hello there"));
+    let trace = String::from_utf8(trace.clone()).unwrap();
+    assert!(trace.starts_with("Received: from c"), "{trace}");
+    assert!(
+        trace.contains("192.0.2.9") && trace.contains("for <x@y.example>"),
+        "{trace}"
+    );
+}
+
+#[test]
+fn panic_in_handler_ends_only_the_session_with_421() {
+    let h = Arc::new(Recorder::default());
+    let out = run(
+        Config::new("mx.example"),
+        h.clone(),
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<panic@y.example>\r\n",
+    );
+    assert!(
+        out.ends_with("421 4.3.0 Internal error, closing connection\r\n"),
+        "{out}"
+    );
+    assert!(h.delivered.lock().unwrap().is_empty());
+}
+
+#[test]
+fn lmtp_per_recipient_decisions() {
+    let mut c = Config::new("mx.example");
+    c.lmtp = true;
+    let h = Arc::new(Recorder::default());
+    let out = run(
+        c,
+        h,
+        b"LHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@y.example>\r\nRCPT TO:<full@y.example>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(
+        out.ends_with("250 2.0.0 Message accepted for delivery\r\n452 4.2.2 Full\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn smtp_partial_refusal_refuses_the_message() {
+    let h = Arc::new(Recorder::default());
+    let out = run(
+        Config::new("mx.example"),
+        h,
+        b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@y.example>\r\nRCPT TO:<full@y.example>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(
+        out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n452 4.2.2 Full\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn auth_default_refuses() {
+    struct Default;
+    impl Handler for Default {}
+    let mut c = Config::new("mx.example");
+    c.auth.mechanisms = vec![Mechanism::Plain];
+    c.auth.allow_plaintext = true;
+    let mut s = Session::new(Arc::new(c), PeerInfo::default(), Instant::now());
+    let mut d = Dispatcher::new(Arc::new(Default), "s2");
+    s.receive(b"EHLO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", Instant::now());
+    block_on(d.drive(&mut s));
+    let out = String::from_utf8_lossy(s.transmit()).into_owned();
+    assert!(
+        out.ends_with("535 5.7.8 Authentication credentials invalid\r\n"),
+        "{out}"
+    );
+}
