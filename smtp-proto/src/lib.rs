@@ -96,6 +96,9 @@
 pub mod command;
 pub mod config;
 pub mod data;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "handler")]
 pub mod handler;
 pub mod parse;
