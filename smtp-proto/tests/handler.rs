@@ -13,9 +13,12 @@ use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism;
 use smtp_proto::server::{Decision, PeerInfo, Session};
 
+/// (sender, recipients, raw data, parsed subject, trace header)
+type Delivery = (String, Vec<String>, Vec<u8>, Option<String>, Vec<u8>);
+
 #[derive(Default)]
 struct Recorder {
-    delivered: Mutex<Vec<(String, Vec<String>, Vec<u8>, Option<String>, Vec<u8>)>>,
+    delivered: Mutex<Vec<Delivery>>,
 }
 
 impl Handler for Recorder {
