@@ -26,7 +26,8 @@ fn message(to: &[&str]) -> Message {
     for t in to {
         b = b.to(t.parse().unwrap());
     }
-    b.body(String::from("Hi there\r\n.leading dot\r\n"))
+    // lettre always appends CRLF.CRLF, so a body ending in CRLF would get a blank line.
+    b.body(String::from("Hi there\r\n.leading dot"))
         .unwrap()
 }
 
@@ -141,6 +142,7 @@ async fn twenty_mib_into_maildir() {
     while raw.len() < 20 * 1024 * 1024 {
         raw.extend_from_slice(line.as_bytes());
     }
+    raw.truncate(raw.len() - 2);
     let env = Envelope::new(
         Some("alice@example.org".parse().unwrap()),
         vec!["bob@example.net".parse().unwrap()],
@@ -150,11 +152,7 @@ async fn twenty_mib_into_maildir() {
     let files = delivered(dir.path(), "bob@example.net");
     assert_eq!(files.len(), 1);
     let stored = std::fs::read(&files[0]).unwrap();
-    assert!(
-        stored.ends_with(&raw),
-        "the body is stored unchanged: {:?} {}",
-        String::from_utf8_lossy(&stored[stored.len() - 100..]),
-        stored.len() as i64 - raw.len() as i64
-    );
+    raw.extend_from_slice(b"\r\n");
+    assert!(stored.ends_with(&raw), "the body is stored unchanged");
     server.stop().await;
 }
