@@ -429,6 +429,7 @@ impl<H: Handler> Dispatcher<H> {
                             s.set_time(std::time::Instant::now());
                             if let Err(e) = s.respond_each(ticket, decisions) {
                                 tracing::error!(error = %e, "message decision refused");
+                                s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
                             }
                         }
                     }
@@ -469,6 +470,7 @@ impl<H: Handler> Dispatcher<H> {
                 s.set_time(std::time::Instant::now());
                 if let Err(e) = s.respond(ticket, d) {
                     tracing::error!(error = %e, "decision refused");
+                    s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
                 }
             }
             None => s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted),

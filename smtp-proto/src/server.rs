@@ -645,7 +645,7 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         !matches!(self.phase, Phase::Closed | Phase::StartTls)
             && !self.output_full()
-            && self.end - self.start < self.config.limits.input_buffer.max(MIN_INPUT)
+            && self.end - self.start < self.input_capacity()
     }
 
     /// Whether there are bytes to write.
@@ -659,7 +659,7 @@ impl Session {
     /// session does not want input now.
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.apply_release();
-        let cap = self.config.limits.input_buffer.max(MIN_INPUT);
+        let cap = self.input_capacity();
         if self.start > 0 {
             self.input.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -746,7 +746,8 @@ impl Session {
             return;
         }
         self.apply_release();
-        if matches!(self.phase, Phase::Proxy) {
+        if matches!(self.phase, Phase::Proxy | Phase::StartTls) {
+            // No clear-text reply: before the PROXY header, or mid-handshake.
             self.close(CloseReason::Timeout);
             return;
         }
@@ -806,8 +807,26 @@ impl Session {
     /// `421 4.3.2` at once and closes; inside one, after the message's reply.
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
-        let in_body = matches!(self.phase, Phase::Data | Phase::Bdat { .. });
-        if !self.txn.mail && !in_body && self.pending.is_none() && !self.is_closed() {
+        self.check_shutdown();
+    }
+
+    /// Closes a shutting-down session once no transaction is open.
+    fn check_shutdown(&mut self) {
+        let idle = matches!(
+            self.phase,
+            Phase::Command
+                | Phase::Auth(_)
+                | Phase::NoService
+                | Phase::StartTls
+                | Phase::Connect
+                | Phase::Proxy
+        );
+        if self.shutting_down
+            && idle
+            && !self.txn.mail
+            && self.pending.is_none()
+            && !self.is_closed()
+        {
             self.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown);
         }
     }
@@ -822,7 +841,7 @@ impl Session {
         self.apply_release();
         self.pending = None;
         self.abort_body(AbortReason::Shutdown);
-        if !matches!(self.phase, Phase::Proxy) {
+        if !matches!(self.phase, Phase::Proxy | Phase::StartTls) {
             self.queue(&reply);
         }
         self.close(reason);
@@ -892,6 +911,7 @@ impl Session {
     /// or output space. Call it until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
         self.apply_release();
+        self.check_shutdown();
         let emit = loop {
             if let Some(n) = self.notices.pop_front() {
                 return Some(n.into_event());
@@ -906,7 +926,10 @@ impl Session {
                     }
                     return None;
                 }
-                Step::Continue => continue,
+                Step::Continue => {
+                    self.check_shutdown();
+                    continue;
+                }
                 Step::Emit(e) => break e,
             }
         };
@@ -940,7 +963,8 @@ impl Session {
             },
             Emit::Command => {
                 let ticket = Ticket { seq: self.seq };
-                let line = &self.input[self.start..self.start + self.pending_line - 2];
+                let end = (self.start + self.pending_line).saturating_sub(2);
+                let line = self.input.get(self.start..end).unwrap_or(&[]);
                 let opts = ParseOptions {
                     utf8_addresses: self.txn.smtputf8,
                     lenient: self.config.lenient_addresses,
@@ -988,7 +1012,12 @@ impl Session {
     pub fn respond(&mut self, ticket: Ticket, decision: impl Into<Decision>) -> Result<(), Misuse> {
         let decision = decision.into();
         let what = self.take_pending(ticket)?;
-        self.apply_decision(what, std::iter::once(decision));
+        // In LMTP one decision for a message stands for every recipient.
+        let n = match what {
+            Pending::MessageEnd if self.config.lmtp => self.txn.recipients.max(1),
+            _ => 1,
+        };
+        self.apply_decision(what, std::iter::repeat_n(decision, n));
         Ok(())
     }
 
@@ -1043,6 +1072,7 @@ impl Session {
         self.arm(self.config.timeouts.command);
         let decision = decisions.next().unwrap_or(Decision::Accept);
         let accepted = decision.accepted();
+        let closes = matches!(&decision, Decision::Reply(r) if r.code() == 421);
         let line = std::mem::take(&mut self.pending_line);
         match what {
             Pending::Connect => {
@@ -1085,6 +1115,7 @@ impl Session {
                         let r = self.ehlo_reply(Some(r.text()));
                         self.queue(&r);
                     }
+                    Decision::Reply(r) if r.code() < 400 => self.queue(&r),
                     Decision::Reply(r) => self.queue_counted(&r),
                 }
             }
@@ -1125,14 +1156,13 @@ impl Session {
                 self.messages += 1;
                 self.txn = Transaction::default();
                 self.phase = Phase::Command;
-                if self.shutting_down {
-                    self.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown);
-                }
             }
         }
-        if !self.is_closed() {
-            self.start += line;
-            self.scan = 0;
+        self.consume(line);
+        self.scan = 0;
+        if closes {
+            // RFC 5321 §3.8: after a 421 the server closes the channel.
+            self.close(CloseReason::Rejected);
         }
     }
 
@@ -1170,7 +1200,7 @@ impl Session {
                 Step::Continue
             }
             ProxyParse::Done { header, consumed } => {
-                self.start += consumed;
+                self.consume(consumed);
                 if header.command == ProxyCommand::Proxy {
                     if let Some(src) = header.source {
                         self.peer.remote = Some(src);
@@ -1209,13 +1239,13 @@ impl Session {
                     if self.poisoned {
                         self.poisoned = false;
                         self.scan_cr = false;
-                        self.start += len;
+                        self.consume(len);
                         self.scan = 0;
                         self.bare_in_line = false;
                         return Some(Err(Reply::LINE_TOO_LONG));
                     }
                     if len > max {
-                        self.start += len;
+                        self.consume(len);
                         self.scan = 0;
                         self.bare_in_line = false;
                         return Some(Err(Reply::LINE_TOO_LONG));
@@ -1223,7 +1253,7 @@ impl Session {
                     let bare = std::mem::take(&mut self.bare_in_line)
                         || memchr::memchr(b'\r', &buf[..len - 2]).is_some();
                     if bare {
-                        self.start += len;
+                        self.consume(len);
                         self.scan = 0;
                         return Some(Err(Reply::BARE_LF_COMMAND));
                     }
@@ -1247,7 +1277,9 @@ impl Session {
     fn poison(&mut self, upto: usize) {
         self.poisoned = true;
         let upto = upto.min(self.end - self.start);
-        self.scan_cr = upto > 0 && self.input[self.start + upto - 1] == b'\r';
+        if upto > 0 {
+            self.scan_cr = self.input[self.start + upto - 1] == b'\r';
+        }
         self.start += upto;
         self.scan = 0;
     }
@@ -1277,7 +1309,7 @@ impl Session {
         if let Phase::NoService = self.phase {
             let is_quit =
                 self.input[self.start..self.start + len - 2].eq_ignore_ascii_case(b"QUIT");
-            self.start += len;
+            self.consume(len);
             if is_quit {
                 self.queue(&Reply::BYE);
                 self.close(CloseReason::Quit);
@@ -1299,7 +1331,7 @@ impl Session {
         let (cmd, verb, sync_point) = match parse_command(line, opts) {
             Ok(cmd) => (Cmd::from(&cmd), cmd.verb(), is_sync_point(&cmd)),
             Err(e) => {
-                self.start += len;
+                self.consume(len);
                 self.queue_counted(&parse_error_reply(e));
                 return Step::Continue;
             }
@@ -1318,8 +1350,17 @@ impl Session {
         let junk = matches!(cmd, Cmd::Rset | Cmd::Noop | Cmd::Verify | Cmd::Help);
         let outcome = self.command(cmd, more_input);
         // Junk is counted after the command's own reply is queued.
-        let junk =
+        let mut junk =
             junk || matches!(&outcome, Outcome::Reply(r) if *r == Reply::TOO_MANY_RECIPIENTS);
+        if junk && matches!(outcome, Outcome::Decide(_)) {
+            // A decision holds the line: count first, and ask nothing of a
+            // session that this closes.
+            junk = false;
+            self.count_junk();
+            if self.is_closed() {
+                return Step::Continue;
+            }
+        }
         let step = match outcome {
             Outcome::Decide(what) => {
                 self.pending_line = len;
@@ -1327,17 +1368,17 @@ impl Session {
                 Step::Emit(Emit::Command)
             }
             Outcome::Reply(r) => {
-                self.start += len;
+                self.consume(len);
                 self.queue(&r);
                 Step::Continue
             }
             Outcome::Error(r) => {
-                self.start += len;
+                self.consume(len);
                 self.queue_counted(&r);
                 Step::Continue
             }
             Outcome::Done => {
-                self.start += len;
+                self.consume(len);
                 if matches!(self.phase, Phase::StartTls) {
                     // Plaintext pipelined after STARTTLS is discarded, never
                     // executed after the handshake (CVE-2011-0411 class).
@@ -1346,7 +1387,7 @@ impl Session {
                 Step::Continue
             }
             Outcome::Emit(e) => {
-                self.start += len;
+                self.consume(len);
                 Step::Emit(e)
             }
         };
@@ -1477,8 +1518,8 @@ impl Session {
                         .push_back(Notice::Violation(Violation::StartTlsInjection));
                 }
                 self.reset_transaction();
+                // The handshake must finish within the command timeout.
                 self.phase = Phase::StartTls;
-                self.deadline = None;
                 self.notices.push_back(Notice::StartTls);
                 Outcome::Done
             }
@@ -1562,7 +1603,7 @@ impl Session {
             (Phase::Auth(ex), Ok(text)) => ex.step(text),
             (_, _) => SaslStep::Failed(SaslError::Base64),
         };
-        self.start += len;
+        self.consume(len);
         match self.sasl_outcome(step) {
             Outcome::Emit(e) => Step::Emit(e),
             Outcome::Reply(r) => {
@@ -1604,7 +1645,7 @@ impl Session {
         let buf = &self.input[self.start..self.end];
         match self.decoder.decode(buf) {
             DecodeStep::NeedMore { consumed } => {
-                self.start += consumed;
+                self.consume(consumed);
                 if consumed == 0 {
                     Step::Idle
                 } else {
@@ -1623,7 +1664,7 @@ impl Session {
                     self.txn.too_big = true;
                 }
                 if self.body_doomed() || end == start {
-                    self.start += consumed;
+                    self.consume(consumed);
                     return if consumed == 0 {
                         Step::Idle
                     } else {
@@ -1638,7 +1679,7 @@ impl Session {
                 })
             }
             DecodeStep::End { consumed } => {
-                self.start += consumed;
+                self.consume(consumed);
                 self.arm(self.config.timeouts.command);
                 let reason = if self.txn.too_big {
                     Some(AbortReason::TooBig)
@@ -1676,8 +1717,7 @@ impl Session {
                     AbortReason::BareLineEnding => Reply::BARE_LF_DATA,
                     _ => Reply::DATA_LINE_TOO_LONG,
                 };
-                self.txn = Transaction::default();
-                self.queue_counted(&reply);
+                self.queue_message_refusal(&reply);
                 Step::Continue
             }
             None => {
@@ -1714,8 +1754,12 @@ impl Session {
             }
             if self.txn.too_big {
                 self.notices.push_back(Notice::Aborted(AbortReason::TooBig));
-                self.txn = Transaction::default();
-                self.queue_counted(&Reply::MESSAGE_TOO_BIG);
+                if last {
+                    self.queue_message_refusal(&Reply::MESSAGE_TOO_BIG);
+                } else {
+                    self.txn = Transaction::default();
+                    self.queue_counted(&Reply::MESSAGE_TOO_BIG);
+                }
                 return Step::Continue;
             }
             if !last {
@@ -1753,7 +1797,7 @@ impl Session {
         }
         let range = self.start..self.start + n;
         if refused {
-            self.start += n;
+            self.consume(n);
             return Step::Continue;
         }
         self.txn.body_len += n as u64;
@@ -1762,7 +1806,7 @@ impl Session {
             self.txn.too_big = true;
         }
         if self.txn.too_big {
-            self.start += n;
+            self.consume(n);
             return Step::Continue;
         }
         self.checker.feed(&self.input[range.clone()]);
@@ -1774,6 +1818,20 @@ impl Session {
     }
 
     // ----- helpers -----
+
+    /// The input buffer's size: never smaller than a maximal line.
+    fn input_capacity(&self) -> usize {
+        let l = &self.config.limits;
+        l.input_buffer.max(MIN_INPUT).max(l.max_command_line + 2)
+    }
+
+    /// Marks `n` input bytes as processed (nothing once closed: closing
+    /// already dropped the whole buffer).
+    fn consume(&mut self, n: usize) {
+        if !self.is_closed() {
+            self.start = (self.start + n).min(self.end);
+        }
+    }
 
     fn apply_release(&mut self) {
         if self.release > 0 {
@@ -1795,7 +1853,10 @@ impl Session {
     }
 
     fn queue(&mut self, reply: &Reply) {
-        reply.write_to(&mut self.out, self.ext.enhanced_status_codes);
+        // RFC 2034: enhanced codes go to clients that saw them advertised
+        // (not to HELO clients).
+        let enhanced = self.ext.enhanced_status_codes && self.helo != Some(HeloKind::Helo);
+        reply.write_to(&mut self.out, enhanced);
     }
 
     fn queue_greeting(&mut self, reply: &Reply) {
@@ -1812,6 +1873,21 @@ impl Session {
     fn queue_counted(&mut self, reply: &Reply) {
         self.queue(reply);
         self.count_error();
+    }
+
+    /// Refuses a complete message: in LMTP one reply per accepted recipient
+    /// (RFC 2033 §4.2); the transaction is over.
+    fn queue_message_refusal(&mut self, reply: &Reply) {
+        let n = if self.config.lmtp {
+            self.txn.recipients.max(1)
+        } else {
+            1
+        };
+        self.txn = Transaction::default();
+        for _ in 1..n {
+            self.queue(reply);
+        }
+        self.queue_counted(reply);
     }
 
     fn count_error(&mut self) {
@@ -1860,7 +1936,12 @@ impl Session {
         if !self.is_closed() {
             self.phase = Phase::Closed;
             self.deadline = None;
-            self.start = self.end;
+            self.start = 0;
+            self.end = 0;
+            self.scan = 0;
+            self.release = 0;
+            self.poisoned = false;
+            self.pending_line = 0;
             self.notices.push_back(Notice::Closing(reason));
         }
     }
@@ -2015,7 +2096,7 @@ fn is_sync_point(c: &Command<'_>) -> bool {
             | Command::Quit
             | Command::Help { .. }
             | Command::StartTls
-            | Command::Auth { .. }
+            | Command::Auth { initial: None, .. }
     )
 }
 

@@ -61,6 +61,7 @@ fn basic_transaction() {
 }
 
 #[test]
+/// RFC 2034: a HELO client saw no ENHANCEDSTATUSCODES, so gets none.
 fn helo_and_verbs_case_insensitive() {
     transcript(
         cfg(),
@@ -68,15 +69,15 @@ fn helo_and_verbs_case_insensitive() {
          C: helo client.example
          S: 250 mx.example
          C: mail from:<a@b.example>
-         S: 250 2.1.0 Sender OK
+         S: 250 Sender OK
          C: rcpt to:<c@d.example>
-         S: 250 2.1.5 Recipient OK
+         S: 250 Recipient OK
          C: rset
-         S: 250 2.0.0 Flushed
+         S: 250 Flushed
          C: NoOp whatever
-         S: 250 2.0.0 OK
+         S: 250 OK
          C: quit
-         S: 221 2.0.0 Bye",
+         S: 221 Bye",
     );
 }
 
@@ -983,4 +984,121 @@ fn next_ticket(s: &mut smtp_proto::server::Session) -> smtp_proto::server::Ticke
             return t;
         }
     }
+}
+
+// ----- regressions from the review of the core -----
+
+#[test]
+fn vrfy_past_the_junk_limit_in_a_full_buffer_does_not_panic() {
+    let mut c = cfg();
+    c.limits.hard_error_limit = 3;
+    c.limits.junk_command_limit = 2;
+    let mut h = Harness::new(c);
+    h.exchange(b"EHLO c\r\n");
+    let mut input = b"NOOP\r\n".repeat(4);
+    input.extend_from_slice(b"VRFY x\r\n");
+    input.resize(16 * 1024 + 200, b'A');
+    h.send(&input);
+    assert!(h.s.is_closed());
+    assert!(
+        h.output()
+            .ends_with("421 4.7.0 Too many errors, closing connection\r\n")
+    );
+}
+
+#[test]
+fn input_after_close_is_ignored() {
+    let mut h = Harness::new(cfg());
+    h.exchange(b"QUIT\r\n");
+    assert!(h.s.is_closed());
+    assert_eq!(h.s.receive(b"NOOP\r\n", h.now), 0);
+    assert!(h.s.read_buf().is_empty());
+}
+
+#[test]
+fn lmtp_core_refusal_is_one_reply_per_recipient() {
+    let mut h = Harness::new(lmtp_cfg());
+    h.exchange(b"LHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<one@x.example>\r\nRCPT TO:<two@x.example>\r\nDATA\r\n");
+    let out = h.exchange(b"bare\nlf\r\n.\r\n");
+    assert_eq!(out.matches("550 5.5.2").count(), 2, "{out}");
+}
+
+#[test]
+fn auth_with_initial_response_may_be_pipelined() {
+    let mut c = auth_cfg();
+    c.violations = ViolationPolicy::Disconnect;
+    let mut h = Harness::new(c);
+    h.exchange(b"EHLO c\r\n");
+    let out = h.exchange(b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<a@b.example>\r\n");
+    assert_eq!(
+        out,
+        "235 2.7.0 Authentication successful\r\n250 2.1.0 Sender OK\r\n"
+    );
+}
+
+#[test]
+fn starttls_handshake_has_a_deadline() {
+    let mut c = cfg();
+    c.extensions.starttls = true;
+    let mut h = Harness::new(c);
+    h.auto_tls = false;
+    h.exchange(b"EHLO c\r\nSTARTTLS\r\n");
+    assert!(h.s.poll_timeout().is_some());
+    let before = h.output();
+    h.advance(Duration::from_secs(301));
+    assert!(h.s.is_closed());
+    assert_eq!(h.output(), before, "no clear-text reply mid-handshake");
+}
+
+#[test]
+fn shutdown_is_rechecked_after_reset() {
+    let mut h = Harness::new(cfg());
+    h.exchange(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n");
+    h.s.shutdown();
+    h.pump();
+    assert!(!h.s.is_closed());
+    let out = h.exchange(b"RSET\r\nMAIL FROM:<a@b.example>\r\n");
+    assert_eq!(
+        out,
+        "250 2.0.0 Flushed\r\n421 4.3.2 Service shutting down, closing connection\r\n"
+    );
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn accepting_helo_with_a_custom_reply_is_no_error() {
+    use smtp_proto::server::{Decision, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let mut c = cfg();
+    c.limits.hard_error_limit = 2;
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(c), PeerInfo::default(), now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept).unwrap();
+    for _ in 0..3 {
+        s.receive(b"HELO c\r\n", now);
+        let t = next_ticket(&mut s);
+        s.respond(t, smtp_proto::reply::Reply::plain(250, "hi there"))
+            .unwrap();
+        while s.poll_event().is_some() {}
+    }
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn a_421_decision_closes() {
+    use smtp_proto::reply::{EnhancedCode, Reply};
+    use smtp_proto::server::{Decision, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept).unwrap();
+    s.receive(b"EHLO c\r\n", now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Reply::new(421, EnhancedCode::new(4, 3, 2), "Going down"))
+        .unwrap();
+    assert!(s.is_closed());
 }
