@@ -109,3 +109,8 @@ pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod trace;
+
+/// The workspace README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
