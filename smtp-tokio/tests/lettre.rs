@@ -13,10 +13,29 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use smtp_proto::config::Config;
+use smtp_proto::handler::{Envelope as Env, Handler, Message as Msg, MessageDecision, SessionInfo};
+use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism as SaslMechanism;
+use smtp_proto::server::Decision;
 use smtp_proto::store::MaildirHandler;
 use smtp_tokio::Server;
-use smtp_tokio::cli::{CliHandler, Store};
+
+/// Maildir storage with one user for AUTH.
+struct WithAuth(MaildirHandler, HashMap<String, String>);
+
+impl Handler for WithAuth {
+    async fn auth(&self, _s: &SessionInfo, c: &smtp_proto::sasl::Credentials) -> Decision {
+        if self.1.get(&c.username) == Some(c.password.expose()) {
+            Decision::Accept
+        } else {
+            Reply::AUTH_FAILED.into()
+        }
+    }
+
+    async fn message(&self, s: &SessionInfo, e: &Env, m: &Msg) -> MessageDecision {
+        self.0.message(s, e, m).await
+    }
+}
 
 fn message(to: &[&str]) -> Message {
     let mut b = Message::builder()
@@ -27,8 +46,7 @@ fn message(to: &[&str]) -> Message {
         b = b.to(t.parse().unwrap());
     }
     // lettre always appends CRLF.CRLF, so a body ending in CRLF would get a blank line.
-    b.body(String::from("Hi there\r\n.leading dot"))
-        .unwrap()
+    b.body(String::from("Hi there\r\n.leading dot")).unwrap()
 }
 
 fn transport(port: u16, tls: Tls) -> lettre::transport::smtp::AsyncSmtpTransportBuilder {
@@ -93,11 +111,7 @@ async fn auth_plain_over_tls() {
     config.auth.mechanisms = vec![SaslMechanism::Plain, SaslMechanism::Login];
     config.auth.required = true;
     let users = HashMap::from([("alice".to_owned(), "s3cret".to_owned())]);
-    let handler = CliHandler::new(
-        Vec::new(),
-        Store::Maildir(MaildirHandler::new(dir.path())),
-        users,
-    );
+    let handler = WithAuth(MaildirHandler::new(dir.path()), users);
     let server = start(
         Server::new(handler)
             .config(Arc::new(config))
