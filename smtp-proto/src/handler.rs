@@ -31,7 +31,7 @@
 //!             Reply::RELAY_DENIED.into()
 //!         }
 //!     }
-//!     async fn message(&self, _s: &SessionInfo, env: &Envelope, msg: &Message) -> MessageDecision {
+//!     async fn message(&self, _s: &SessionInfo, env: &Envelope, msg: &Arc<Message>) -> MessageDecision {
 //!         let subject = msg.parsed().and_then(|m| m.subject().map(str::to_owned));
 //!         let _ = (env.recipients.len(), subject);
 //!         Decision::Accept.into()
@@ -268,12 +268,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A complete message (Tcl smtpd's `deliver`, Python smtpd's
     /// `process_message`). Store it durably before accepting: a 250 means
-    /// the message is safe.
+    /// the message is safe. It is shared (`Arc`) so a handler can move it to
+    /// a blocking thread or a queue without copying the body.
     fn message(
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> impl Future<Output = MessageDecision> + Send {
         let _ = (session, envelope, message);
         async { MessageDecision::All(Decision::Accept) }
@@ -410,15 +411,17 @@ impl<H: Handler> Dispatcher<H> {
                         _ => None,
                     };
                     let trace = s.received_header(Some(&self.info.id), only, ts, 0);
-                    let message = Message {
+                    let message = Arc::new(Message {
                         data: std::mem::take(&mut self.body),
                         trace,
-                    };
+                    });
                     let envelope = std::mem::take(&mut self.envelope);
                     let d = guarded(self.handler.message(&self.info, &envelope, &message)).await;
-                    let mut data = message.data;
-                    data.clear();
-                    self.body = data;
+                    // Reuse the body buffer when the handler kept no reference.
+                    if let Ok(mut m) = Arc::try_unwrap(message) {
+                        m.data.clear();
+                        self.body = m.data;
+                    }
                     match d {
                         None => {
                             s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);

@@ -120,7 +120,7 @@ impl Handler for DebugHandler {
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> MessageDecision {
         let text = DebugHandler::format(session, envelope, message);
         let out = self.out.clone();
@@ -262,7 +262,7 @@ impl Handler for MaildirHandler {
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> MessageDecision {
         let mut copies: Vec<Copy> = Vec::new();
         for r in &envelope.recipients {
@@ -283,9 +283,8 @@ impl Handler for MaildirHandler {
             });
         }
         let names: Vec<String> = copies.iter().map(|_| self.unique_name()).collect();
-        // The body is shared with the blocking thread by moving a clone of
-        // the (already owned) message: the dispatcher keeps its own.
-        let message = message.clone();
+        // Shared with the blocking thread without copying the body.
+        let message = Arc::clone(message);
         let res = blocking::unblock(move || deliver_maildir(&copies, &names, &message)).await;
         match res {
             Ok(()) => Decision::Accept.into(),
@@ -361,7 +360,7 @@ impl Handler for MboxHandler {
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> MessageDecision {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -479,7 +478,7 @@ impl<H: Handler> Handler for DomainPolicy<H> {
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> impl Future<Output = MessageDecision> + Send {
         self.inner.message(session, envelope, message)
     }
@@ -560,11 +559,11 @@ mod tests {
         }
     }
 
-    fn message(data: &[u8]) -> Message {
-        Message {
+    fn message(data: &[u8]) -> Arc<Message> {
+        Arc::new(Message {
             data: data.to_vec(),
             trace: b"Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\r\n".to_vec(),
-        }
+        })
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

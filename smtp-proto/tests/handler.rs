@@ -32,7 +32,12 @@ impl Handler for Recorder {
         Decision::Accept
     }
 
-    async fn message(&self, _s: &SessionInfo, env: &Envelope, msg: &Message) -> MessageDecision {
+    async fn message(
+        &self,
+        _s: &SessionInfo,
+        env: &Envelope,
+        msg: &Arc<Message>,
+    ) -> MessageDecision {
         let subject = msg.parsed().and_then(|m| m.subject().map(str::to_owned));
         let rcpts: Vec<String> = env.recipient_addresses().map(str::to_owned).collect();
         let per: Vec<Decision> = rcpts

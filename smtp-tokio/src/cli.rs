@@ -128,7 +128,7 @@ impl Handler for Store {
         }
     }
 
-    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> MessageDecision {
+    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Arc<Message>) -> MessageDecision {
         match self {
             Store::Debug(h) => h.message(s, e, m).await,
             Store::Sink(h) => h.message(s, e, m).await,
@@ -171,7 +171,7 @@ impl Handler for CliHandler {
         self.inner.rcpt(s, e, to).await
     }
 
-    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> MessageDecision {
+    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Arc<Message>) -> MessageDecision {
         self.inner.message(s, e, m).await
     }
 

@@ -32,7 +32,7 @@ impl Handler for WithAuth {
         }
     }
 
-    async fn message(&self, s: &SessionInfo, e: &Env, m: &Msg) -> MessageDecision {
+    async fn message(&self, s: &SessionInfo, e: &Env, m: &Arc<Msg>) -> MessageDecision {
         self.0.message(s, e, m).await
     }
 }

@@ -52,7 +52,7 @@ async fn pipelined_multi_recipient() {
 struct FirstOnly;
 
 impl Handler for FirstOnly {
-    async fn message(&self, _s: &SessionInfo, e: &Envelope, _m: &Message) -> MessageDecision {
+    async fn message(&self, _s: &SessionInfo, e: &Envelope, _m: &Arc<Message>) -> MessageDecision {
         let mut v = vec![Decision::Accept];
         v.resize(e.recipients.len(), Reply::TEMPORARY_FAILURE.into());
         MessageDecision::PerRecipient(v)
