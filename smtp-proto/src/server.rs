@@ -1681,30 +1681,34 @@ impl Session {
             DecodeStep::End { consumed } => {
                 self.consume(consumed);
                 self.arm(self.config.timeouts.command);
-                let reason = if self.txn.too_big {
-                    Some(AbortReason::TooBig)
-                } else if self.config.limits.bare_line_endings == ContentPolicy::Reject
-                    && self.txn.body != BodyType::BinaryMime
-                    && (self.decoder.saw_bare_lf() || self.decoder.saw_bare_cr())
-                {
-                    Some(AbortReason::BareLineEnding)
-                } else if self.config.limits.long_lines == ContentPolicy::Reject
-                    && self.decoder.saw_long_line()
-                {
-                    Some(AbortReason::LongLine)
-                } else {
-                    None
-                };
+                let bare = self.decoder.saw_bare_lf() || self.decoder.saw_bare_cr();
+                let reason = self.content_refusal(bare, self.decoder.saw_long_line());
                 self.finish_body(reason)
             }
         }
     }
 
+    /// Why a complete body must be refused, if it must (size, then the
+    /// line-ending and line-length policies; BINARYMIME is exempt from both).
+    fn content_refusal(&self, bare: bool, long_line: bool) -> Option<AbortReason> {
+        let limits = &self.config.limits;
+        let text = self.txn.body != BodyType::BinaryMime;
+        if self.txn.too_big {
+            Some(AbortReason::TooBig)
+        } else if text && bare && limits.bare_line_endings == ContentPolicy::Reject {
+            Some(AbortReason::BareLineEnding)
+        } else if text && long_line && limits.long_lines == ContentPolicy::Reject {
+            Some(AbortReason::LongLine)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the body seen so far is already refused (then it is not
+    /// handed out any more, only read to its end).
     fn body_doomed(&self) -> bool {
-        self.txn.too_big
-            || self.config.limits.bare_line_endings == ContentPolicy::Reject
-                && self.txn.body != BodyType::BinaryMime
-                && (self.decoder.saw_bare_lf() || self.decoder.saw_bare_cr())
+        let bare = self.decoder.saw_bare_lf() || self.decoder.saw_bare_cr();
+        self.content_refusal(bare, false).is_some()
     }
 
     fn finish_body(&mut self, reason: Option<AbortReason>) -> Step {
@@ -1772,19 +1776,8 @@ impl Session {
                 return Step::Continue;
             }
             self.checker.finish();
-            let reason = if self.config.limits.bare_line_endings == ContentPolicy::Reject
-                && self.txn.body != BodyType::BinaryMime
-                && (self.checker.saw_bare_lf() || self.checker.saw_bare_cr())
-            {
-                Some(AbortReason::BareLineEnding)
-            } else if self.config.limits.long_lines == ContentPolicy::Reject
-                && self.txn.body != BodyType::BinaryMime
-                && self.checker.saw_long_line()
-            {
-                Some(AbortReason::LongLine)
-            } else {
-                None
-            };
+            let bare = self.checker.saw_bare_lf() || self.checker.saw_bare_cr();
+            let reason = self.content_refusal(bare, self.checker.saw_long_line());
             return self.finish_body(reason);
         }
         let avail = (self.end - self.start) as u64;
