@@ -23,6 +23,7 @@ use smtp_proto::server::Decision;
 use smtp_proto::store::{MaildirHandler, SinkHandler};
 use smtp_tokio::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtpd");
 
@@ -498,5 +499,31 @@ async fn proxy_protocol_v1() {
     bad.send("EHLO x\r\n").await;
     assert_eq!(bad.read_to_end().await, "");
     assert_eq!(delivered(dir.path(), "b@y").len(), 1);
+    server.stop().await;
+}
+
+/// An implicit-TLS client that never starts its handshake is closed after
+/// the command timeout, without a clear-text byte.
+#[tokio::test]
+async fn implicit_tls_handshake_times_out_silently() {
+    let cert = TestCert::new();
+    let mut config = Config::new("tls.test");
+    config.timeouts.command = Duration::from_millis(300);
+    let server = start(
+        Server::new(SinkHandler)
+            .config(Arc::new(config))
+            .tls(cert.server_config())
+            .listen_tls(localhost()),
+    )
+    .await;
+    let mut idle = TcpStream::connect(server.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut got))
+        .await
+        .expect("closed well before 5 s")
+        .ok();
+    assert!(got.is_empty(), "no clear-text reply: {got:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
     server.stop().await;
 }
