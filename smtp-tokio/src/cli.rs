@@ -14,7 +14,8 @@ use smtp_proto::reply::Reply;
 use smtp_proto::sasl::{Credentials, Mechanism};
 use smtp_proto::server::Decision;
 use smtp_proto::store::{
-    DebugHandler, DomainPolicy, MaildirHandler, MboxHandler, SinkHandler, local_hostname,
+    DebugHandler, DomainPolicy, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler,
+    local_hostname,
 };
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -138,59 +139,16 @@ impl Handler for Store {
     }
 }
 
-/// The handler `smtpd` runs: served domains, a store, and a user list for AUTH.
-#[derive(Debug)]
-pub struct CliHandler {
-    inner: DomainPolicy<Store>,
+/// The handler `smtpd` runs: a user list for AUTH, served domains, a store.
+pub type CliHandler = PasswordAuth<DomainPolicy<Store>>;
+
+/// Builds the `smtpd` handler: `store` for `domains`, AUTH `users` (name → password).
+pub fn cli_handler(
+    domains: Vec<String>,
+    store: Store,
     users: HashMap<String, String>,
-}
-
-impl CliHandler {
-    /// A handler storing into `store` for `domains`, with AUTH `users` (name → password).
-    pub fn new(domains: Vec<String>, store: Store, users: HashMap<String, String>) -> Self {
-        CliHandler {
-            inner: DomainPolicy::new(domains, store),
-            users,
-        }
-    }
-}
-
-/// Compares without an early exit, so timing does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-impl Handler for CliHandler {
-    async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {
-        self.inner.rcpt(s, e, to).await
-    }
-
-    async fn message(&self, s: &SessionInfo, e: &Envelope, m: &Arc<Message>) -> MessageDecision {
-        self.inner.message(s, e, m).await
-    }
-
-    async fn auth(&self, s: &SessionInfo, c: &Credentials) -> Decision {
-        let authz_ok = c
-            .authzid
-            .as_deref()
-            .is_none_or(|z| z.is_empty() || z == c.username);
-        let stored = self.users.get(&c.username).map(String::as_bytes);
-        // Compare against something even for unknown users.
-        let ok = constant_time_eq(stored.unwrap_or(b"\0"), c.password.expose().as_bytes());
-        if ok && authz_ok && stored.is_some() {
-            tracing::info!(session = %s.id, user = %c.username, "authenticated");
-            Decision::Accept
-        } else {
-            tracing::info!(session = %s.id, user = %c.username, "authentication failed");
-            Reply::AUTH_FAILED.into()
-        }
-    }
+) -> CliHandler {
+    PasswordAuth::new(users, DomainPolicy::new(domains, store))
 }
 
 /// Everything `smtpd` needs to start, built from [`Args`] before binding.
@@ -261,7 +219,7 @@ impl Setup {
         };
         Ok(Setup {
             config,
-            handler: CliHandler::new(a.domain.clone(), store, users),
+            handler: cli_handler(a.domain.clone(), store, users),
             tls,
             listen: a.listen.clone(),
             listen_tls: a.listen_tls.clone(),

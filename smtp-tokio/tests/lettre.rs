@@ -13,29 +13,9 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use smtp_proto::config::Config;
-use smtp_proto::handler::{Envelope as Env, Handler, Message as Msg, MessageDecision, SessionInfo};
-use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism as SaslMechanism;
-use smtp_proto::server::Decision;
-use smtp_proto::store::MaildirHandler;
+use smtp_proto::store::{MaildirHandler, PasswordAuth};
 use smtp_tokio::Server;
-
-/// Maildir storage with one user for AUTH.
-struct WithAuth(MaildirHandler, HashMap<String, String>);
-
-impl Handler for WithAuth {
-    async fn auth(&self, _s: &SessionInfo, c: &smtp_proto::sasl::Credentials) -> Decision {
-        if self.1.get(&c.username) == Some(c.password.expose()) {
-            Decision::Accept
-        } else {
-            Reply::AUTH_FAILED.into()
-        }
-    }
-
-    async fn message(&self, s: &SessionInfo, e: &Env, m: &Arc<Msg>) -> MessageDecision {
-        self.0.message(s, e, m).await
-    }
-}
 
 fn message(to: &[&str]) -> Message {
     let mut b = Message::builder()
@@ -111,7 +91,7 @@ async fn auth_plain_over_tls() {
     config.auth.mechanisms = vec![SaslMechanism::Plain, SaslMechanism::Login];
     config.auth.required = true;
     let users = HashMap::from([("alice".to_owned(), "s3cret".to_owned())]);
-    let handler = WithAuth(MaildirHandler::new(dir.path()), users);
+    let handler = PasswordAuth::new(users, MaildirHandler::new(dir.path()));
     let server = start(
         Server::new(handler)
             .config(Arc::new(config))

@@ -20,7 +20,7 @@ use smtp_proto::handler::{Envelope as Env, Handler, Message as Msg, MessageDecis
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism as SaslMechanism;
 use smtp_proto::server::Decision;
-use smtp_proto::store::{MaildirHandler, SinkHandler};
+use smtp_proto::store::{MaildirHandler, PasswordAuth, SinkHandler};
 use smtp_tokio::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -386,23 +386,6 @@ async fn ten_mib_command_line() {
     server.stop().await;
 }
 
-/// Maildir storage with one user for AUTH.
-struct WithAuth(MaildirHandler, HashMap<String, String>);
-
-impl Handler for WithAuth {
-    async fn auth(&self, _s: &SessionInfo, c: &smtp_proto::sasl::Credentials) -> Decision {
-        if self.1.get(&c.username) == Some(c.password.expose()) {
-            Decision::Accept
-        } else {
-            Reply::AUTH_FAILED.into()
-        }
-    }
-
-    async fn message(&self, s: &SessionInfo, e: &Env, m: &Arc<Msg>) -> MessageDecision {
-        self.0.message(s, e, m).await
-    }
-}
-
 #[tokio::test]
 async fn lettre_auth_login_smtputf8_8bit() {
     use lettre::message::SinglePart;
@@ -418,7 +401,7 @@ async fn lettre_auth_login_smtputf8_8bit() {
     config.auth.required = true;
     let users = HashMap::from([("jörg".to_owned(), "pässword".to_owned())]);
     let server = start(
-        Server::new(WithAuth(MaildirHandler::new(dir.path()), users))
+        Server::new(PasswordAuth::new(users, MaildirHandler::new(dir.path())))
             .config(Arc::new(config))
             .tls(cert.server_config())
             .listen(localhost()),
