@@ -99,6 +99,204 @@ impl Command<'_> {
     }
 }
 
+impl Command<'_> {
+    /// Appends the whole command line, CRLF included, in canonical form.
+    ///
+    /// This is the inverse of [`crate::parse::parse_command`]: for every
+    /// command the parser produces, parsing the serialized line (without its
+    /// CRLF, with the same [`ParseOptions`]) gives the command back. Paths
+    /// are written in angle brackets without a source route; UTF-8 mailboxes
+    /// are written as they are (RFC 6531); MAIL and RCPT parameters follow in
+    /// a fixed order (`SIZE BODY SMTPUTF8 RET ENVID AUTH REQUIRETLS`,
+    /// `NOTIFY ORCPT`). `ENVID`, `AUTH` and `ORCPT` hold xtext already (as
+    /// the parser returns them); build them from plain text with
+    /// [`encode_xtext`].
+    ///
+    /// Strings are written as they are: a value holding CR or LF (which the
+    /// parser never produces) would break the line, so callers building
+    /// commands by hand must validate them first.
+    ///
+    /// ```
+    /// use smtp_proto::command::*;
+    /// use smtp_proto::parse::parse_command;
+    ///
+    /// let line = b"MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME";
+    /// let cmd = parse_command(line, ParseOptions::default()).unwrap();
+    /// let mut out = Vec::new();
+    /// cmd.write_to(&mut out);
+    /// assert_eq!(out, b"MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME\r\n");
+    /// ```
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Command::Helo { domain } | Command::Ehlo { domain } | Command::Lhlo { domain } => {
+                push_words(out, &[self.verb(), " ", domain]);
+            }
+            Command::Mail { from, params } => {
+                out.extend_from_slice(b"MAIL FROM:");
+                match from {
+                    ReversePath::Null => out.extend_from_slice(b"<>"),
+                    ReversePath::Mailbox(m) => push_words(out, &["<", m.raw, ">"]),
+                }
+                params.write_to(out);
+            }
+            Command::Rcpt { to, params } => {
+                out.extend_from_slice(b"RCPT TO:");
+                match to {
+                    ForwardPath::Postmaster => out.extend_from_slice(b"<Postmaster>"),
+                    ForwardPath::Mailbox(m) => push_words(out, &["<", m.raw, ">"]),
+                }
+                params.write_to(out);
+            }
+            Command::Bdat { size, last } => {
+                push_words(out, &["BDAT ", &size.to_string()]);
+                if *last {
+                    out.extend_from_slice(b" LAST");
+                }
+            }
+            Command::Vrfy { arg } | Command::Expn { arg } => {
+                push_words(out, &[self.verb(), " ", arg]);
+            }
+            Command::Help { topic: Some(t) } => push_words(out, &["HELP ", t]),
+            Command::Auth { mechanism, initial } => {
+                push_words(out, &["AUTH ", mechanism]);
+                if let Some(ir) = initial {
+                    push_words(out, &[" ", ir]);
+                }
+            }
+            Command::Data
+            | Command::Rset
+            | Command::Noop
+            | Command::Quit
+            | Command::StartTls
+            | Command::Help { topic: None } => out.extend_from_slice(self.verb().as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The whole command line, CRLF included, as a new vector (see
+    /// [`Command::write_to`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_to(&mut v);
+        v
+    }
+}
+
+fn push_words(out: &mut Vec<u8>, words: &[&str]) {
+    for w in words {
+        out.extend_from_slice(w.as_bytes());
+    }
+}
+
+impl MailParams<'_> {
+    /// Appends the parameters, each preceded by a space, in canonical order.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if let Some(size) = self.size {
+            push_words(out, &[" SIZE=", &size.to_string()]);
+        }
+        if let Some(body) = self.body {
+            push_words(
+                out,
+                &[
+                    " BODY=",
+                    match body {
+                        BodyType::SevenBit => "7BIT",
+                        BodyType::EightBitMime => "8BITMIME",
+                        BodyType::BinaryMime => "BINARYMIME",
+                    },
+                ],
+            );
+        }
+        if self.smtputf8 {
+            out.extend_from_slice(b" SMTPUTF8");
+        }
+        if let Some(ret) = self.ret {
+            push_words(
+                out,
+                &[
+                    " RET=",
+                    match ret {
+                        Ret::Full => "FULL",
+                        Ret::Hdrs => "HDRS",
+                    },
+                ],
+            );
+        }
+        if let Some(envid) = self.envid {
+            push_words(out, &[" ENVID=", envid]);
+        }
+        if let Some(auth) = self.auth {
+            push_words(out, &[" AUTH=", auth]);
+        }
+        if self.requiretls {
+            out.extend_from_slice(b" REQUIRETLS");
+        }
+    }
+}
+
+impl RcptParams<'_> {
+    /// Appends the parameters, each preceded by a space, in canonical order.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if let Some(n) = self.notify {
+            out.extend_from_slice(b" NOTIFY=");
+            n.write_to(out);
+        }
+        if let Some(orcpt) = self.orcpt {
+            push_words(out, &[" ORCPT=", orcpt]);
+        }
+    }
+}
+
+impl Notify {
+    /// Appends the value of `NOTIFY=`: `NEVER`, or the flags that are set,
+    /// comma-separated in the order `SUCCESS,FAILURE,DELAY`. A value with no
+    /// flag at all (which the parser never produces) is written as `NEVER`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let flags = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ];
+        let mut first = true;
+        if !self.never {
+            for (_, name) in flags.iter().filter(|(on, _)| *on) {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(name.as_bytes());
+                first = false;
+            }
+        }
+        if first {
+            out.extend_from_slice(b"NEVER");
+        }
+    }
+}
+
+/// Encodes text as RFC 3461 xtext (for `ENVID=`, `ORCPT=` and `AUTH=`):
+/// every octet outside `!`..`~`, and `+` and `=`, becomes `+XX` (upper-case
+/// hexadecimal). The inverse of [`crate::parse::decode_xtext`].
+///
+/// ```
+/// use smtp_proto::command::encode_xtext;
+///
+/// assert_eq!(encode_xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+/// ```
+pub fn encode_xtext(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push('+');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    out
+}
+
 /// A mailbox `local-part@domain` (RFC 5321 §4.1.2), borrowed as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mailbox<'a> {
