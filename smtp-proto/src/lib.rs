@@ -13,6 +13,8 @@
 //! - [`proxy`]: HAProxy PROXY protocol v1/v2 headers.
 //! - [`sasl`]: AUTH PLAIN and LOGIN exchanges.
 //! - [`trace`]: the `Received:` header.
+//! - [`accept`]: connection limits, session ids and shutdown phases for adapters' accept loops.
+//! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
 //! - [`handler`]: a runtime-agnostic async `Handler` trait and the dispatch loop every adapter uses.
 //!
 //! # Replies the core sends by itself
@@ -93,6 +95,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod accept;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod data;

@@ -4,69 +4,19 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
-use smtp_proto::reply::Reply;
-use smtp_proto::server::{CloseReason, PeerInfo, Session, TlsInfo};
+use smtp_proto::server::{PeerInfo, Session};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{ProtocolVersion, ServerConnection};
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
-
-/// Server-wide stop state, broadcast to every connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Stop {
-    Run,
-    /// Graceful: [`Session::shutdown`].
-    Drain,
-    /// The grace period is over: [`Session::abort`].
-    Abort,
-}
-
-/// A server-unique session id: process start time and a counter, in hex.
-pub(crate) fn next_session_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
-    format!("{base:X}{:05X}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The names of the negotiated TLS version and cipher suite (`TLSv1.3`,
-/// `TLS_AES_256_GCM_SHA384`).
-pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(v) => format!("{v:?}"),
-        None => String::new(),
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| {
-            let name = s
-                .suite()
-                .as_str()
-                .map_or_else(|| format!("{:?}", s.suite()), str::to_owned);
-            match name.strip_prefix("TLS13_") {
-                Some(rest) => format!("TLS_{rest}"),
-                None => name,
-            }
-        })
-        .unwrap_or_default();
-    TlsInfo { version, cipher }
-}
 
 /// A plain stream, or the same stream after STARTTLS.
 enum Stream<S> {
@@ -157,7 +107,7 @@ pub struct Connection<S, H> {
     dispatcher: Dispatcher<H>,
     tls: Option<TlsAcceptor>,
     stop: Option<watch::Receiver<Stop>>,
-    seen: Stop,
+    seen: StopSeen,
     need_flush: bool,
     write_deadline: Option<Instant>,
 }
@@ -182,10 +132,10 @@ where
         Connection {
             stream: Stream::Plain(stream),
             session,
-            dispatcher: Dispatcher::new(handler, next_session_id()),
+            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id()),
             tls: None,
             stop: None,
-            seen: Stop::Run,
+            seen: StopSeen::default(),
             need_flush: false,
             write_deadline: None,
         }
@@ -253,16 +203,7 @@ where
     fn apply_stop(&mut self) {
         let Some(rx) = &mut self.stop else { return };
         let cur = *rx.borrow_and_update();
-        if cur > self.seen {
-            self.seen = cur;
-            match cur {
-                Stop::Drain => self.session.shutdown(),
-                Stop::Abort => self
-                    .session
-                    .abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown),
-                Stop::Run => {}
-            }
-        }
+        self.seen.apply(cur, &mut self.session);
     }
 
     /// Runs the dispatcher; an abort from the server interrupts a slow hook.
@@ -274,15 +215,14 @@ where
             seen,
             ..
         } = self;
-        let Some(rx) = stop.as_mut().filter(|_| *seen < Stop::Abort) else {
+        let Some(rx) = stop.as_mut().filter(|_| seen.get() < Stop::Abort) else {
             return dispatcher.drive(session).await;
         };
         tokio::select! {
             d = dispatcher.drive(session) => return d,
             _ = rx.wait_for(|s| *s == Stop::Abort) => {}
         }
-        *seen = Stop::Abort;
-        session.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown);
+        seen.apply(Stop::Abort, session);
         dispatcher.drive(session).await
     }
 

@@ -1,16 +1,16 @@
 //! The high level: a [`Server`] builder with listeners, limits and graceful shutdown.
 
-use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Stop, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
@@ -23,18 +23,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::connection::{Connection, Stop, tls_info};
+use crate::connection::Connection;
 
-/// Connections allowed at once unless [`Server::max_connections`] says otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-
-/// How long to let sessions finish after [`Server::shutdown_signal`] fires,
-/// unless [`Server::grace_period`] says otherwise.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
-
-/// How long a `421` for an over-limit connection, or the final `421` of a
-/// shutdown, may take to write.
-const LAST_WORDS: Duration = Duration::from_secs(5);
+pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
 #[derive(Debug, Clone)]
 enum Listen {
@@ -195,9 +186,7 @@ impl<H: Handler> Server<H> {
                 plain: Arc::new(plain),
                 config: self.config,
                 acceptor,
-                max_connections: self.max_connections,
-                max_per_ip: self.max_per_ip,
-                counts: Mutex::new(Counts::default()),
+                limiter: ConnectionLimiter::new(self.max_connections, self.max_per_ip),
             }),
             stop,
             shutdown: self.shutdown,
@@ -220,12 +209,6 @@ enum Listener {
     Unix(tokio::net::UnixListener, PathBuf),
 }
 
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
 struct Shared<H> {
     handler: Arc<H>,
     /// The configuration for plain listeners (STARTTLS on when TLS is configured).
@@ -233,51 +216,7 @@ struct Shared<H> {
     /// The configuration as given (for implicit TLS).
     config: Arc<Config>,
     acceptor: Option<TlsAcceptor>,
-    max_connections: usize,
-    max_per_ip: Option<usize>,
-    counts: Mutex<Counts>,
-}
-
-/// Holds a connection slot; gives it back when dropped.
-struct Slot<H> {
-    shared: Arc<Shared<H>>,
-    ip: Option<IpAddr>,
-}
-
-impl<H> Shared<H> {
-    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot<H>> {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.max_connections {
-            return None;
-        }
-        if let (Some(ip), Some(max)) = (ip, self.max_per_ip) {
-            let n = c.per_ip.entry(ip).or_default();
-            if *n >= max {
-                return None;
-            }
-            *n += 1;
-        }
-        c.total += 1;
-        Some(Slot {
-            shared: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl<H> Drop for Slot<H> {
-    fn drop(&mut self) {
-        let mut c = self.shared.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.total -= 1;
-        if let Some(ip) = self.ip {
-            if let Some(n) = c.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    c.per_ip.remove(&ip);
-                }
-            }
-        }
-    }
+    limiter: ConnectionLimiter,
 }
 
 /// An accepted stream, before it becomes a [`Connection`].
@@ -385,7 +324,7 @@ impl<H: Handler> BoundServer<H> {
             #[cfg(unix)]
             Accepted::Unix(_) => None,
         };
-        let Some(slot) = self.shared.admit(ip) else {
+        let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
             // A plain listener gets a 421; an implicit-TLS one just closes.
             if let Accepted::Tcp(mut tcp, _, false) = accepted {

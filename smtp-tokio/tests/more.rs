@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use common::{Client, TestCert, all_files, delivered, localhost, start};
 use smtp_proto::config::Config;
-use smtp_proto::handler::{Envelope as Env, Handler, Message as Msg, MessageDecision, SessionInfo};
-use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism as SaslMechanism;
-use smtp_proto::server::Decision;
 use smtp_proto::store::{MaildirHandler, PasswordAuth, SinkHandler};
 use smtp_tokio::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

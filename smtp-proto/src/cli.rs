@@ -1,27 +1,41 @@
-//! The `smtpd` command line: flags, and their translation into a
-//! [`Config`], a handler and a [`Server`].
+//! The `smtpd` command line, shared by every adapter: flags, and their
+//! translation into a [`Config`], a handler and a rustls configuration.
+//!
+//! Each adapter's `smtpd` (the tokio binary, the smol and blocking
+//! examples) is a few lines around [`Setup::from_env`]: the same flags mean
+//! the same thing everywhere.
+//!
+//! ```
+//! use clap::Parser;
+//! use smtp_proto::cli::{Args, Setup};
+//!
+//! let args = Args::try_parse_from(["smtpd", "--sink", "--max-size", "1000", "--lmtp"]).unwrap();
+//! let setup = Setup::from_args(&args).unwrap();
+//! assert!(setup.config.lmtp);
+//! assert_eq!(setup.config.limits.max_message_size, 1000);
+//! assert_eq!(setup.listen, ["127.0.0.1:2525".parse().unwrap()]);
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use smtp_proto::config::Config;
-use smtp_proto::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
-use smtp_proto::reply::Reply;
-use smtp_proto::sasl::{Credentials, Mechanism};
-use smtp_proto::server::Decision;
-use smtp_proto::store::{
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+use crate::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+use crate::sasl::Mechanism;
+use crate::server::Decision;
+use crate::store::{
     DebugHandler, DomainPolicy, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler,
     local_hostname,
 };
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::Server;
 
 /// A debugging SMTP server: prints each message (default), or stores it
 /// in a Maildir or an mbox file.
@@ -227,22 +241,34 @@ impl Setup {
         })
     }
 
-    /// The server (without a shutdown signal: add [`shutdown_signal`]).
-    pub fn into_server(self) -> Server<CliHandler> {
-        let mut s = Server::new(self.handler).config(Arc::new(self.config));
-        for a in self.listen {
-            s = s.listen(a);
-        }
-        for a in self.listen_tls {
-            s = s.listen_tls(a);
-        }
-        if let Some(t) = self.tls {
-            s = s.tls(t);
-        }
-        if let Some(n) = self.max_connections {
-            s = s.max_connections(n);
-        }
-        s
+    /// Parses the process's arguments, starts logging to stderr at
+    /// `--log`, and checks the flags and files. On an error, prints it and
+    /// returns exit code 2 (bad flags exit with 2 inside clap already), so
+    /// `main` can `return` it before binding anything.
+    pub fn from_env() -> Result<Setup, ExitCode> {
+        let args = <Args as clap::Parser>::parse();
+        init_logging(args.log);
+        Setup::from_args(&args).map_err(|e| {
+            tracing::error!("smtpd: {e}");
+            ExitCode::from(2)
+        })
+    }
+}
+
+/// Logs to stderr at `level` (ANSI colours only on a terminal).
+pub fn init_logging(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(level)
+        .try_init();
+}
+
+/// Logs one `listening addr=…` line per bound address (scripts and tests
+/// read the OS-picked ports from these lines).
+pub fn log_listening(addrs: &[SocketAddr]) {
+    for addr in addrs {
+        tracing::info!(%addr, "listening");
     }
 }
 
@@ -256,7 +282,7 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CliError> 
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| err(format!("cannot read private key {}: {e}", key.display())))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
@@ -289,35 +315,11 @@ pub fn load_users(path: &Path) -> Result<HashMap<String, String>, CliError> {
     Ok(users)
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn constant_time() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret1"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 
     #[test]
     fn flags() {

@@ -1,0 +1,256 @@
+//! Accept-loop bookkeeping shared by every adapter: connection limits,
+//! session ids, and the phases of a graceful shutdown.
+//!
+//! None of this does I/O. An adapter asks a [`ConnectionLimiter`] for a
+//! [`Slot`] before serving a connection (and answers
+//! [`Reply::TOO_MANY_CONNECTIONS`](crate::reply::Reply::TOO_MANY_CONNECTIONS)
+//! when there is none), names each session with [`SessionIds`], and walks
+//! its sessions through the [`Stop`] phases when asked to shut down.
+//!
+//! ```
+//! use smtp_proto::accept::ConnectionLimiter;
+//!
+//! let limiter = ConnectionLimiter::new(2, Some(1));
+//! let ip = "192.0.2.1".parse().ok();
+//! let a = limiter.admit(ip).expect("first connection");
+//! assert!(limiter.admit(ip).is_none(), "one per address");
+//! let b = limiter.admit("192.0.2.2".parse().ok()).expect("another address");
+//! assert!(limiter.admit(None).is_none(), "two in all");
+//! drop(a);
+//! assert_eq!(limiter.active(), 1);
+//! # drop(b);
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::reply::Reply;
+use crate::server::{CloseReason, Session};
+
+/// Connections allowed at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How long sessions may finish after a shutdown is requested, unless
+/// configured otherwise.
+pub const DEFAULT_GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the `421` to an over-limit connection, or the last `421` of a
+/// shutdown, may take to write.
+pub const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct Limits {
+    max_total: usize,
+    max_per_ip: Option<usize>,
+    counts: Mutex<Counts>,
+}
+
+/// Counts connections in all and per client address; hands out [`Slot`]s.
+///
+/// Cheap to clone (an `Arc` inside); share one between accept loops.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimiter(Arc<Limits>);
+
+impl ConnectionLimiter {
+    /// At most `max_total` connections at once, and `max_per_ip` from one
+    /// address (connections without an address, e.g. Unix sockets, count
+    /// only towards the total).
+    pub fn new(max_total: usize, max_per_ip: Option<usize>) -> Self {
+        ConnectionLimiter(Arc::new(Limits {
+            max_total,
+            max_per_ip,
+            counts: Mutex::new(Counts::default()),
+        }))
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.0.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached
+    /// (answer [`Reply::TOO_MANY_CONNECTIONS`] and close).
+    pub fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
+        let mut c = self.counts();
+        if c.total >= self.0.max_total {
+            return None;
+        }
+        if let (Some(ip), Some(max)) = (ip, self.0.max_per_ip) {
+            let n = c.per_ip.entry(ip).or_default();
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        Some(Slot {
+            limiter: self.clone(),
+            ip: ip.filter(|_| self.0.max_per_ip.is_some()),
+        })
+    }
+
+    /// Connections holding a slot now.
+    pub fn active(&self) -> usize {
+        self.counts().total
+    }
+}
+
+/// A connection's place under the limits; given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limiter: ConnectionLimiter,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.limiter.counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Server-unique session ids: a base (e.g. the start time in seconds) and a
+/// counter, in hex, like `6752A1B300001`.
+#[derive(Debug)]
+pub struct SessionIds {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl SessionIds {
+    /// Ids starting from `base` (the adapter passes the clock's seconds; the
+    /// core has no clock).
+    pub fn new(base: u64) -> Self {
+        SessionIds {
+            base,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The process-wide generator adapters use: based on the wall clock
+    /// at first use (read once; the session state machine itself never
+    /// reads a clock).
+    pub fn global() -> &'static SessionIds {
+        static IDS: std::sync::OnceLock<SessionIds> = std::sync::OnceLock::new();
+        IDS.get_or_init(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            SessionIds::new(secs)
+        })
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> String {
+        format!("{:X}{:05X}", self.base, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The phases of a server shutdown, broadcast to every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Stop {
+    /// Serving.
+    #[default]
+    Run,
+    /// Stop accepting; sessions finish their transaction
+    /// ([`Session::shutdown`]).
+    Drain,
+    /// The grace period is over: `421 4.3.2` and close ([`Session::abort`]).
+    Abort,
+}
+
+/// Tracks which [`Stop`] phase one session has acted on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopSeen(Stop);
+
+impl StopSeen {
+    /// Applies `now` to `session` if it is a later phase than the one seen;
+    /// returns whether anything changed.
+    pub fn apply(&mut self, now: Stop, session: &mut Session) -> bool {
+        if now <= self.0 {
+            return false;
+        }
+        self.0 = now;
+        match now {
+            Stop::Drain => session.shutdown(),
+            Stop::Abort => session.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown),
+            Stop::Run => {}
+        }
+        true
+    }
+
+    /// The phase seen last.
+    pub fn get(&self) -> Stop {
+        self.0
+    }
+}
+
+/// The names of a rustls connection's TLS version and cipher suite
+/// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
+#[cfg(feature = "rustls")]
+pub fn tls_info(conn: &rustls::ServerConnection) -> crate::server::TlsInfo {
+    use rustls::ProtocolVersion;
+    let version = match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(v) => format!("{v:?}"),
+        None => String::new(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| {
+            let name = s
+                .suite()
+                .as_str()
+                .map_or_else(|| format!("{:?}", s.suite()), str::to_owned);
+            match name.strip_prefix("TLS13_") {
+                Some(rest) => format!("TLS_{rest}"),
+                None => name,
+            }
+        })
+        .unwrap_or_default();
+    crate::server::TlsInfo { version, cipher }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn per_ip_slots_come_back() {
+        let l = ConnectionLimiter::new(10, Some(2));
+        let ip: Option<IpAddr> = "10.0.0.1".parse().ok();
+        let a = l.admit(ip).unwrap();
+        let b = l.admit(ip).unwrap();
+        assert!(l.admit(ip).is_none());
+        drop(a);
+        let c = l.admit(ip).unwrap();
+        drop((b, c));
+        assert_eq!(l.active(), 0);
+        assert!(l.counts().per_ip.is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = SessionIds::new(0xABC);
+        assert_eq!(ids.next_id(), "ABC00000");
+        assert_eq!(ids.next_id(), "ABC00001");
+    }
+}
