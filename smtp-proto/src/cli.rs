@@ -72,6 +72,10 @@ pub struct Args {
     /// Most connections at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Seconds sessions may take to finish their transaction after SIGINT or
+    /// SIGTERM before they get `421 4.3.2` (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub grace_period: Option<u64>,
     /// Command timeout in seconds (also bounds TLS handshakes).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -180,6 +184,8 @@ pub struct Setup {
     pub listen_tls: Vec<SocketAddr>,
     /// Connection limit.
     pub max_connections: Option<usize>,
+    /// How long sessions may finish after a shutdown signal.
+    pub grace_period: Duration,
 }
 
 impl Setup {
@@ -238,6 +244,9 @@ impl Setup {
             listen: a.listen.clone(),
             listen_tls: a.listen_tls.clone(),
             max_connections: a.max_connections,
+            grace_period: a
+                .grace_period
+                .map_or(crate::accept::DEFAULT_GRACE_PERIOD, Duration::from_secs),
         })
     }
 

@@ -65,5 +65,8 @@ pub use tokio_rustls::rustls;
 mod connection;
 mod server;
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 pub use connection::{Connection, serve_stream};
 pub use server::{BoundServer, DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS, Server};
