@@ -45,6 +45,9 @@ pub struct Args {
     /// Address to listen on for SMTP (repeatable).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
     pub listen: Vec<SocketAddr>,
+    /// Unix-domain socket path to listen on (repeatable; e.g. for LMTP).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Vec<PathBuf>,
     /// Address to listen on for implicit TLS (RFC 8314; repeatable). Needs --tls-cert.
     #[arg(long, value_name = "ADDR")]
     pub listen_tls: Vec<SocketAddr>,
@@ -72,6 +75,16 @@ pub struct Args {
     /// Most connections at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most connections at once from one client IP address.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Commands that make no progress (NOOP, RSET, refused RCPTs, …) allowed
+    /// per session before it is closed (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub junk_command_limit: Option<u32>,
+    /// Delay in milliseconds added to each error reply past the soft error limit.
+    #[arg(long, value_name = "MS")]
+    pub error_delay_ms: Option<u64>,
     /// Seconds sessions may take to finish their transaction after SIGINT or
     /// SIGTERM before they get `421 4.3.2` (default 30).
     #[arg(long, value_name = "SECS")]
@@ -182,8 +195,12 @@ pub struct Setup {
     pub listen: Vec<SocketAddr>,
     /// Implicit TLS listeners.
     pub listen_tls: Vec<SocketAddr>,
+    /// Unix-domain socket listeners.
+    pub listen_unix: Vec<PathBuf>,
     /// Connection limit.
     pub max_connections: Option<usize>,
+    /// Connection limit per client IP address.
+    pub max_connections_per_ip: Option<usize>,
     /// How long sessions may finish after a shutdown signal.
     pub grace_period: Duration,
 }
@@ -200,6 +217,12 @@ impl Setup {
         }
         if let Some(n) = a.max_recipients {
             config.limits.max_recipients = n.max(1);
+        }
+        if let Some(n) = a.junk_command_limit {
+            config.limits.junk_command_limit = if n == 0 { u32::MAX } else { n };
+        }
+        if let Some(ms) = a.error_delay_ms {
+            config.limits.error_delay = Duration::from_millis(ms);
         }
         if let Some(t) = a.timeout {
             if t == 0 {
@@ -243,7 +266,9 @@ impl Setup {
             tls,
             listen: a.listen.clone(),
             listen_tls: a.listen_tls.clone(),
+            listen_unix: a.listen_unix.clone(),
             max_connections: a.max_connections,
+            max_connections_per_ip: a.max_connections_per_ip,
             grace_period: a
                 .grace_period
                 .map_or(crate::accept::DEFAULT_GRACE_PERIOD, Duration::from_secs),

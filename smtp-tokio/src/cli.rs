@@ -42,11 +42,18 @@ pub fn smtpd(setup: Setup) -> ExitCode {
         for a in setup.listen_tls {
             server = server.listen_tls(a);
         }
+        #[cfg(unix)]
+        for p in setup.listen_unix {
+            server = server.listen_unix(p);
+        }
         if let Some(t) = setup.tls {
             server = server.tls(t);
         }
         if let Some(n) = setup.max_connections {
             server = server.max_connections(n);
+        }
+        if let Some(n) = setup.max_connections_per_ip {
+            server = server.max_connections_per_ip(n);
         }
         let server = server.bind().await?;
         log_listening(server.local_addrs());
