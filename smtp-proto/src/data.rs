@@ -482,6 +482,105 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b".\r\n");
 }
 
+/// Streaming [`dot_stuff`]: the same output for a body pushed in pieces
+/// split anywhere. (Client side.)
+///
+/// Feed the body with [`DotStuffer::feed`], then call
+/// [`DotStuffer::finish`] once for the CRLF (if the body did not end with
+/// one) and the terminating `.` CR LF.
+///
+/// ```
+/// use smtp_proto::data::{DotStuffer, dot_stuff};
+///
+/// let body = b"a\r\n.b\r\n.\r\n";
+/// let mut whole = Vec::new();
+/// dot_stuff(body, &mut whole);
+/// let mut pieces = Vec::new();
+/// let mut st = DotStuffer::new();
+/// for piece in body.chunks(1) {
+///     st.feed(piece, &mut pieces);
+/// }
+/// st.finish(&mut pieces);
+/// assert_eq!(pieces, whole);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DotStuffer {
+    /// Where the previous piece left off.
+    state: StuffState,
+    /// Nothing has been fed yet.
+    empty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StuffState {
+    /// At a line start (the start of the body, or after CR LF).
+    LineStart,
+    /// Just after a CR.
+    AfterCr,
+    /// Anywhere else.
+    Mid,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// A stuffer at the start of a body.
+    pub fn new() -> Self {
+        DotStuffer {
+            state: StuffState::LineStart,
+            empty: true,
+        }
+    }
+
+    /// Appends the next piece of the body to `out`, dot-stuffed.
+    pub fn feed(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        if piece.is_empty() {
+            return;
+        }
+        self.empty = false;
+        out.reserve(piece.len() + 1);
+        // A line start at the front of this piece (the previous piece may
+        // have ended with the CR LF, or with the CR of it).
+        let front = match (self.state, piece) {
+            (StuffState::LineStart, [b'.', ..]) => Some(0),
+            (StuffState::AfterCr, [b'\n', b'.', ..]) => Some(1),
+            _ => None,
+        };
+        let mut last = 0;
+        if let Some(p) = front {
+            out.extend_from_slice(piece.get(..p).unwrap_or_default());
+            out.push(b'.');
+            last = p;
+        }
+        for p in memmem::find_iter(piece, b"\r\n.") {
+            out.extend_from_slice(piece.get(last..p + 2).unwrap_or_default());
+            out.push(b'.');
+            last = p + 2;
+        }
+        out.extend_from_slice(piece.get(last..).unwrap_or_default());
+        self.state = match (self.state, piece) {
+            (_, [.., b'\r', b'\n']) | (StuffState::AfterCr, [b'\n']) => StuffState::LineStart,
+            (_, [.., b'\r']) => StuffState::AfterCr,
+            _ => StuffState::Mid,
+        };
+    }
+
+    /// Appends CR LF if the body so far does not end with one (and is not
+    /// empty), then the terminator `.` CR LF; the stuffer is then ready for
+    /// a new body.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.empty && self.state != StuffState::LineStart {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        *self = DotStuffer::new();
+    }
+}
+
 /// Incremental line-ending checker for BDAT chunks (no dot handling): flags
 /// bare LF, bare CR and long lines across chunk boundaries.
 ///
