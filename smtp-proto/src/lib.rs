@@ -98,6 +98,7 @@
 pub mod accept;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod data;
