@@ -114,6 +114,8 @@ pub mod sasl;
 pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "handler")]
+pub mod sync_handler;
 pub mod trace;
 
 /// The workspace README's Rust examples, compiled and run as doctests.
