@@ -1192,9 +1192,12 @@ impl Client {
         if self.is_closed() {
             return;
         }
-        if self.phase == Phase::Handshake && pos < self.end {
-            self.fail(ClientError::TlsInjection, false);
-            return;
+        if self.phase == Phase::Handshake {
+            if pos < self.end {
+                self.fail(ClientError::TlsInjection, false);
+                return;
+            }
+            self.events.push_back(ClientEvent::StartTls);
         }
         self.input.copy_within(pos..self.end, 0);
         self.end -= pos;
@@ -1339,10 +1342,8 @@ impl Client {
 
     fn on_starttls(&mut self, reply: Reply) {
         match reply.code() {
-            220 => {
-                self.phase = Phase::Handshake;
-                self.events.push_back(ClientEvent::StartTls);
-            }
+            // The event is reported once no byte follows the reply.
+            220 => self.phase = Phase::Handshake,
             c if c >= 400 => {
                 if self.config.tls == TlsPolicy::Required {
                     self.fail(ClientError::TlsRefused(reply), true);
