@@ -357,10 +357,14 @@ where
             Io::Stop => {}
             Io::Timer => {
                 let now = Instant::now();
-                if self.write_deadline.is_some_and(|d| now >= d) {
+                // Output still unwritten past its deadline: the client does
+                // not read. (A flush that completed meanwhile is no timeout.)
+                let stuck = self.need_flush || self.session.wants_write();
+                if stuck && self.write_deadline.is_some_and(|d| now >= d) {
                     tracing::info!("write timed out; closing");
                     return Err(io::ErrorKind::TimedOut.into());
                 }
+                self.write_deadline = None;
                 self.session.handle_timeout(now.into_std());
             }
         }

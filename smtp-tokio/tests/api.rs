@@ -1,0 +1,127 @@
+//! The library API in process: custom handlers (per-recipient LMTP
+//! decisions, a panicking hook), one accepted stream, the shutdown signal.
+//! Everything reachable through the `smtpd` flags is in the shared
+//! conformance suite (`tests/conformance.rs`).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_conformance::Client;
+use smtp_proto::config::Config;
+use smtp_proto::handler::{Envelope, Handler, MailOptions, Message, MessageDecision, SessionInfo};
+use smtp_proto::reply::Reply;
+use smtp_proto::server::{Decision, PeerInfo};
+use smtp_proto::store::SinkHandler;
+use smtp_tokio::{BoundServer, Server};
+use tokio::sync::oneshot;
+
+fn localhost() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Binds `server`, runs it in a task; returns its address, a stop switch and the task.
+async fn start<H: Handler>(
+    server: Server<H>,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let bound: BoundServer<H> = server
+        .shutdown_signal(async {
+            let _ = rx.await;
+        })
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addrs()[0];
+    (addr, tx, tokio::spawn(bound.run()))
+}
+
+/// Accepts the first recipient and refuses the others after the body.
+struct FirstOnly;
+
+impl Handler for FirstOnly {
+    async fn message(&self, _s: &SessionInfo, e: &Envelope, _m: &Arc<Message>) -> MessageDecision {
+        let mut v = vec![Decision::Accept];
+        v.resize(e.recipients.len(), Reply::TEMPORARY_FAILURE.into());
+        MessageDecision::PerRecipient(v)
+    }
+}
+
+#[tokio::test]
+async fn lmtp_per_recipient_decisions() {
+    let mut config = Config::new("lmtp.test");
+    config.lmtp = true;
+    let (addr, stop, task) = start(
+        Server::new(FirstOnly)
+            .config(Arc::new(config))
+            .listen(localhost()),
+    )
+    .await;
+    let mut c = Client::connect(addr).await;
+    assert!(c.reply().await.starts_with("220 lmtp.test"));
+    c.expect("LHLO client\r\n", "250").await;
+    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nRCPT TO:<d@y>\r\nDATA\r\n")
+        .await;
+    for _ in 0..4 {
+        assert!(c.reply().await.starts_with("250"));
+    }
+    assert!(c.reply().await.starts_with("354"));
+    c.send("Subject: l\r\n\r\nhi\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert!(c.reply().await.starts_with("451 4.3.0"));
+    assert!(c.reply().await.starts_with("451 4.3.0"));
+    c.expect("QUIT\r\n", "221").await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Panics in MAIL.
+struct Panicky;
+
+impl Handler for Panicky {
+    async fn mail(&self, _s: &SessionInfo, _f: &str, _o: &MailOptions) -> Decision {
+        panic!("handler bug");
+    }
+}
+
+#[tokio::test]
+async fn handler_panic_is_isolated() {
+    let (addr, stop, task) = start(Server::new(Panicky).listen(localhost())).await;
+    for _ in 0..2 {
+        let mut c = Client::connect(addr).await;
+        assert!(c.reply().await.starts_with("220 "));
+        c.expect("EHLO x\r\n", "250").await;
+        c.expect("MAIL FROM:<a@x>\r\n", "421 4.3.0").await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn serve_one_accepted_stream() {
+    let (a, b) = tokio::io::duplex(4096);
+    let config = Arc::new(Config::new("duplex.test"));
+    let server = tokio::spawn(smtp_tokio::serve_stream(
+        b,
+        PeerInfo::default(),
+        config,
+        Arc::new(SinkHandler),
+    ));
+    let mut c = Client::new(a);
+    assert!(c.reply().await.starts_with("220 duplex.test"));
+    c.expect("HELO x\r\n", "250").await;
+    c.expect("MAIL FROM:<a@x>\r\n", "250").await;
+    c.expect("RCPT TO:<b@y>\r\n", "250").await;
+    c.expect("DATA\r\n", "354").await;
+    c.expect("hi\r\n.\r\n", "250").await;
+    c.expect("QUIT\r\n", "221").await;
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
