@@ -1,0 +1,112 @@
+//! The `smtpd` server on smol or async-std (feature `cli`): the flags are
+//! [`smtp_proto::cli`]'s, shared with the other adapters.
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use futures_lite::{StreamExt, future};
+use smtp_proto::cli::{CliHandler, Setup, log_listening};
+
+use crate::Server;
+
+/// Runs the server `setup` describes until SIGINT or SIGTERM, then shuts
+/// down gracefully (grace: `setup.grace_period`). Logs one
+/// `listening addr=…` line per bound address.
+///
+/// With the `smol` feature the sessions run on a smol executor with one
+/// thread per CPU; with only `async-std`, on async-std's.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     match smtp_proto::cli::Setup::from_env() {
+///         Ok(setup) => smtp_async_std::cli::smtpd(setup),
+///         Err(code) => code,
+///     }
+/// }
+/// ```
+pub fn smtpd(setup: Setup) -> ExitCode {
+    match run(setup) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("smtpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "smol")]
+fn run(setup: Setup) -> io::Result<()> {
+    let ex = Arc::new(smol::Executor::new());
+    // Dropping `done` ends the worker threads.
+    let (done, wait) = smol::channel::bounded::<()>(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<_> = (0..threads)
+        .filter_map(|i| {
+            let (ex, wait) = (ex.clone(), wait.clone());
+            std::thread::Builder::new()
+                .name(format!("smtpd-{i}"))
+                .spawn(move || smol::block_on(ex.run(wait.recv())))
+                .ok()
+        })
+        .collect();
+    let result = smol::block_on(ex.run(serve(setup, |s| s.executor(ex.clone()))));
+    drop(done);
+    for w in workers {
+        let _ = w.join();
+    }
+    result
+}
+
+#[cfg(not(feature = "smol"))]
+fn run(setup: Setup) -> io::Result<()> {
+    async_std::task::block_on(serve(setup, |s| s))
+}
+
+/// Builds the server from `setup` exactly like smtp-tokio's `smtpd`.
+async fn serve(setup: Setup, tune: impl FnOnce(Server<CliHandler>) -> Server<CliHandler>) -> io::Result<()> {
+    let mut server = tune(Server::new(setup.handler))
+        .config(Arc::new(setup.config))
+        .grace_period(setup.grace_period)
+        .shutdown_signal(shutdown_signal());
+    for a in setup.listen {
+        server = server.listen(a);
+    }
+    for a in setup.listen_tls {
+        server = server.listen_tls(a);
+    }
+    #[cfg(unix)]
+    for p in setup.listen_unix {
+        server = server.listen_unix(p);
+    }
+    if let Some(t) = setup.tls {
+        server = server.tls(t);
+    }
+    if let Some(n) = setup.max_connections {
+        server = server.max_connections(n);
+    }
+    if let Some(n) = setup.max_connections_per_ip {
+        server = server.max_connections_per_ip(n);
+    }
+    let server = server.bind().await?;
+    log_listening(server.local_addrs());
+    server.run().await
+}
+
+/// Completes on SIGINT or SIGTERM (SIGINT only where there is no SIGTERM).
+pub async fn shutdown_signal() {
+    use async_signal::{Signal, Signals};
+    #[cfg(unix)]
+    let which = [Signal::Int, Signal::Term];
+    #[cfg(not(unix))]
+    let which = [Signal::Int];
+    match Signals::new(which) {
+        Ok(mut signals) => {
+            let _ = signals.next().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for signals");
+            future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The low level: one connection driving one [`Session`].
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{FutureExt, future};
+use futures_rustls::TlsAcceptor;
+use futures_rustls::server::TlsStream;
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
+use smtp_proto::config::Config;
+use smtp_proto::handler::{Dispatcher, Drive, Handler};
+use smtp_proto::server::{PeerInfo, Session};
+use tracing::Instrument;
+
+use crate::rt::{Control, timeout};
+
+/// A plain stream, or the same stream after STARTTLS.
+enum Stream<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
+    /// During (and after a failed) handshake.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(s).poll_close(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What one round of I/O produced.
+enum Io {
+    Wrote(usize),
+    Read(usize),
+    Timer,
+    Stop,
+}
+
+/// One SMTP connection: a stream, a [`Session`] and a [`Dispatcher`] for a
+/// [`Handler`].
+///
+/// [`Connection::run`] reads and writes concurrently (a client that
+/// pipelines a lot never deadlocks the server), stops reading while replies
+/// pile up unread (backpressure), enforces the session's timeouts with
+/// [`async_io::Timer`], bounds every write by the command timeout, and
+/// performs the STARTTLS upgrade when an acceptor was given with
+/// [`Connection::with_tls`]. Any runtime built on `async-io` drives it
+/// (smol, async-std).
+///
+/// ```no_run
+/// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// use smtp_proto::{config::Config, server::PeerInfo, store::SinkHandler};
+///
+/// let peer = PeerInfo::new(tcp.peer_addr()?);
+/// let config = Arc::new(Config::new("mx.example"));
+/// smtp_async_std::Connection::new(tcp, peer, config, Arc::new(SinkHandler)).run().await
+/// # }
+/// ```
+pub struct Connection<S, H> {
+    stream: Stream<S>,
+    session: Session,
+    dispatcher: Dispatcher<H>,
+    tls: Option<TlsAcceptor>,
+    stop: Option<Arc<Control>>,
+    seen: StopSeen,
+    need_flush: bool,
+    write_deadline: Option<Instant>,
+}
+
+impl<S, H> std::fmt::Debug for Connection<S, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, H> Connection<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    /// A connection over an accepted `stream` from `peer` (set `peer.tls`
+    /// when the stream is already TLS).
+    pub fn new(stream: S, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
+        Connection {
+            stream: Stream::Plain(stream),
+            session: Session::new(config, peer, Instant::now()),
+            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id()),
+            tls: None,
+            stop: None,
+            seen: StopSeen::default(),
+            need_flush: false,
+            write_deadline: None,
+        }
+    }
+
+    /// Enables the STARTTLS upgrade with `acceptor`. STARTTLS is offered
+    /// only if the configuration says so (`config.extensions.starttls`).
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    pub(crate) fn with_stop(mut self, stop: Arc<Control>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// The session id (in logs and the `Received:` header).
+    pub fn id(&self) -> &str {
+        &self.dispatcher.info().id
+    }
+
+    /// The session state.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Serves the connection until the session closes. Errors are I/O
+    /// errors and write timeouts; the client has been answered as far as possible.
+    pub async fn run(self) -> io::Result<()> {
+        let peer = self.session.peer().remote;
+        let span = tracing::info_span!("smtp", id = %self.id(), peer = ?peer);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) -> io::Result<()> {
+        tracing::debug!("session start");
+        let command_timeout = self.session.config().timeouts.command;
+        loop {
+            self.apply_stop();
+            match self.drive().await {
+                Drive::Idle => {}
+                Drive::StartTls => {
+                    self.flush().await?;
+                    self.start_tls(command_timeout).await;
+                    continue;
+                }
+                Drive::Throttle(d) => {
+                    self.flush().await?;
+                    Timer::after(d).await;
+                    continue;
+                }
+                Drive::Closed => {
+                    let res = self.flush().await;
+                    let _ = timeout(command_timeout, self.stream.close()).await;
+                    tracing::debug!("session end");
+                    return res;
+                }
+            }
+            self.io_step(command_timeout).await?;
+        }
+    }
+
+    /// Applies a stop state the connection has not acted on yet.
+    fn apply_stop(&mut self) {
+        if let Some(c) = &self.stop {
+            self.seen.apply(c.stop(), &mut self.session);
+        }
+    }
+
+    /// Runs the dispatcher; an abort from the server interrupts a slow hook.
+    async fn drive(&mut self) -> Drive {
+        let Connection {
+            session,
+            dispatcher,
+            stop,
+            seen,
+            ..
+        } = self;
+        let Some(c) = stop.as_ref().filter(|_| seen.get() < Stop::Abort) else {
+            return dispatcher.drive(session).await;
+        };
+        let aborted = async {
+            c.until(|c| c.stop() == Stop::Abort).await;
+            None
+        };
+        if let Some(d) = async { Some(dispatcher.drive(session).await) }
+            .or(aborted)
+            .await
+        {
+            return d;
+        }
+        seen.apply(Stop::Abort, session);
+        dispatcher.drive(session).await
+    }
+
+    /// Writes everything pending, within the command timeout.
+    async fn flush(&mut self) -> io::Result<()> {
+        let Connection {
+            stream, session, ..
+        } = self;
+        let t = session.config().timeouts.command;
+        let all = async {
+            while session.wants_write() {
+                let n = stream.write(session.transmit()).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                session.transmitted(n);
+            }
+            stream.flush().await
+        };
+        self.need_flush = false;
+        timeout(t, all)
+            .await
+            .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    async fn start_tls(&mut self, handshake_timeout: Duration) {
+        let stream = std::mem::replace(&mut self.stream, Stream::Gone);
+        let (Some(acceptor), Stream::Plain(plain)) = (self.tls.clone(), stream) else {
+            tracing::warn!("STARTTLS without a TLS acceptor");
+            self.session.tls_failed();
+            return;
+        };
+        match timeout(handshake_timeout, acceptor.accept(plain)).await {
+            Some(Ok(tls)) => {
+                let info = tls_info(tls.get_ref().1);
+                tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
+                self.stream = Stream::Tls(Box::new(tls));
+                if let Err(e) = self.session.tls_established(info) {
+                    tracing::error!(error = %e, "tls_established refused");
+                }
+            }
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "STARTTLS handshake failed");
+                self.session.tls_failed();
+            }
+            None => {
+                tracing::info!("STARTTLS handshake timed out");
+                self.session.tls_failed();
+            }
+        }
+    }
+
+    /// Waits for one of: a write, a read, the session's timer, the write
+    /// deadline, or a stop signal; then feeds the result to the session.
+    async fn io_step(&mut self, command_timeout: Duration) -> io::Result<()> {
+        let writing = self.session.wants_write() || self.need_flush;
+        if !writing {
+            self.write_deadline = None;
+        } else if self.write_deadline.is_none() {
+            self.write_deadline = Some(Instant::now() + command_timeout);
+        }
+        let wake = match (self.session.poll_timeout(), self.write_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Connection {
+            stream,
+            session,
+            stop,
+            seen,
+            need_flush,
+            ..
+        } = self;
+        let seen = seen.get();
+        let mut stop = pin!(async {
+            match stop {
+                Some(c) => c.until(|c| c.stop() != seen).await,
+                None => future::pending().await,
+            }
+        });
+        let mut timer = wake.map_or_else(Timer::never, Timer::at);
+        let io = poll_fn(|cx| {
+            if session.wants_write() {
+                match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => return Poll::Ready(Ok(Io::Wrote(n))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            } else if *need_flush {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *need_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if session.wants_read() {
+                let buf = session.read_buf();
+                if !buf.is_empty() {
+                    match Pin::new(&mut *stream).poll_read(cx, buf) {
+                        Poll::Ready(Ok(n)) => return Poll::Ready(Ok(Io::Read(n))),
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "read failed");
+                            return Poll::Ready(Ok(Io::Read(0)));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Io::Stop));
+            }
+            if Pin::new(&mut timer).poll(cx).is_ready() {
+                return Poll::Ready(Ok(Io::Timer));
+            }
+            Poll::Pending
+        })
+        .await?;
+        match io {
+            Io::Wrote(n) => {
+                self.session.transmitted(n);
+                self.need_flush = true;
+                self.write_deadline = None;
+            }
+            Io::Read(0) => self.session.receive_eof(),
+            Io::Read(n) => self.session.filled(n, Instant::now()),
+            Io::Stop => {}
+            Io::Timer => {
+                let now = Instant::now();
+                // Output still unwritten past its deadline: the client does
+                // not read. (A flush that completed meanwhile is no timeout.)
+                let stuck = self.need_flush || self.session.wants_write();
+                if stuck && self.write_deadline.is_some_and(|d| now >= d) {
+                    tracing::info!("write timed out; closing");
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                self.write_deadline = None;
+                self.session.handle_timeout(now);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves one already-accepted plain stream (no STARTTLS) until the session closes.
+///
+/// For STARTTLS, build a [`Connection`] and call [`Connection::with_tls`].
+pub async fn serve_stream<S, H>(
+    stream: S,
+    peer: PeerInfo,
+    config: Arc<Config>,
+    handler: Arc<H>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    Connection::new(stream, peer, config, handler).run().await
+}

@@ -1,0 +1,470 @@
+//! The high level: a [`Server`] builder with listeners, limits and graceful shutdown.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use async_net::TcpStream;
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{FutureExt, future};
+use futures_rustls::TlsAcceptor;
+use futures_rustls::rustls::ServerConfig;
+use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Stop, tls_info};
+use smtp_proto::config::Config;
+use smtp_proto::handler::Handler;
+use smtp_proto::reply::Reply;
+use smtp_proto::server::PeerInfo;
+
+use crate::connection::Connection;
+use crate::rt::{Control, Live, Spawner, timeout};
+
+pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
+
+#[derive(Debug, Clone)]
+enum Listen {
+    Tcp(SocketAddr),
+    Tls(SocketAddr),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Builds an SMTP server: listeners, configuration, handler, TLS, limits, shutdown.
+///
+/// See the [crate docs](crate) for an example.
+pub struct Server<H> {
+    handler: Arc<H>,
+    config: Arc<Config>,
+    listen: Vec<Listen>,
+    tls: Option<Arc<ServerConfig>>,
+    max_connections: usize,
+    max_per_ip: Option<usize>,
+    shutdown: Option<Signal>,
+    grace: Duration,
+    spawner: Spawner,
+}
+
+impl<H> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// A server for `handler`, with [`Config::default`] and no listener yet.
+    pub fn new(handler: H) -> Self {
+        Server {
+            handler: Arc::new(handler),
+            config: Arc::new(Config::default()),
+            listen: Vec::new(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: None,
+            shutdown: None,
+            grace: DEFAULT_GRACE_PERIOD,
+            spawner: Spawner::default(),
+        }
+    }
+
+    /// Replaces the handler.
+    pub fn handler<H2: Handler>(self, handler: H2) -> Server<H2> {
+        Server {
+            handler: Arc::new(handler),
+            config: self.config,
+            listen: self.listen,
+            tls: self.tls,
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            shutdown: self.shutdown,
+            grace: self.grace,
+            spawner: self.spawner,
+        }
+    }
+
+    /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tcp(addr));
+        self
+    }
+
+    /// Listens for implicit TLS (RFC 8314, "submissions"): the handshake
+    /// comes first, within the command timeout. Needs [`Server::tls`].
+    pub fn listen_tls(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tls(addr));
+        self
+    }
+
+    /// Listens on a Unix domain socket (e.g. for LMTP from a local MTA).
+    #[cfg(unix)]
+    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.listen.push(Listen::Unix(path.into()));
+        self
+    }
+
+    /// The session configuration.
+    pub fn config(mut self, config: Arc<Config>) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The TLS configuration: enables STARTTLS on plain listeners and allows
+    /// [`Server::listen_tls`].
+    pub fn tls(mut self, tls: Arc<ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connections served at once; more get `421 4.7.0` and are closed.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connections served at once from one IP address; more get `421 4.7.0`.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_per_ip = Some(n);
+        self
+    }
+
+    /// When `signal` completes, the server stops accepting, asks every
+    /// session to finish ([`smtp_proto::server::Session::shutdown`]), waits up to the grace
+    /// period, then closes the rest with `421 4.3.2`.
+    pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// How long sessions may take to finish after the shutdown signal.
+    /// Default: [`DEFAULT_GRACE_PERIOD`].
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Runs sessions on `executor` instead of smol's global one (whose
+    /// thread count is the `SMOL_THREADS` environment variable, default 1).
+    #[cfg(feature = "smol")]
+    pub fn executor(mut self, executor: Arc<smol::Executor<'static>>) -> Self {
+        self.spawner.executor = Some(executor);
+        self
+    }
+
+    /// Binds every listener.
+    pub async fn bind(self) -> io::Result<BoundServer<H>> {
+        let acceptor = self.tls.map(TlsAcceptor::from);
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for l in &self.listen {
+            match l {
+                Listen::Tcp(a) | Listen::Tls(a) => {
+                    let tls = matches!(l, Listen::Tls(_));
+                    if tls && acceptor.is_none() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "listen_tls needs a TLS configuration",
+                        ));
+                    }
+                    let tcp = Async::<std::net::TcpListener>::bind(*a)?;
+                    local_addrs.push(tcp.get_ref().local_addr()?);
+                    listeners.push(Listener::Tcp { tcp, tls });
+                }
+                #[cfg(unix)]
+                Listen::Unix(p) => {
+                    let unix = Async::<std::os::unix::net::UnixListener>::bind(p)?;
+                    listeners.push(Listener::Unix(unix, p.clone()));
+                }
+            }
+        }
+        let mut plain = (*self.config).clone();
+        plain.extensions.starttls = acceptor.is_some();
+        Ok(BoundServer {
+            listeners,
+            local_addrs,
+            shared: Arc::new(Shared {
+                handler: self.handler,
+                plain: Arc::new(plain),
+                config: self.config,
+                acceptor,
+                limiter: ConnectionLimiter::new(self.max_connections, self.max_per_ip),
+                control: Arc::default(),
+            }),
+            shutdown: self.shutdown,
+            grace: self.grace,
+            spawner: self.spawner,
+        })
+    }
+
+    /// Binds and runs until the shutdown signal (see [`BoundServer::run`]).
+    pub async fn run(self) -> io::Result<()> {
+        self.bind().await?.run().await
+    }
+}
+
+enum Listener {
+    Tcp {
+        tcp: Async<std::net::TcpListener>,
+        tls: bool,
+    },
+    #[cfg(unix)]
+    Unix(Async<std::os::unix::net::UnixListener>, PathBuf),
+}
+
+struct Shared<H> {
+    handler: Arc<H>,
+    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    plain: Arc<Config>,
+    /// The configuration as given (for implicit TLS).
+    config: Arc<Config>,
+    acceptor: Option<TlsAcceptor>,
+    limiter: ConnectionLimiter,
+    control: Arc<Control>,
+}
+
+/// An accepted stream, before it becomes a [`Connection`].
+enum Accepted {
+    Tcp(std::net::TcpStream, SocketAddr, bool),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// A server whose listeners are bound; [`BoundServer::run`] serves them.
+pub struct BoundServer<H> {
+    listeners: Vec<Listener>,
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared<H>>,
+    shutdown: Option<Signal>,
+    grace: Duration,
+    spawner: Spawner,
+}
+
+impl<H> std::fmt::Debug for BoundServer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts from `l` without blocking, else registers for readiness.
+fn poll_accept<T, X>(
+    l: &Async<T>,
+    cx: &mut Context<'_>,
+    accept: impl Fn(&T) -> io::Result<X>,
+) -> Poll<io::Result<X>> {
+    loop {
+        match accept(l.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            res => return Poll::Ready(res),
+        }
+        std::task::ready!(l.poll_readable(cx))?;
+    }
+}
+
+impl<H: Handler> BoundServer<H> {
+    /// The TCP addresses bound, in [`Server::listen`]/[`Server::listen_tls`]
+    /// order (with the ports the OS picked for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Accepts and serves connections until the shutdown signal, then shuts
+    /// down gracefully. Returns once every session has ended.
+    pub async fn run(mut self) -> io::Result<()> {
+        let mut shutdown = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| Box::pin(future::pending()));
+        let mut next = 0usize;
+        loop {
+            let listeners = &self.listeners;
+            let accepted = poll_fn(|cx| {
+                let n = listeners.len();
+                for k in 0..n {
+                    let i = (next + k) % n;
+                    let r = match &listeners[i] {
+                        Listener::Tcp { tcp, tls } => poll_accept(tcp, cx, |l| l.accept())
+                            .map_ok(|(s, a)| Accepted::Tcp(s, a, *tls)),
+                        #[cfg(unix)]
+                        Listener::Unix(u, _) => {
+                            poll_accept(u, cx, |l| l.accept()).map_ok(|(s, _)| Accepted::Unix(s))
+                        }
+                    };
+                    if r.is_ready() {
+                        next = i + 1;
+                        return r;
+                    }
+                }
+                Poll::Pending
+            });
+            let shutdown = async {
+                (&mut shutdown).await;
+                None
+            };
+            match shutdown.or(async { Some(accepted.await) }).await {
+                None => break,
+                Some(Ok(a)) => self.spawn(a),
+                Some(Err(e)) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    Timer::after(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let control = &self.shared.control;
+        tracing::info!(sessions = control.live(), "shutting down");
+        for l in self.listeners.drain(..) {
+            #[cfg(unix)]
+            if let Listener::Unix(_, path) = l {
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(not(unix))]
+            drop(l);
+        }
+        control.set_stop(Stop::Drain);
+        let all_done = || control.until(|c| c.live() == 0);
+        if timeout(self.grace, all_done()).await.is_none() {
+            tracing::info!(
+                sessions = control.live(),
+                "grace period over; closing sessions"
+            );
+            control.set_stop(Stop::Abort);
+            if timeout(LAST_WORDS, all_done()).await.is_none() {
+                control.kill();
+                let _ = timeout(LAST_WORDS, all_done()).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, accepted: Accepted) {
+        let ip = match &accepted {
+            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            #[cfg(unix)]
+            Accepted::Unix(_) => None,
+        };
+        let Some(slot) = self.shared.limiter.admit(ip) else {
+            tracing::info!(peer = ?ip, "too many connections");
+            // A plain listener gets a 421; an implicit-TLS one just closes.
+            if let Accepted::Tcp(tcp, _, false) = accepted {
+                self.spawner.spawn(async move {
+                    let Ok(mut tcp) = TcpStream::try_from(tcp) else {
+                        return;
+                    };
+                    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+                    let _ = timeout(LAST_WORDS, async {
+                        tcp.write_all(&bye).await?;
+                        tcp.close().await
+                    })
+                    .await;
+                });
+            }
+            return;
+        };
+        let shared = self.shared.clone();
+        let live = Live::new(&shared.control);
+        self.spawner.spawn(async move {
+            let _slot = slot;
+            let _live = live;
+            let control = shared.control.clone();
+            let serve = async {
+                match accepted {
+                    Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls).await,
+                    #[cfg(unix)]
+                    Accepted::Unix(s) => {
+                        let s = async_net::unix::UnixStream::try_from(s)?;
+                        let c = Connection::new(
+                            s,
+                            PeerInfo::default(),
+                            shared.plain.clone(),
+                            shared.handler.clone(),
+                        );
+                        with_acceptor(c, &shared)
+                            .with_stop(shared.control.clone())
+                            .run()
+                            .await
+                    }
+                }
+            };
+            // After the last words, the server drops what is left.
+            let killed = async {
+                control.until(Control::killed).await;
+                Ok(())
+            };
+            match std::panic::AssertUnwindSafe(serve.or(killed))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                Err(_) => tracing::error!("a connection task panicked; the server goes on"),
+            }
+        });
+    }
+}
+
+fn with_acceptor<S, H>(c: Connection<S, H>, shared: &Shared<H>) -> Connection<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    match &shared.acceptor {
+        Some(a) => c.with_tls(a.clone()),
+        None => c,
+    }
+}
+
+async fn serve_tcp<H: Handler>(
+    shared: &Shared<H>,
+    tcp: std::net::TcpStream,
+    remote: SocketAddr,
+    tls: bool,
+) -> io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let peer = PeerInfo {
+        remote: Some(remote),
+        local: tcp.local_addr().ok(),
+        tls: None,
+    };
+    let tcp = TcpStream::try_from(tcp)?;
+    let stop = shared.control.clone();
+    if !tls {
+        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+        return with_acceptor(c, shared).with_stop(stop).run().await;
+    }
+    let Some(acceptor) = &shared.acceptor else {
+        return Ok(());
+    };
+    // Implicit TLS: the handshake first; garbage or a timeout closes silently.
+    let stream = match timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            return Ok(());
+        }
+        None => {
+            tracing::info!(peer = %remote, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let peer = PeerInfo {
+        tls: Some(tls_info(stream.get_ref().1)),
+        ..peer
+    };
+    Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
+        .with_stop(stop)
+        .run()
+        .await
+}
