@@ -156,6 +156,9 @@ impl Reply {
         digits[1] = b'0' + (code / 10 % 10) as u8;
         digits[2] = b'0' + (code % 10) as u8;
         while let Some(line) = lines.next() {
+            // A CR before the `\n` separator belongs to no line (and must
+            // not leave a trailing space after the enhanced code).
+            let line = line.strip_suffix('\r').unwrap_or(line);
             out.extend_from_slice(&digits);
             out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if let Some(e) = ecode {
@@ -164,7 +167,6 @@ impl Reply {
                     out.push(b' ');
                 }
             }
-            let line = line.strip_suffix('\r').unwrap_or(line);
             out.extend(
                 line.bytes()
                     .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
