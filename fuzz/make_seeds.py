@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Writes the committed seed corpora in fuzz/seeds/<target>/.
+
+Each seed is a small, meaningful input in the layout that target's function
+in smtp-proto/src/fuzzing.rs reads (documented there). The SMTP dialogues
+are the RFC-style transcripts of smtp-proto/tests/session.rs. Run it from
+anywhere: `python3 fuzz/make_seeds.py`; it rewrites the seeds directories.
+"""
+import os
+import shutil
+import struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
+
+
+def write(target, name, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def session(config, stream, control=b""):
+    """server_session: 8 configuration bytes, 24 control bytes, the stream."""
+    config = bytes(config).ljust(8, b"\0")
+    control = bytes(control).ljust(24, b"\0")
+    return config + control + stream
+
+
+EHLO = b"EHLO client.example\r\n"
+BASIC = (EHLO + b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+         b"Subject: hi\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n")
+PIPELINED_BDAT = (EHLO + b"MAIL FROM:<a@b.example> BODY=BINARYMIME\r\nRCPT TO:<c@d.example>\r\n"
+                  b"BDAT 5\r\nhelloBDAT 3 LAST\r\nx\r\nQUIT\r\n")
+STARTTLS = (EHLO + b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n"
+            + EHLO + b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<a@b.example>\r\n"
+            b"RCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+AUTH_LOGIN = EHLO + b"AUTH LOGIN\r\nYm9i\r\nc2VjcmV0\r\nAUTH LOGIN Ym9i\r\n*\r\nQUIT\r\n"
+SMUGGLING = (EHLO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+             b"one\n.\ntwo\r\n.\rthree\r\n\n.\r\nMAIL FROM:<smuggled@evil.example>\r\n.\r\nQUIT\r\n")
+LMTP = (b"LHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n"
+        b"RCPT TO:<z@y.example>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n")
+ERRORS = (b"MAIL FROM:<a@b.example>\r\nFOO bar\r\nEHLO c\r\nVRFY bob\r\nEXPN list\r\nHELP\r\n"
+          + "NOOP x\r\nRCPT TO:<a@b.example>\r\nMAIL FROM:<jörg@bücher.example>\r\n".encode()
+          + "MAIL FROM:<jörg@bücher.example> SMTPUTF8 SIZE=100 RET=HDRS ENVID=QQ+2B\r\n".encode()
+          + b"RCPT TO:<Postmaster> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a+40b\r\n"
+          b"RCPT TO:<\"john doe\"@[192.0.2.1]>\r\nDATA\r\n" + b"L" * 300 + b"\r\n.\r\n"
+          + b"X" * 600 + b"\r\nRSET\r\nbare\ncommand\r\nQUIT\r\n")
+
+
+def server_session():
+    write("server_session", "basic", session([], BASIC))
+    write("server_session", "bdat_pipelined", session([], PIPELINED_BDAT))
+    write("server_session", "starttls_injection", session([], STARTTLS))
+    write("server_session", "auth_login", session([], AUTH_LOGIN))
+    write("server_session", "smuggling", session([], SMUGGLING))
+    write("server_session", "lmtp", session([0x01], LMTP))
+    write("server_session", "proxy_v1",
+          session([0x02], b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 25\r\n" + BASIC))
+    v2 = (b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 198, 51, 100, 1])
+          + struct.pack(">HH", 56324, 25))
+    write("server_session", "proxy_v2", session([0x02], v2 + BASIC))
+    write("server_session", "errors", session([], ERRORS))
+    # Small limits: tiny output bound, short lines, small messages.
+    write("server_session", "small_limits",
+          session([0, 0, 0, 40, 20, 2, 4, 1], BASIC + BASIC))
+    # Slow application, split reads, partial writes, timer calls.
+    write("server_session", "deferred",
+          session([], BASIC, control=[3, 13, 0x81, 5, 0xe5, 7, 14, 0x45, 9, 0x8a, 11, 0xf0]))
+
+
+def bdat():
+    def seed(flags, chunks, extra=b"", splits=b""):
+        out = bytes([flags])
+        if flags & 16:
+            out += struct.pack(">H", extra[0] if extra else 100)
+        if flags & 32:
+            out += bytes([extra[1] if len(extra) > 1 else 20])
+        out += bytes([len(chunks) - 1])
+        for c in chunks:
+            out += struct.pack(">H", len(c)) + c
+        return out + splits
+    write("bdat", "two_chunks", seed(0, [b"hello ", b"world\r\n"]))
+    write("bdat", "binarymime_bare_lf", seed(2, [b"a\nb", b"\r", b"\n"]))
+    write("bdat", "bare_lf_refused", seed(0, [b"a\nb\r\n"]))
+    write("bdat", "lmtp_noop", seed(1 | 8, [b"x\r\n", b"", b"y\r\n"], splits=b"\x03\x01\x07"))
+    write("bdat", "too_big", seed(16, [b"x" * 80, b"y" * 80], extra=b"\x64"))
+    write("bdat", "long_line", seed(32, [b"z" * 40 + b"\r\n"], extra=b"\0\x14"))
+
+
+def command_line():
+    lines = {
+        "mail_params": b"MAIL FROM:<a@b.example> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B AUTH=<> REQUIRETLS",
+        "rcpt_params": b"RCPT TO:<\"john doe\"@[IPv6:2001:db8::1]> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b",
+        "rcpt_utf8": b"RCPT TO:<j\xc3\xb6rg@b\xc3\xbccher.example> ORCPT=utf-8;j\xc3\xb6rg@x",
+        "route": b"MAIL FROM:<@r1.example,@[192.0.2.1]:user@host.example>",
+        "postmaster": b"RCPT TO:<Postmaster>",
+        "ehlo_literal": b"EHLO [192.0.2.1]",
+        "bdat": b"BDAT 100 LAST",
+        "auth": b"AUTH PLAIN AGJvYgBzZWNyZXQ=",
+        "help": b"HELP topic",
+        "vrfy": b"VRFY bob",
+        "starttls": b"STARTTLS",
+        "lenient": b"MAIL FROM: a..b.@c.example",
+        "general_literal": b"RCPT TO:<x@[tag:content]>",
+        "null": b"MAIL FROM:<>",
+    }
+    for name, line in lines.items():
+        flags = 3 if name in ("rcpt_utf8", "lenient") else 0
+        write("command_line", name, bytes([flags]) + line)
+
+
+def data_decoder():
+    def seed(max_line, body, cuts=b""):
+        return bytes([max_line, len(cuts)]) + cuts + body
+    write("data_decoder", "stuffed", seed(0, b"Subject: hi\r\n\r\n..leading dot\r\n.\r\n"))
+    write("data_decoder", "smuggling", seed(0, b"one\n.\ntwo\r\n.\rthree\r\n\n.\r\nend\r\n.\r\n", b"\x01\x02\x03"))
+    write("data_decoder", "long_line", seed(10, b"short\r\n" + b"x" * 30 + b"\r\n.\r\n", b"\x05"))
+    write("data_decoder", "unterminated", seed(0, b"a\r\n.", b"\x02"))
+    write("data_decoder", "empty", seed(0, b".\r\n"))
+
+
+def proxy_header():
+    write("proxy_header", "v1_tcp4", b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 25\r\nEHLO x\r\n")
+    write("proxy_header", "v1_tcp6", b"PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n")
+    write("proxy_header", "v1_unknown", b"PROXY UNKNOWN ignored stuff\r\n")
+    sig = b"\r\n\r\n\0\r\nQUIT\n"
+    tcp4 = bytes([192, 0, 2, 1, 198, 51, 100, 1]) + struct.pack(">HH", 56324, 25)
+    write("proxy_header", "v2_tcp4", sig + b"\x21\x11" + struct.pack(">H", len(tcp4)) + tcp4)
+    tlv = b"\x04\x00\x03abc"
+    write("proxy_header", "v2_tlv", sig + b"\x21\x11" + struct.pack(">H", len(tcp4 + tlv)) + tcp4 + tlv)
+    write("proxy_header", "v2_local", sig + b"\x20\x00\x00\x00")
+    tcp6 = bytes(range(32)) + struct.pack(">HH", 1, 2)
+    write("proxy_header", "v2_tcp6", sig + b"\x21\x21" + struct.pack(">H", len(tcp6)) + tcp6)
+
+
+def sasl():
+    write("sasl", "plain_initial", b"\x02AGJvYgBzZWNyZXQ=\n")
+    write("sasl", "plain", b"\x00AGJvYgBzZWNyZXQ=\n")
+    write("sasl", "login", b"\x01Ym9i\r\nc2VjcmV0\r\n")
+    write("sasl", "login_initial", b"\x03Ym9i\nc2VjcmV0\n")
+    write("sasl", "cancel", b"\x01*\n")
+    write("sasl", "bad_base64", b"\x00!!!\n")
+
+
+def reply_parser():
+    write("reply_parser", "ehlo", b"\0250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n")
+    write("reply_parser", "enhanced", b"\0550 5.1.1 Mailbox unavailable\r\n")
+    write("reply_parser", "multi_enhanced", b"\0250-2.0.0 a\r\n250 2.0.0 b\r\n")
+    write("reply_parser", "data", b"\x10354 End data with <CR><LF>.<CR><LF>\r\n")
+    write("reply_parser", "bare_code", b"\0421\n")
+
+
+def address():
+    for name, flags, s in [
+        ("simple", 0, "alice@example.org"),
+        ("quoted_literal", 0, "\"john doe\"@[192.0.2.1]"),
+        ("utf8", 1, "jörg@bücher.example"),
+        ("ipv6", 0, "user@[IPv6:2001:db8::ffff:1.2.3.4]"),
+        ("lenient", 2, "a..b.@c.example"),
+        ("xtext", 0, "a+2Bb+3Dc"),
+        ("general", 0, "x@[tag:content]"),
+        ("route", 0, "@r.example:a@b.example"),
+    ]:
+        write("address", name, bytes([flags]) + s.encode())
+
+
+if __name__ == "__main__":
+    if os.path.isdir(ROOT):
+        shutil.rmtree(ROOT)
+    for f in (server_session, bdat, command_line, data_decoder, proxy_header, sasl,
+              reply_parser, address):
+        f()
