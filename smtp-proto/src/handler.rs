@@ -286,6 +286,11 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// The do-nothing handler: every hook keeps its default (accept, refuse
+/// AUTH, accept and drop messages). For connections whose events the
+/// caller answers itself (the adapters' `next_event` level).
+impl Handler for () {}
+
 /// What [`Dispatcher::drive`] stopped for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {

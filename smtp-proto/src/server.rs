@@ -487,6 +487,8 @@ pub struct Session {
     greeting_queued: bool,
     greeting_sent: bool,
     notices: VecDeque<Notice>,
+    /// An event [`Session::has_event`] prepared and [`Session::poll_event`] hands out next.
+    ready: Option<Emit>,
     pending: Option<(u64, Pending)>,
     seq: u64,
     // Protocol state.
@@ -555,6 +557,7 @@ impl Session {
             greeting_queued: false,
             greeting_sent: false,
             notices: VecDeque::new(),
+            ready: None,
             pending: None,
             seq: 0,
             helo: None,
@@ -910,6 +913,9 @@ impl Session {
     /// The next event, or `None` when the session needs input, an answer,
     /// or output space. Call it until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        if let Some(e) = self.ready.take() {
+            return Some(self.materialize(e));
+        }
         self.apply_release();
         self.check_shutdown();
         let emit = loop {
@@ -934,6 +940,34 @@ impl Session {
             }
         };
         Some(self.materialize(emit))
+    }
+
+    /// Whether [`Session::poll_event`] would return an event now, without
+    /// borrowing the session: prepares the event, which the next
+    /// `poll_event` hands out. For loops that do I/O until an event is
+    /// ready and then return it (a borrow checker-friendly `poll_event`).
+    pub fn has_event(&mut self) -> bool {
+        if self.ready.is_some() || !self.notices.is_empty() {
+            return true;
+        }
+        self.apply_release();
+        self.check_shutdown();
+        loop {
+            if !self.notices.is_empty() {
+                return true;
+            }
+            if self.pending.is_some() || self.is_closed() || self.output_full() {
+                return false;
+            }
+            match self.step() {
+                Step::Idle => return !self.notices.is_empty(),
+                Step::Continue => self.check_shutdown(),
+                Step::Emit(e) => {
+                    self.ready = Some(e);
+                    return true;
+                }
+            }
+        }
     }
 
     fn new_ticket(&mut self, what: Pending) -> Ticket {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::run_split;
+use common::{run_split, run_split_probing};
 use proptest::prelude::*;
 use smtp_proto::config::Config;
 use smtp_proto::reply::{EnhancedCode, Reply, parse_reply};
@@ -69,6 +69,17 @@ proptest! {
         let (out_split, log_split) = run_split(&cfg, &input, &splits);
         prop_assert_eq!(String::from_utf8_lossy(&out_whole), String::from_utf8_lossy(&out_split));
         prop_assert_eq!(log_whole, log_split);
+    }
+
+    /// `has_event` agrees with `poll_event` and changes nothing.
+    #[test]
+    fn has_event_is_transparent(input in script(), splits in proptest::collection::vec(any::<usize>(), 0..12)) {
+        let cfg = config();
+        let splits: Vec<usize> = splits.iter().map(|s| s % (input.len() + 1)).collect();
+        let (a, la) = run_split_probing(&cfg, &input, &splits, false);
+        let (b, lb) = run_split_probing(&cfg, &input, &splits, true);
+        prop_assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        prop_assert_eq!(la, lb);
     }
 
     /// Byte-at-a-time feeding is the extreme split.

@@ -125,3 +125,55 @@ async fn serve_one_accepted_stream() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn next_event_low_level() {
+    let (a, b) = tokio::io::duplex(4096);
+    let server = tokio::spawn(async move {
+        let config = Arc::new(Config::new("manual.test"));
+        let mut conn = smtp_tokio::Connection::manual(b, PeerInfo::default(), config);
+        let mut body = Vec::new();
+        let mut rcpts = Vec::new();
+        while let Some(event) = conn.next_event().await.unwrap() {
+            use smtp_proto::server::Event;
+            match event {
+                Event::Body(chunk) => body.extend_from_slice(chunk),
+                Event::Rcpt { ticket, to, .. } => {
+                    let to = format!("{to:?}");
+                    let ok = !to.contains("nobody");
+                    rcpts.push(to);
+                    let d: Decision = if ok {
+                        Decision::Accept
+                    } else {
+                        Reply::NO_SUCH_USER.into()
+                    };
+                    conn.session_mut().respond(ticket, d).unwrap();
+                }
+                Event::StartTls => conn.upgrade().await,
+                Event::Throttle(d) => tokio::time::sleep(d).await,
+                other => {
+                    if let Some(ticket) = other.into_ticket() {
+                        conn.session_mut()
+                            .respond(ticket, Decision::Accept)
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        (body, rcpts)
+    });
+    let mut c = Client::new(a);
+    assert!(c.reply().await.starts_with("220 manual.test"));
+    c.expect("EHLO x\r\n", "250").await;
+    c.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<nobody@y>\r\nDATA\r\n")
+        .await;
+    for want in ["250", "250", "550 5.1.1", "354"] {
+        let r = c.reply().await;
+        assert!(r.starts_with(want), "{want}: {r}");
+    }
+    c.expect("Subject: m\r\n\r\n..dot\r\n.\r\n", "250").await;
+    c.expect("QUIT\r\n", "221").await;
+    let (body, rcpts) = server.await.unwrap();
+    assert_eq!(body, b"Subject: m\r\n\r\n.dot\r\n");
+    assert_eq!(rcpts.len(), 2);
+}

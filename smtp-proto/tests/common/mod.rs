@@ -29,6 +29,8 @@ pub struct Harness {
     pub log: Log,
     /// Answer STARTTLS handshakes automatically.
     pub auto_tls: bool,
+    /// Call `has_event` before every `poll_event` (it must be transparent).
+    pub probe: bool,
 }
 
 /// The scripted decisions:
@@ -93,6 +95,7 @@ impl Harness {
             out: Vec::new(),
             log: Log::default(),
             auto_tls: true,
+            probe: false,
         };
         h.pump();
         h
@@ -136,7 +139,15 @@ impl Harness {
     pub fn pump(&mut self) {
         loop {
             let mut progressed = false;
-            while let Some(ev) = self.s.poll_event() {
+            loop {
+                // With `probe`, ask `has_event` first: it must agree with
+                // `poll_event` and change nothing.
+                let announced = self.probe.then(|| self.s.has_event());
+                let Some(ev) = self.s.poll_event() else {
+                    assert_ne!(announced, Some(true), "has_event promised an event");
+                    break;
+                };
+                assert_ne!(announced, Some(false), "has_event missed an event");
                 progressed = true;
                 let d = decide(&ev);
                 self.log.events.push(describe(&ev));
@@ -293,7 +304,18 @@ fn unescape_raw(s: &str) -> String {
 
 /// Feeds all of `input` split at the given points and returns (output, events).
 pub fn run_split(config: &Config, input: &[u8], splits: &[usize]) -> (Vec<u8>, Log) {
+    run_split_probing(config, input, splits, false)
+}
+
+/// [`run_split`], optionally calling `Session::has_event` before every `poll_event`.
+pub fn run_split_probing(
+    config: &Config,
+    input: &[u8],
+    splits: &[usize],
+    probe: bool,
+) -> (Vec<u8>, Log) {
     let mut h = Harness::new(config.clone());
+    h.probe = probe;
     let mut last = 0;
     let mut points: Vec<usize> = splits.iter().map(|&p| p.min(input.len())).collect();
     points.sort_unstable();
