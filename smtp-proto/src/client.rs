@@ -626,6 +626,22 @@ impl Expect {
         )
     }
 
+    /// Whether `code` is a possible answer (the positive codes each command
+    /// takes; a refusal where one is possible).
+    fn plausible(self, code: u16) -> bool {
+        match self {
+            Expect::Greeting | Expect::StartTls => code == 220 || code >= 400,
+            Expect::Hello(_) | Expect::Mail | Expect::Chunk | Expect::End => {
+                code == 250 || code >= 400
+            }
+            Expect::Rset => code == 250,
+            Expect::Auth => matches!(code, 235 | 334) || code >= 400,
+            Expect::Rcpt(_) => matches!(code, 250 | 251) || code >= 400,
+            Expect::Data => code == 354 || code >= 400,
+            Expect::Quit => true,
+        }
+    }
+
     /// Whether nothing may be pipelined after this command (RFC 2920 §3.1).
     fn is_sync(self) -> bool {
         !matches!(
@@ -876,14 +892,16 @@ impl Client {
         taken
     }
 
-    /// The server closed its side of the connection. After QUIT this is
-    /// the normal end; otherwise it is [`ClientError::UnexpectedEof`].
+    /// The server closed its side of the connection. Once QUIT is sent this
+    /// is the normal end; otherwise it is [`ClientError::UnexpectedEof`].
     pub fn receive_eof(&mut self) {
         if self.is_closed() {
             return;
         }
-        if self.phase == Phase::Quitting {
-            // We were leaving anyway (many servers close right after 221).
+        let only_quit = self.inflight.iter().all(|e| *e == Expect::Quit);
+        if self.phase == Phase::Quitting && only_quit && self.queue.is_empty() {
+            // QUIT is sent: we were leaving anyway (and many servers close
+            // without waiting for it after an error).
             self.close();
         } else {
             self.fail(ClientError::UnexpectedEof, false);
@@ -1224,8 +1242,12 @@ impl Client {
             self.fail(ClientError::ServiceClosing(reply), false);
             return;
         }
-        if self.phase == Phase::Quitting && expect != Expect::Quit {
-            // Replies to what was in flight before QUIT: nothing follows them.
+        if self.phase == Phase::Quitting {
+            // Replies to what was in flight before QUIT: nothing follows
+            // them, but they must still make sense.
+            if !expect.plausible(reply.code()) {
+                self.fail(ClientError::UnexpectedReply(reply), false);
+            }
             return;
         }
         match expect {
