@@ -33,7 +33,6 @@
 //! # let _ = smtp_proto::handler::Dispatcher::new(handler, "id");
 //! ```
 
-use std::future::Future;
 use std::sync::Arc;
 
 use crate::handler::{
@@ -105,61 +104,37 @@ pub trait SyncHandler: Send + Sync + 'static {
 pub struct SyncAdapter<H>(pub H);
 
 impl<H: SyncHandler> Handler for SyncAdapter<H> {
-    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
-        async move { self.0.connect(session) }
+    async fn connect(&self, session: &SessionInfo) -> Decision {
+        self.0.connect(session)
     }
 
-    fn helo(
-        &self,
-        session: &SessionInfo,
-        kind: HeloKind,
-        name: &str,
-    ) -> impl Future<Output = Decision> + Send {
-        async move { self.0.helo(session, kind, name) }
+    async fn helo(&self, session: &SessionInfo, kind: HeloKind, name: &str) -> Decision {
+        self.0.helo(session, kind, name)
     }
 
-    fn mail(
-        &self,
-        session: &SessionInfo,
-        from: &str,
-        options: &MailOptions,
-    ) -> impl Future<Output = Decision> + Send {
-        async move { self.0.mail(session, from, options) }
+    async fn mail(&self, session: &SessionInfo, from: &str, options: &MailOptions) -> Decision {
+        self.0.mail(session, from, options)
     }
 
-    fn rcpt(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        to: &Recipient,
-    ) -> impl Future<Output = Decision> + Send {
-        async move { self.0.rcpt(session, envelope, to) }
+    async fn rcpt(&self, session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision {
+        self.0.rcpt(session, envelope, to)
     }
 
-    fn verify(
-        &self,
-        session: &SessionInfo,
-        arg: &str,
-        expand: bool,
-    ) -> impl Future<Output = Decision> + Send {
-        async move { self.0.verify(session, arg, expand) }
+    async fn verify(&self, session: &SessionInfo, arg: &str, expand: bool) -> Decision {
+        self.0.verify(session, arg, expand)
     }
 
-    fn auth(
-        &self,
-        session: &SessionInfo,
-        credentials: &Credentials,
-    ) -> impl Future<Output = Decision> + Send {
-        async move { self.0.auth(session, credentials) }
+    async fn auth(&self, session: &SessionInfo, credentials: &Credentials) -> Decision {
+        self.0.auth(session, credentials)
     }
 
-    fn message(
+    async fn message(
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
         message: &Arc<Message>,
-    ) -> impl Future<Output = MessageDecision> + Send {
-        async move { self.0.message(session, envelope, message) }
+    ) -> MessageDecision {
+        self.0.message(session, envelope, message)
     }
 
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {

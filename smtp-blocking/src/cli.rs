@@ -1,0 +1,101 @@
+//! The `smtpd` server on threads (feature `cli`): the flags are
+//! [`smtp_proto::cli`]'s, shared with the other adapters.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use smtp_proto::cli::{Setup, log_listening};
+
+use crate::{Server, ShutdownHandle};
+
+/// Runs the server `setup` describes until SIGINT or SIGTERM, then shuts
+/// down gracefully (`setup.grace_period`). Logs one `listening addr=…` line
+/// per bound address. Keeps no global state: it can run again in the same
+/// process (e.g. a test binary that re-executes itself).
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     match smtp_proto::cli::Setup::from_env() {
+///         Ok(setup) => smtp_blocking::cli::smtpd(setup),
+///         Err(code) => code,
+///     }
+/// }
+/// ```
+pub fn smtpd(setup: Setup) -> ExitCode {
+    let mut server = Server::new(setup.handler)
+        .config(Arc::new(setup.config))
+        .grace_period(setup.grace_period);
+    for a in setup.listen {
+        server = server.listen(a);
+    }
+    for a in setup.listen_tls {
+        server = server.listen_tls(a);
+    }
+    #[cfg(unix)]
+    for p in setup.listen_unix {
+        server = server.listen_unix(p);
+    }
+    if let Some(t) = setup.tls {
+        server = server.tls(t);
+    }
+    if let Some(n) = setup.max_connections {
+        server = server.max_connections(n);
+    }
+    if let Some(n) = setup.max_connections_per_ip {
+        server = server.max_connections_per_ip(n);
+    }
+    let result = server.bind().and_then(|server| {
+        log_listening(server.local_addrs());
+        let signals = on_signal(server.shutdown_handle())?;
+        let res = server.run();
+        signals.stop();
+        res
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("smtpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A thread that calls [`ShutdownHandle::shutdown`] on SIGINT or SIGTERM.
+struct SignalWatch {
+    #[cfg(unix)]
+    handle: signal_hook::iterator::Handle,
+    #[cfg(unix)]
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalWatch {
+    /// Stops watching (the signals' actions are unregistered).
+    fn stop(self) {
+        #[cfg(unix)]
+        {
+            self.handle.close();
+            let _ = self.thread.join();
+        }
+    }
+}
+
+#[cfg(unix)]
+fn on_signal(stop: ShutdownHandle) -> std::io::Result<SignalWatch> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("smtpd-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping");
+                stop.shutdown();
+            }
+        })?;
+    Ok(SignalWatch { handle, thread })
+}
+
+#[cfg(not(unix))]
+fn on_signal(_stop: ShutdownHandle) -> std::io::Result<SignalWatch> {
+    Ok(SignalWatch {})
+}

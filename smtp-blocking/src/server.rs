@@ -1,0 +1,448 @@
+//! The high level: a [`Server`] builder with listeners, limits and graceful shutdown.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token};
+use rustls::ServerConfig;
+use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Stop};
+use smtp_proto::config::Config;
+use smtp_proto::handler::Handler;
+use smtp_proto::reply::Reply;
+use smtp_proto::server::PeerInfo;
+
+use crate::connection::{Connection, Socket, handshake};
+use crate::stop::{StopBus, Waiter};
+
+pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
+
+const WAKE: Token = Token(usize::MAX);
+
+#[derive(Debug, Clone)]
+enum Listen {
+    Tcp(SocketAddr),
+    Tls(SocketAddr),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+/// Builds an SMTP server: listeners, configuration, handler, TLS, limits.
+///
+/// [`Server::bind`] gives a [`BoundServer`]; its [`ShutdownHandle`] stops it
+/// gracefully from any thread. See the [crate docs](crate) for an example.
+pub struct Server<H> {
+    handler: Arc<H>,
+    config: Arc<Config>,
+    listen: Vec<Listen>,
+    tls: Option<Arc<ServerConfig>>,
+    max_connections: usize,
+    max_per_ip: Option<usize>,
+    grace: Duration,
+}
+
+impl<H> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// A server for `handler`, with [`Config::default`] and no listener yet.
+    /// (For a [`SyncHandler`](crate::SyncHandler), pass [`SyncAdapter`](crate::SyncAdapter)`(handler)`.)
+    pub fn new(handler: H) -> Self {
+        Server {
+            handler: Arc::new(handler),
+            config: Arc::new(Config::default()),
+            listen: Vec::new(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: None,
+            grace: DEFAULT_GRACE_PERIOD,
+        }
+    }
+
+    /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tcp(addr));
+        self
+    }
+
+    /// Listens for implicit TLS (RFC 8314, "submissions"): the handshake
+    /// comes first, within the command timeout. Needs [`Server::tls`].
+    pub fn listen_tls(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(Listen::Tls(addr));
+        self
+    }
+
+    /// Listens on a Unix domain socket (e.g. for LMTP from a local MTA);
+    /// the socket file is removed at shutdown.
+    #[cfg(unix)]
+    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.listen.push(Listen::Unix(path.into()));
+        self
+    }
+
+    /// The session configuration.
+    pub fn config(mut self, config: Arc<Config>) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The TLS configuration: enables STARTTLS on plain listeners and allows
+    /// [`Server::listen_tls`].
+    pub fn tls(mut self, tls: Arc<ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connections served at once; more get `421 4.7.0` and are closed.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`] (each is a thread).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connections served at once from one IP address; more get `421 4.7.0`.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_per_ip = Some(n);
+        self
+    }
+
+    /// How long sessions may take to finish after [`ShutdownHandle::shutdown`].
+    /// Default: [`DEFAULT_GRACE_PERIOD`].
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Binds every listener.
+    pub fn bind(self) -> io::Result<BoundServer<H>> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for (i, l) in self.listen.iter().enumerate() {
+            let mut listener = match l {
+                Listen::Tcp(a) | Listen::Tls(a) => {
+                    let tls = matches!(l, Listen::Tls(_));
+                    if tls && self.tls.is_none() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "listen_tls needs a TLS configuration",
+                        ));
+                    }
+                    let tcp = mio::net::TcpListener::bind(*a)?;
+                    local_addrs.push(tcp.local_addr()?);
+                    Listener::Tcp { tcp, tls }
+                }
+                #[cfg(unix)]
+                Listen::Unix(p) => Listener::Unix(mio::net::UnixListener::bind(p)?, p.clone()),
+            };
+            let source: &mut dyn mio::event::Source = match &mut listener {
+                Listener::Tcp { tcp, .. } => tcp,
+                #[cfg(unix)]
+                Listener::Unix(u, _) => u,
+            };
+            poll.registry()
+                .register(source, Token(i), Interest::READABLE)?;
+            listeners.push(listener);
+        }
+        let mut plain = (*self.config).clone();
+        plain.extensions.starttls = self.tls.is_some();
+        let handle = ShutdownHandle {
+            requested: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(mio::Waker::new(poll.registry(), WAKE)?),
+        };
+        Ok(BoundServer {
+            listeners,
+            local_addrs,
+            shared: Arc::new(Shared {
+                handler: self.handler,
+                plain: Arc::new(plain),
+                config: self.config,
+                tls: self.tls,
+                limiter: ConnectionLimiter::new(self.max_connections, self.max_per_ip),
+            }),
+            bus: Arc::new(StopBus::default()),
+            poll,
+            handle,
+            grace: self.grace,
+        })
+    }
+
+    /// Binds and serves forever (see [`BoundServer::run`]; use
+    /// [`Server::bind`] to get a [`ShutdownHandle`] first).
+    pub fn run(self) -> io::Result<()> {
+        self.bind()?.run()
+    }
+}
+
+enum Listener {
+    Tcp {
+        tcp: mio::net::TcpListener,
+        tls: bool,
+    },
+    #[cfg(unix)]
+    Unix(mio::net::UnixListener, PathBuf),
+}
+
+/// An accepted stream, back in blocking mode.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr, bool),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp { tcp, tls } => {
+                let (s, a) = tcp.accept()?;
+                let s = TcpStream::from(s);
+                s.set_nonblocking(false)?;
+                Ok(Accepted::Tcp(s, a, *tls))
+            }
+            #[cfg(unix)]
+            Listener::Unix(u, _) => {
+                let s = std::os::unix::net::UnixStream::from(u.accept()?.0);
+                s.set_nonblocking(false)?;
+                Ok(Accepted::Unix(s))
+            }
+        }
+    }
+}
+
+struct Shared<H> {
+    handler: Arc<H>,
+    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    plain: Arc<Config>,
+    /// The configuration as given (for implicit TLS).
+    config: Arc<Config>,
+    tls: Option<Arc<ServerConfig>>,
+    limiter: ConnectionLimiter,
+}
+
+/// Stops a [`BoundServer`] gracefully, from any thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<mio::Waker>,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop accepting, let sessions finish their
+    /// transaction ([`smtp_proto::server::Session::shutdown`]) up to the grace
+    /// period, then close the rest with `421 4.3.2`. Returns at once;
+    /// [`BoundServer::run`] returns when that is done.
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "cannot wake the accept loop");
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
+/// A server whose listeners are bound; [`BoundServer::run`] serves them on
+/// the calling thread, one thread per session.
+pub struct BoundServer<H> {
+    listeners: Vec<Listener>,
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared<H>>,
+    bus: Arc<StopBus>,
+    poll: Poll,
+    handle: ShutdownHandle,
+    grace: Duration,
+}
+
+impl<H> std::fmt::Debug for BoundServer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> BoundServer<H> {
+    /// The TCP addresses bound, in [`Server::listen`]/[`Server::listen_tls`]
+    /// order (with the ports the OS picked for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// A handle that stops [`BoundServer::run`] gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Accepts and serves connections until [`ShutdownHandle::shutdown`],
+    /// then shuts down gracefully. Returns once every session has ended
+    /// (or, for sessions stuck in a hook or a write, [`LAST_WORDS`] after the
+    /// grace period: their threads are left to finish on their own).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        let mut backoff = false;
+        while !self.handle.requested() {
+            let wait = backoff.then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, wait) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            backoff = self.accept_all();
+            if backoff {
+                // EMFILE and friends: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        tracing::info!(sessions = self.bus.sessions(), "shutting down");
+        for l in self.listeners.drain(..) {
+            #[cfg(unix)]
+            if let Listener::Unix(_, path) = l {
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(not(unix))]
+            drop(l);
+        }
+        self.bus.set(Stop::Drain);
+        if !self.bus.wait_idle(self.grace) {
+            tracing::info!(
+                sessions = self.bus.sessions(),
+                "grace period over; closing sessions"
+            );
+            self.bus.set(Stop::Abort);
+            if !self.bus.wait_idle(LAST_WORDS) {
+                tracing::warn!(sessions = self.bus.sessions(), "sessions left running");
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts from every listener in turn until none has a connection
+    /// waiting (mio is edge-triggered); returns whether an accept failed.
+    fn accept_all(&self) -> bool {
+        loop {
+            let mut any = false;
+            for l in &self.listeners {
+                match l.accept() {
+                    Ok(a) => {
+                        any = true;
+                        self.spawn(a);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => any = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        return true;
+                    }
+                }
+            }
+            if !any || self.handle.requested() {
+                return false;
+            }
+        }
+    }
+
+    fn spawn(&self, accepted: Accepted) {
+        let ip = match &accepted {
+            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            #[cfg(unix)]
+            Accepted::Unix(_) => None,
+        };
+        let Some(slot) = self.shared.limiter.admit(ip) else {
+            tracing::info!(peer = ?ip, "too many connections");
+            // A plain listener gets a 421; an implicit-TLS one just closes.
+            match accepted {
+                Accepted::Tcp(tcp, _, false) => too_many(tcp),
+                #[cfg(unix)]
+                Accepted::Unix(s) => too_many(s),
+                Accepted::Tcp(..) => {}
+            }
+            return;
+        };
+        let shared = self.shared.clone();
+        let waiter = Waiter::new(&self.bus);
+        let spawned = std::thread::Builder::new()
+            .name("smtp-session".into())
+            .spawn(move || {
+                let _slot = slot;
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&shared, accepted, waiter)
+                }));
+                match run {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                    Err(_) => tracing::error!("a session thread panicked; the server goes on"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a session thread");
+        }
+    }
+}
+
+/// Answers an over-limit connection with `421 4.7.0` and closes it.
+fn too_many(mut s: impl Socket) {
+    let _ = s.set_write_timeout(Some(LAST_WORDS));
+    let _ = s.write_all(&Reply::TOO_MANY_CONNECTIONS.to_bytes());
+    let _ = s.shutdown_write();
+}
+
+fn with_tls<S: Socket, H: Handler>(c: Connection<S, H>, shared: &Shared<H>) -> Connection<S, H> {
+    match &shared.tls {
+        Some(t) => c.with_tls(t.clone()),
+        None => c,
+    }
+}
+
+fn serve<H: Handler>(shared: &Shared<H>, accepted: Accepted, waiter: Waiter) -> io::Result<()> {
+    let handler = shared.handler.clone();
+    let (tcp, remote, tls) = match accepted {
+        Accepted::Tcp(tcp, remote, tls) => (tcp, remote, tls),
+        #[cfg(unix)]
+        Accepted::Unix(s) => {
+            let c = Connection::new(s, PeerInfo::default(), shared.plain.clone(), handler);
+            return with_tls(c, shared).with_stop(waiter).run();
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let peer = PeerInfo {
+        remote: Some(remote),
+        local: tcp.local_addr().ok(),
+        tls: None,
+    };
+    if !tls {
+        let c = Connection::new(tcp, peer, shared.plain.clone(), handler);
+        return with_tls(c, shared).with_stop(waiter).run();
+    }
+    let Some(config) = &shared.tls else {
+        return Ok(());
+    };
+    // Implicit TLS: the handshake first; garbage or a timeout closes silently.
+    match handshake(config.clone(), tcp, shared.config.timeouts.command) {
+        Ok((stream, info)) => {
+            let peer = PeerInfo {
+                tls: Some(info),
+                ..peer
+            };
+            Connection::tls(stream, peer, shared.config.clone(), handler)
+                .with_stop(waiter)
+                .run()
+        }
+        Err(e) => {
+            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            Ok(())
+        }
+    }
+}
