@@ -233,8 +233,11 @@ fn a_panicking_sync_handler_ends_only_its_session() {
     assert_eq!(ended.load(Ordering::SeqCst), 3);
 }
 
+/// A message as the handler saw it: sender, recipients, body.
+type Seen = (String, Vec<String>, Vec<u8>);
+
 /// Only bob; records what it stored.
-struct OnlyBob(std::sync::Mutex<Vec<(String, Vec<String>, Vec<u8>)>>);
+struct OnlyBob(std::sync::Mutex<Vec<Seen>>);
 
 impl SyncHandler for OnlyBob {
     fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
