@@ -64,7 +64,10 @@ fn run(setup: Setup) -> io::Result<()> {
 }
 
 /// Builds the server from `setup` exactly like smtp-tokio's `smtpd`.
-async fn serve(setup: Setup, tune: impl FnOnce(Server<CliHandler>) -> Server<CliHandler>) -> io::Result<()> {
+async fn serve(
+    setup: Setup,
+    tune: impl FnOnce(Server<CliHandler>) -> Server<CliHandler>,
+) -> io::Result<()> {
     let mut server = tune(Server::new(setup.handler))
         .config(Arc::new(setup.config))
         .grace_period(setup.grace_period)
