@@ -70,6 +70,19 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Replaces the handler.
+    pub fn handler<H2: Handler>(self, handler: H2) -> Server<H2> {
+        Server {
+            handler: Arc::new(handler),
+            config: self.config,
+            listen: self.listen,
+            tls: self.tls,
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            grace: self.grace,
+        }
+    }
+
     /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen.push(Listen::Tcp(addr));
@@ -362,7 +375,8 @@ impl<H: Handler> BoundServer<H> {
         };
         let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
-            // A plain listener gets a 421; an implicit-TLS one just closes.
+            // A plain or Unix listener gets a 421 (never a silent close); an
+            // implicit-TLS one just closes (no clear-text byte).
             match accepted {
                 Accepted::Tcp(tcp, _, false) => too_many(tcp),
                 #[cfg(unix)]
