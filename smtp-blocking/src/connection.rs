@@ -434,6 +434,10 @@ impl<S: Socket, H: Handler> Connection<S, H> {
             }
         }
         let buf = session.read_buf();
+        if buf.is_empty() {
+            // (A zero-length read would look like an EOF.)
+            return Ok(());
+        }
         match stream.io()?.read(buf) {
             Ok(0) => session.receive_eof(),
             Ok(n) => session.filled(n, Instant::now()),
