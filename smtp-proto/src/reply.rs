@@ -269,8 +269,14 @@ pub fn parse_reply(input: &[u8], max_len: usize) -> Result<Option<(Reply, usize)
     // Enhanced code: present on the first line and the same on every line.
     let first = lines.first().copied().unwrap_or("");
     let token = first.split(' ').next().unwrap_or("");
+    // The class is the code's first digit; a 3xx reply carries class 2, as
+    // `Reply::write_to` writes it.
+    let class = match code / 100 {
+        3 => 2,
+        c => c,
+    };
     let enhanced = EnhancedCode::parse(token).filter(|e| {
-        u16::from(e.class) == code / 100 && lines.iter().all(|l| l.split(' ').next() == Some(token))
+        u16::from(e.class) == class && lines.iter().all(|l| l.split(' ').next() == Some(token))
     });
     let mut text = String::new();
     for (i, l) in lines.iter().enumerate() {
