@@ -12,7 +12,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{FutureExt, future};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, WriteDeadline, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{PeerInfo, Session};
@@ -113,7 +113,7 @@ pub struct Connection<S, H> {
     stop: Option<Arc<Control>>,
     seen: StopSeen,
     need_flush: bool,
-    write_deadline: Option<Instant>,
+    write_deadline: WriteDeadline,
 }
 
 impl<S, H> std::fmt::Debug for Connection<S, H> {
@@ -140,7 +140,7 @@ where
             stop: None,
             seen: StopSeen::default(),
             need_flush: false,
-            write_deadline: None,
+            write_deadline: WriteDeadline::default(),
         }
     }
 
@@ -198,7 +198,7 @@ where
                     return res;
                 }
             }
-            self.io_step(command_timeout).await?;
+            self.io_step().await?;
         }
     }
 
@@ -286,17 +286,11 @@ where
 
     /// Waits for one of: a write, a read, the session's timer, the write
     /// deadline, or a stop signal; then feeds the result to the session.
-    async fn io_step(&mut self, command_timeout: Duration) -> io::Result<()> {
-        let writing = self.session.wants_write() || self.need_flush;
-        if !writing {
-            self.write_deadline = None;
-        } else if self.write_deadline.is_none() {
-            self.write_deadline = Some(Instant::now() + command_timeout);
-        }
-        let wake = match (self.session.poll_timeout(), self.write_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+    async fn io_step(&mut self) -> io::Result<()> {
+        let pending = self.session.wants_write() || self.need_flush;
+        let wake = self
+            .write_deadline
+            .arm(pending, &self.session, Instant::now());
         let Connection {
             stream,
             session,
@@ -354,21 +348,18 @@ where
             Io::Wrote(n) => {
                 self.session.transmitted(n);
                 self.need_flush = true;
-                self.write_deadline = None;
+                self.write_deadline.progressed();
             }
             Io::Read(0) => self.session.receive_eof(),
             Io::Read(n) => self.session.filled(n, Instant::now()),
             Io::Stop => {}
             Io::Timer => {
                 let now = Instant::now();
-                // Output still unwritten past its deadline: the client does
-                // not read. (A flush that completed meanwhile is no timeout.)
-                let stuck = self.need_flush || self.session.wants_write();
-                if stuck && self.write_deadline.is_some_and(|d| now >= d) {
+                let pending = self.need_flush || self.session.wants_write();
+                if self.write_deadline.expired(pending, now) {
                     tracing::info!("write timed out; closing");
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                self.write_deadline = None;
                 self.session.handle_timeout(now);
             }
         }

@@ -201,6 +201,72 @@ impl StopSeen {
     }
 }
 
+/// The deadline for replies the client does not read, kept the same way
+/// by every adapter's I/O step.
+///
+/// Armed (at the command timeout) when output waits to be written,
+/// cleared by every write that makes progress. If the timer fires past it
+/// with output still pending, the client stopped reading: close the
+/// connection. If the output drained meanwhile, it was the session's own
+/// timer ([`Session::handle_timeout`]), not a write timeout.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use smtp_proto::accept::WriteDeadline;
+///
+/// let mut config = smtp_proto::config::Config::new("mx.example");
+/// config.timeouts.command = Duration::from_secs(60);
+/// let t0 = Instant::now();
+/// let session = smtp_proto::server::Session::new(config.into(), Default::default(), t0);
+/// let mut w = WriteDeadline::default();
+/// // The greeting is pending: wake at the write deadline at the latest.
+/// let wake = w.arm(true, &session, t0).unwrap();
+/// assert!(wake <= t0 + Duration::from_secs(60));
+/// assert!(w.expired(true, t0 + Duration::from_secs(61)), "still unwritten: close");
+/// assert!(!w.expired(false, t0 + Duration::from_secs(61)), "written meanwhile");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteDeadline(Option<std::time::Instant>);
+
+impl WriteDeadline {
+    /// Before waiting for I/O: arms the deadline if output is `pending`
+    /// (unwritten or unflushed) and it is not armed yet, disarms it
+    /// otherwise. Returns when to wake: the earlier of the deadline and
+    /// [`Session::poll_timeout`].
+    pub fn arm(
+        &mut self,
+        pending: bool,
+        session: &Session,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        if !pending {
+            self.0 = None;
+        } else if self.0.is_none() {
+            self.0 = Some(now + session.config().timeouts.command);
+        }
+        match (session.poll_timeout(), self.0) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Some output was written: the client is reading.
+    pub fn progressed(&mut self) {
+        self.0 = None;
+    }
+
+    /// The timer fired at `now`: `true` if output is still `pending` past
+    /// the deadline (close the connection); otherwise disarms it, and the
+    /// adapter goes on with [`Session::handle_timeout`].
+    pub fn expired(&mut self, pending: bool, now: std::time::Instant) -> bool {
+        if pending && self.0.is_some_and(|d| now >= d) {
+            return true;
+        }
+        self.0 = None;
+        false
+    }
+}
+
 /// The names of a rustls connection's TLS version and cipher suite
 /// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
 #[cfg(feature = "rustls")]
