@@ -10,8 +10,10 @@
 //!   connection limits, graceful shutdown.
 //! - [`Connection`]: one stream and one session, for your own accept loop;
 //!   [`serve_stream`] is the shortest way to use it.
-//! - [`cli::smtpd`] (feature `cli`): the entry of `examples/smtpd.rs`, a
-//!   debugging, Maildir or mbox server with the flags of [`smtp_proto::cli`].
+//! - `cli::smtpd` (feature `cli`): the entry of `examples/smtpd.rs`, a
+//!   debugging, Maildir or mbox server with the flags of `smtp_proto::cli`:
+//!   `cargo run -p smtp-async-std --features cli --example smtpd -- --maildir ./mail`
+//!   (on async-std: `--no-default-features --features async-std,store,cli`).
 //!
 //! The runtime is a feature: `smol` (default) or `async-std` (with
 //! `default-features = false`, so a smol user never compiles async-std and
