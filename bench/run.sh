@@ -1,0 +1,431 @@
+#!/usr/bin/env bash
+# Servers side by side (issue 7): our smtpd (tokio, smol, blocking) against
+# Postfix's smtp-sink, aiosmtpd and mailin-embedded, all discarding mail, on
+# 127.0.0.1. See bench/README.md for what each scenario measures and how.
+#
+#   bench/run.sh                 full run: RUNS=3 per cell, criterion benches too
+#   bench/run.sh --quick         1 run, small counts, no criterion (to try it out)
+#   bench/run.sh --criterion-only  only the core's criterion benches (alias --bench-only)
+#
+# Options: --runs N, --servers "tokio smtp-sink ...", --scenarios "a b c ...",
+# --no-build, --no-install, --no-criterion, --label TEXT (goes into the report).
+# Environment: SMTPD_TOKIO, SMTPD_SMOL, SMTPD_BLOCKING (binary paths),
+# BENCH_TARGET_DIR (default /work/target-bench), LOADGEN (see gen_* below),
+# and the per-scenario counts (A_MSGS ... G_SECS).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+BENCH_TARGET_DIR=${BENCH_TARGET_DIR:-/work/target-bench}
+BIN_DIR=$BENCH_TARGET_DIR/bench-bin # copies: both examples are called `smtpd`
+SMTPD_TOKIO=${SMTPD_TOKIO:-$BENCH_TARGET_DIR/release/smtpd}
+SMTPD_SMOL=${SMTPD_SMOL:-$BIN_DIR/smtpd-smol}
+SMTPD_BLOCKING=${SMTPD_BLOCKING:-$BIN_DIR/smtpd-blocking}
+PEERS_TARGET=$HERE/peers/target
+MAILIN_SINK=$PEERS_TARGET/release/mailin-sink
+CLIENT=$PEERS_TARGET/release/smtp-bench-client
+VENV=$HERE/.venv
+RESULTS=$HERE/results
+
+RUNS=${RUNS:-3}
+QUICK=0
+BUILD=1
+INSTALL=1
+CRITERION=1
+CRITERION_ONLY=0
+LABEL=${LABEL:-}
+ORIG_ARGS="$*"
+SERVERS="tokio smol blocking smtp-sink aiosmtpd mailin"
+SCENARIOS="a b c d e f g"
+# The load generator for the smtp-source scenarios (b-e): `smtp-source`
+# (Postfix), `bench-client` (bench/peers/smtp-bench-client, as a cross-check),
+# or `loadgen` (smtp-tokio/examples/loadgen.rs, once it exists: see gen_loadgen).
+LOADGEN=${LOADGEN:-smtp-source}
+LOADGEN_BIN=${LOADGEN_BIN:-$BENCH_TARGET_DIR/release/examples/loadgen}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 RUNS=1 CRITERION=0 ;;
+    --runs) RUNS=$2; shift ;;
+    --servers) SERVERS=$2; shift ;;
+    --scenarios) SCENARIOS=$2; shift ;;
+    --no-build) BUILD=0 ;;
+    --no-install) INSTALL=0 ;;
+    --no-criterion) CRITERION=0 ;;
+    --criterion) CRITERION=1 ;;
+    --criterion-only | --bench-only) CRITERION=1 CRITERION_ONLY=1 ;;
+    --label) LABEL=$2; shift ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# Per-scenario sizes; --quick divides the counts so a run takes seconds.
+if [ "$QUICK" = 1 ]; then
+  : "${A_MSGS:=2000}" "${B_MSGS:=1000}" "${C_MSGS:=500}" "${D_MSGS:=200}" "${E_MSGS:=1}" "${F_CONNS:=500}" "${G_SECS:=2}"
+else
+  : "${A_MSGS:=100000}" "${B_MSGS:=50000}" "${C_MSGS:=20000}" "${D_MSGS:=5000}" "${E_MSGS:=10}" "${F_CONNS:=10000}" "${G_SECS:=5}"
+fi
+GEN_TIMEOUT=${GEN_TIMEOUT:-300} # seconds, for one load-generator run
+SERVER_TIMEOUT=${SERVER_TIMEOUT:-900} # a server that outlives its run dies anyway
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$RESULTS"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/smtp-bench.XXXXXX")
+RAW=$WORK/raw.tsv # server scenario run key=value...
+: >"$RAW"
+REPORT=$RESULTS/$STAMP.md
+CLK_TCK=$(getconf CLK_TCK)
+NEXT_PORT=${BASE_PORT:-25300}
+
+note() { printf '\n=== %s\n' "$*" >&2; }
+loud() { printf '\n!!! %s\n' "$*" >&2; echo "$*" >>"$WORK/notes"; }
+
+# ---- cleanup: every server this script started dies with it ------------
+STARTED=() # pids: the `timeout` wrappers and the servers under them
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  sleep 0.3
+  for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- installation -----------------------------------------------------------
+apt_install() { # packages...; never leaves a Postfix daemon running
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    # Tell invoke-rc.d not to start services that the packages install.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "postfix postfix/mailname string bench.test" | debconf-set-selections
+  timeout 600 apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "$@" >&2 || {
+    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    return 1
+  }
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ -x /usr/sbin/postfix ] && /usr/sbin/postfix status >/dev/null 2>&1; then
+    loud "the postfix daemon was running after install: stopping it"
+    /usr/sbin/postfix stop >&2 || true
+  fi
+}
+
+install_tools() {
+  local need=()
+  command -v smtp-sink >/dev/null && command -v smtp-source >/dev/null || need+=(postfix)
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  if [ ${#need[@]} -gt 0 ]; then
+    note "installing ${need[*]} (Debian)"
+    apt_install "${need[@]}"
+  fi
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    note "installing aiosmtpd into $VENV"
+    timeout 300 python3 -m venv "$VENV"
+    timeout 600 "$VENV/bin/pip" install -q aiosmtpd
+  fi
+}
+
+build_all() {
+  note "building the peers (bench/peers, target $PEERS_TARGET)"
+  local p
+  for p in mailin-sink smtp-bench-client; do
+    (cd "$HERE/peers/$p" && CARGO_TARGET_DIR=$PEERS_TARGET timeout 1800 cargo build --release -q)
+  done
+  note "building our servers (target $BENCH_TARGET_DIR)"
+  (cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET_DIR timeout 1800 \
+    cargo build --release -q -p smtp-tokio --features cli --bin smtpd)
+  mkdir -p "$BIN_DIR"
+  local crate name
+  for name in smol blocking; do
+    crate=smtp-async-std
+    [ "$name" = blocking ] && crate=smtp-blocking
+    if (cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET_DIR timeout 1800 \
+      cargo build --release -q -p "$crate" --features cli --example smtpd) >"$WORK/build-$name.log" 2>&1; then
+      cp "$BENCH_TARGET_DIR/release/examples/smtpd" "$BIN_DIR/smtpd-$name"
+    else
+      rm -f "$BIN_DIR/smtpd-$name"
+      loud "SKIPPING $name: \`cargo build --release -p $crate --features cli --example smtpd\` failed (being written?): $(grep -m1 -E '^error' "$WORK/build-$name.log" || tail -n1 "$WORK/build-$name.log")"
+    fi
+  done
+}
+
+# ---- servers ---------------------------------------------------------------
+free_port() {
+  while ss -Htan "( sport = :$NEXT_PORT )" | grep -q .; do NEXT_PORT=$((NEXT_PORT + 1)); done
+  PORT=$NEXT_PORT
+  NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+have_server() {
+  case $1 in
+    tokio) [ -x "$SMTPD_TOKIO" ] ;;
+    smol) [ -x "$SMTPD_SMOL" ] ;;
+    blocking) [ -x "$SMTPD_BLOCKING" ] ;;
+    smtp-sink) command -v smtp-sink >/dev/null ;;
+    aiosmtpd) [ -x "$VENV/bin/python" ] ;;
+    mailin) [ -x "$MAILIN_SINK" ] ;;
+    *) return 1 ;;
+  esac
+}
+
+# server_cmd NAME PORT MAXCONN: the command line that runs NAME as a sink.
+server_cmd() {
+  local addr=127.0.0.1:$2 max=$3
+  local ours=(--sink --listen "$addr" --hostname bench.test --log warn
+    --max-connections "$max" --max-connections-per-ip "$max")
+  case $1 in
+    tokio) echo "$SMTPD_TOKIO" "${ours[@]}" ;;
+    smol) echo "$SMTPD_SMOL" "${ours[@]}" ;;
+    blocking) echo "$SMTPD_BLOCKING" "${ours[@]}" ;;
+    # -u: smtp-sink refuses to run as root without dropping privileges.
+    # -m: its connection limit (default 256). It offers PIPELINING.
+    smtp-sink) echo smtp-sink $([ "$(id -u)" = 0 ] && echo -u nobody) -h bench.test -m "$max" "$addr" 1024 ;;
+    aiosmtpd) echo "$VENV/bin/python" -m aiosmtpd -n -c aiosmtpd.handlers.Sink -l "$addr" ;;
+    # mailin-embedded serves one session per pool thread.
+    mailin) echo "$MAILIN_SINK" "$addr" "$max" ;;
+  esac
+}
+
+# start_server NAME MAXCONN: sets PORT and SPID (the server itself).
+start_server() {
+  free_port
+  local cmd
+  cmd=$(server_cmd "$1" "$PORT" "$2")
+  # shellcheck disable=SC2086 # the command line is ours, words split on purpose
+  timeout --kill-after=5 "$SERVER_TIMEOUT" $cmd >"$WORK/server.log" 2>&1 &
+  local tpid=$!
+  STARTED+=("$tpid")
+  local i
+  SPID=
+  for i in $(seq 100); do
+    [ -z "$SPID" ] && SPID=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{print $1}')
+    if [ -n "$SPID" ] && ss -Hltn "( sport = :$PORT )" | grep -q .; then
+      STARTED+=("$SPID")
+      TPID=$tpid
+      return 0
+    fi
+    kill -0 "$tpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  loud "server $1 did not start on port $PORT: $(tail -n3 "$WORK/server.log")"
+  return 1
+}
+
+stop_server() {
+  kill -TERM "$SPID" 2>/dev/null || true
+  local i
+  for i in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SPID" "$TPID" 2>/dev/null || true
+  wait "$TPID" 2>/dev/null || true
+}
+
+cpu_ticks() { # utime+stime of a process, all threads (fields 14, 15 of stat)
+  sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# ---- load generators ----------------------------------------------------------
+# gen_NAME SCENARIO PORT [COUNT RATE] sets GEN_CMD (the command line) and
+# GEN_MSGS (messages it sends). The command prints `key=value` words on stdout;
+# `seconds=` (else the wall time counts), `mb_per_s=`, `p50_ms=`, `p99_ms=`
+# are read when present.
+gen_smtp_source() {
+  local s=$1 p=127.0.0.1:$2
+  case $s in # -d: many messages per connection; without it, one each
+    b) GEN_MSGS=$B_MSGS GEN_CMD=(smtp-source -d -s 16 -m "$B_MSGS" -l 1024 -r 1 "$p") ;;
+    c) GEN_MSGS=$C_MSGS GEN_CMD=(smtp-source -s 16 -m "$C_MSGS" -l 1024 -r 1 "$p") ;;
+    d) GEN_MSGS=$D_MSGS GEN_CMD=(smtp-source -d -s 4 -m "$D_MSGS" -l 102400 -r 1 "$p") ;;
+    e) GEN_MSGS=$E_MSGS GEN_CMD=(smtp-source -d -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
+    *) return 1 ;;
+  esac
+}
+
+gen_bench_client() {
+  local s=$1 p=127.0.0.1:$2
+  case $s in
+    a) GEN_MSGS=$A_MSGS GEN_CMD=("$CLIENT" send -s 16 -m "$A_MSGS" -l 1024 -r 1 "$p") ;;
+    b) GEN_MSGS=$B_MSGS GEN_CMD=("$CLIENT" send --lockstep -s 16 -m "$B_MSGS" -l 1024 -r 1 "$p") ;;
+    c) GEN_MSGS=$C_MSGS GEN_CMD=("$CLIENT" send -k 1 -s 16 -m "$C_MSGS" -l 1024 -r 1 "$p") ;;
+    d) GEN_MSGS=$D_MSGS GEN_CMD=("$CLIENT" send -s 4 -m "$D_MSGS" -l 102400 -r 1 "$p") ;;
+    e) GEN_MSGS=$E_MSGS GEN_CMD=("$CLIENT" send -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
+    g) GEN_MSGS=$3 GEN_CMD=("$CLIENT" send -s 16 -m "$3" -l 1024 -r 1 --rate "$4" "$p") ;;
+    *) return 1 ;;
+  esac
+}
+
+# Hook for smtp-tokio/examples/loadgen.rs (being written): map each scenario
+# to its flags here, like gen_bench_client. Until then LOADGEN=loadgen stops.
+gen_loadgen() {
+  echo "run.sh: LOADGEN=loadgen is not wired yet: fill in gen_loadgen in bench/run.sh ($LOADGEN_BIN)" >&2
+  return 1
+}
+
+# The generator for each scenario: (a) needs PIPELINING, (f) idle sessions and
+# (g) pacing, which smtp-source cannot do, so they always use bench-client.
+generator_for() {
+  case $1 in
+    a | f | g) echo bench-client ;;
+    *) echo "$LOADGEN" ;;
+  esac
+}
+
+# run_gen NAME ARGS...: runs the command gen_NAME builds, under timeout and
+# time; sets GEN_OUT (its key=value words), WALL and GEN_CPU (its user+sys s).
+run_gen() {
+  local fn=gen_${1//-/_}; shift
+  GEN_CMD=() GEN_MSGS=
+  "$fn" "$@" || { loud "$fn has no command for scenario $1"; return 1; }
+  local TIMEFORMAT='%R %U %S' rc=0
+  { time timeout --kill-after=5 "$GEN_TIMEOUT" "${GEN_CMD[@]}" >"$WORK/gen.out" 2>"$WORK/gen.err"; } 2>"$WORK/time" || rc=$?
+  read -r WALL u s <"$WORK/time"
+  GEN_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')
+  GEN_OUT=$(grep -o '[a-z_0-9]*=[^ ]*' "$WORK/gen.out" | tr '\n' ' ' || true)
+  case " $GEN_OUT" in *" messages="*) ;; *) GEN_OUT="messages=$GEN_MSGS $GEN_OUT" ;; esac
+  if [ "$rc" != 0 ]; then
+    loud "generator failed (rc=$rc): ${GEN_CMD[*]}: $(head -c 300 "$WORK/gen.err")"
+    return 1
+  fi
+}
+
+# ---- one run of one cell ----------------------------------------------------
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
+
+run_load() { # server scenario run [count rate]
+  local srv=$1 sc=$2 run=$3 gen
+  gen=$(generator_for "$sc")
+  start_server "$srv" 1024 || return 0
+  local t0 t1
+  t0=$(cpu_ticks "$SPID")
+  if run_gen "$gen" "$sc" "$PORT" "${4:-}" "${5:-}"; then
+    t1=$(cpu_ticks "$SPID")
+    record "$srv" "$sc" "$run" "$GEN_OUT wall=$WALL srv_cpu=$(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN {print (b - a) / h}') gen_cpu=$GEN_CPU gen=$gen"
+  fi
+  stop_server
+}
+
+run_idle() { # server run
+  local srv=$1 run=$2
+  start_server "$srv" $((F_CONNS + 100)) || return 0
+  local r0 r1 line= i
+  sleep 0.5
+  r0=$(rss_kib "$SPID")
+  # The client prints `ready ...` once every session has had its EHLO reply,
+  # then holds the connections until it is killed.
+  timeout --kill-after=5 "$GEN_TIMEOUT" "$CLIENT" idle -n "$F_CONNS" --hold "$GEN_TIMEOUT" \
+    "127.0.0.1:$PORT" >"$WORK/gen.out" 2>"$WORK/gen.err" &
+  local cpid=$!
+  STARTED+=("$cpid")
+  for i in $(seq $((GEN_TIMEOUT * 10))); do
+    line=$(grep -m1 '^ready' "$WORK/gen.out" || true)
+    [ -n "$line" ] && break
+    kill -0 "$cpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -n "$line" ]; then
+    sleep 1
+    r1=$(rss_kib "$SPID")
+    record "$srv" f "$run" "${line#ready } rss0_kib=$r0 rss1_kib=$r1 kib_per_session=$(awk -v a="$r0" -v b="$r1" -v n="$F_CONNS" 'BEGIN {printf "%.2f", (b - a) / n}') gen=bench-client"
+  else
+    loud "idle client for $srv gave no ready line: $(head -c 300 "$WORK/gen.err")"
+  fi
+  kill -TERM "$cpid" 2>/dev/null || true
+  wait "$cpid" 2>/dev/null || true
+  stop_server
+}
+
+peak_of() { # server: median msgs/s of scenario (a) in this run, if any
+  python3 "$HERE/summarize.py" --peak "$1" <"$RAW"
+}
+
+run_cells() {
+  local srv sc run peak rate count
+  for sc in $SCENARIOS; do
+    for srv in $SERVERS; do
+      have_server "$srv" || continue
+      for run in $(seq "$RUNS"); do
+        note "$srv / scenario $sc / run $run of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        case $sc in
+          f) run_idle "$srv" "$run" ;;
+          g)
+            peak=$(peak_of "$srv")
+            if [ -z "$peak" ]; then
+              run_load "$srv" a probe
+              peak=$(peak_of "$srv")
+            fi
+            [ -n "$peak" ] || { loud "no peak rate for $srv: skipping (g)"; continue; }
+            rate=$(awk -v p="$peak" 'BEGIN {printf "%.0f", p / 2}')
+            count=$(awk -v r="$rate" -v s="$G_SECS" 'BEGIN {printf "%.0f", r * s < 200 ? 200 : r * s}')
+            run_load "$srv" g "$run" "$count" "$rate"
+            ;;
+          *) run_load "$srv" "$sc" "$run" ;;
+        esac
+      done
+    done
+  done
+}
+
+run_iperf() {
+  free_port
+  timeout 60 iperf3 -s -1 -p "$PORT" >/dev/null 2>&1 &
+  STARTED+=("$!")
+  sleep 0.5
+  if timeout 60 iperf3 -c 127.0.0.1 -p "$PORT" -t 3 -J >"$WORK/iperf.json" 2>/dev/null; then
+    record iperf3 ceiling 1 "mb_per_s=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 8e6, 1))' "$WORK/iperf.json")"
+  else
+    loud "iperf3 failed"
+  fi
+  wait 2>/dev/null || true
+}
+
+run_criterion() {
+  local b
+  for b in command data; do
+    note "criterion: cargo bench -p smtp-proto --bench $b"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET_DIR timeout 1800 \
+      cargo bench -p smtp-proto --bench "$b" -- --warm-up-time 1 --measurement-time 3) \
+      >"$WORK/criterion-$b.txt" 2>&1 || loud "cargo bench --bench $b failed: $(tail -n3 "$WORK/criterion-$b.txt")"
+  done
+}
+
+# ---- main ---------------------------------------------------------------------
+LOAD_START=$(cat /proc/loadavg)
+if [ "$CRITERION_ONLY" = 0 ]; then
+  [ "$INSTALL" = 1 ] && install_tools
+  [ "$BUILD" = 1 ] && build_all
+  [ -x "$CLIENT" ] || { echo "run.sh: $CLIENT missing (run without --no-build)" >&2; exit 1; }
+  # (f) holds thousands of sockets in both the client and the server.
+  ulimit -n $((F_CONNS * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  for srv in $SERVERS; do have_server "$srv" || loud "SKIPPING $srv: not built or not installed"; done
+  run_iperf
+  run_cells
+fi
+[ "$CRITERION" = 1 ] && run_criterion
+LOAD_END=$(cat /proc/loadavg)
+
+{
+  echo "# Servers side by side ($STAMP)"
+  echo
+  echo "Command: \`bench/run.sh $ORIG_ARGS\` — runs per cell: $RUNS; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo); /proc/loadavg at start: $LOAD_START; at end: $LOAD_END"
+  [ -n "$LABEL" ] && echo "Label: $LABEL"
+  echo
+  [ -s "$WORK/notes" ] && sed 's/^/- /' "$WORK/notes" && echo
+  python3 "$HERE/summarize.py" --counts "A=$A_MSGS B=$B_MSGS C=$C_MSGS D=$D_MSGS E=$E_MSGS F=$F_CONNS G=${G_SECS}s" \
+    --criterion "$WORK/criterion-command.txt" --criterion "$WORK/criterion-data.txt" <"$RAW"
+  echo
+  echo "<details><summary>raw runs</summary>"
+  echo
+  echo '```'
+  cat "$RAW"
+  echo '```'
+  echo "</details>"
+} >"$REPORT"
+cat "$REPORT"
+echo >&2
+echo "report: $REPORT" >&2

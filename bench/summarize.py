@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw runs (TSV on stdin: server, scenario, run,
+key=value...) into the Markdown table of the report: medians per cell, the
+ratio to Postfix's smtp-sink, CPU per 1,000 messages and who was CPU-bound.
+
+`--peak SERVER` prints only that server's median msgs/s in scenario (a)
+(run.sh paces scenario (g) at half of it)."""
+
+import argparse
+import re
+import statistics
+import sys
+
+SCENARIOS = {
+    "a": ("1 KiB, 1 rcpt, 16 sessions, pipelined", "msgs/s", "high", 1024),
+    "b": ("1 KiB, 1 rcpt, 16 sessions, lock-step", "msgs/s", "high", 1024),
+    "c": ("1 KiB, one transaction per connection, 16 at once", "msgs/s", "high", 1024),
+    "d": ("100 KiB, 4 sessions", "MB/s", "high", 102400),
+    "e": ("10 MiB message(s), 1 session", "MB/s", "high", 10485760),
+    "f": ("idle sessions after EHLO", "KiB RSS/session", "low", 0),
+    "g": ("latency at half of (a)'s peak, 16 sessions", "p50 / p99 ms", "low", 1024),
+}
+SERVERS = ["tokio", "smol", "blocking", "smtp-sink", "aiosmtpd", "mailin"]
+BASE = "smtp-sink"
+
+
+def rows(stream):
+    for line in stream:
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 4:
+            continue
+        kv = dict(p.split("=", 1) for p in parts[3].split() if "=" in p)
+        yield parts[0], parts[1], parts[2], kv
+
+
+def num(kv, key):
+    try:
+        return float(kv[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def derive(sc, kv):
+    """Per-run figures: primary value(s), server CPU s per 1k msgs, CPU %s."""
+    out = {}
+    msgs = num(kv, "messages")
+    secs = num(kv, "seconds") or num(kv, "wall")
+    wall = num(kv, "wall") or secs
+    size = SCENARIOS[sc][3]
+    if sc in "abc" and msgs and secs:
+        out["v"] = msgs / secs
+    elif sc in "de" and msgs and secs:
+        out["v"] = msgs * size / secs / 1e6
+    elif sc == "f":
+        out["v"] = num(kv, "kib_per_session")
+    elif sc == "g":
+        out["v"] = num(kv, "p50_ms")
+        out["v2"] = num(kv, "p99_ms")
+        out["rate"] = msgs / secs if msgs and secs else None
+    srv = num(kv, "srv_cpu")
+    gen = num(kv, "gen_cpu")
+    if srv is not None and msgs:
+        out["cpu_per_k"] = srv / msgs * 1000
+    if srv is not None and wall:
+        out["srv_pct"] = srv / wall * 100
+    if gen is not None and wall:
+        out["gen_pct"] = gen / wall * 100
+    return out
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2 if abs(v) >= 1 else 3
+    return f"{v:,.{digits}f}"
+
+
+def bound(srv_pct, gen_pct):
+    if srv_pct is None or gen_pct is None:
+        return "–"
+    if srv_pct + gen_pct >= 170:
+        return "both cores busy"
+    if srv_pct >= 85 and srv_pct >= gen_pct:
+        return "server"
+    if gen_pct >= 85:
+        return "generator"
+    return "neither (waits)"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peak")
+    ap.add_argument("--counts", default="")
+    ap.add_argument("--criterion", action="append", default=[])
+    args = ap.parse_args()
+    data = list(rows(sys.stdin))
+
+    if args.peak:
+        v = med([derive("a", kv).get("v") for s, sc, _, kv in data if s == args.peak and sc == "a"])
+        if v:
+            print(f"{v:.0f}")
+        return
+
+    cells = {}
+    for srv, sc, _run, kv in data:
+        if sc in SCENARIOS:
+            cells.setdefault((sc, srv), []).append((derive(sc, kv), kv))
+    ceiling = [num(kv, "mb_per_s") for s, _, _, kv in data if s == "iperf3"]
+
+    print("| scenario | server | generator | result | vs smtp-sink | srv CPU s / 1k msgs | srv CPU | gen CPU | CPU-bound | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for sc, (desc, unit, better, _) in SCENARIOS.items():
+        base = cells.get((sc, BASE))
+        base_v = med([d.get("v") for d, _ in base]) if base else None
+        base_v2 = med([d.get("v2") for d, _ in base]) if base else None
+        for srv in SERVERS + sorted({s for (c, s) in cells if c == sc} - set(SERVERS)):
+            runs = cells.get((sc, srv))
+            if not runs:
+                continue
+            ds = [d for d, _ in runs]
+            v = med([d.get("v") for d in ds])
+            gen = runs[0][1].get("gen", "?")
+            if runs[0][1].get("pipelined") == "not-offered":
+                gen += " (no PIPELINING offered: lock-step)"
+            if sc == "g":
+                v2 = med([d.get("v2") for d in ds])
+                rate = med([d.get("rate") for d in ds])
+                result = f"{fmt(v)} / {fmt(v2)} ms at {fmt(rate, 0)} msgs/s"
+                ratio = (
+                    f"{v / base_v:.2f}× / {v2 / base_v2:.2f}×"
+                    if v and base_v and v2 and base_v2
+                    else "–"
+                )
+            else:
+                result = f"{fmt(v)} {unit}"
+                ratio = f"{v / base_v:.2f}×" if v is not None and base_v else "–"
+            sp = med([d.get("srv_pct") for d in ds])
+            gp = med([d.get("gen_pct") for d in ds])
+            print(
+                f"| ({sc}) {desc} | {srv} | {gen} | {result} | {ratio} | "
+                f"{fmt(med([d.get('cpu_per_k') for d in ds]))} | "
+                f"{fmt(sp, 0) + ' %' if sp is not None else '–'} | "
+                f"{fmt(gp, 0) + ' %' if gp is not None else '–'} | {bound(sp, gp)} | {len(ds)} |"
+            )
+    print()
+    print("Result: median of the runs. `vs smtp-sink`: result ÷ smtp-sink's result "
+          "(throughput: higher is better; RSS and latency: lower is better). "
+          "srv/gen CPU: the server's / the load generator's user+system CPU time over "
+          "the run's wall time (100 % = one core; the machine has two).")
+    if args.counts:
+        print(f"Sizes: {args.counts} (messages per run; F = idle sessions; G = seconds of paced load).")
+    if ceiling:
+        print(f"Loopback ceiling (iperf3, one TCP stream, 3 s): {fmt(med(ceiling))} MB/s.")
+
+    crit = []
+    for path in args.criterion:
+        try:
+            lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
+        except OSError:
+            continue
+        prev = ""
+        for line in lines:
+            m = re.match(r"^(\S.*?)?\s+(time|thrpt):\s+\[(.*)\]", line)
+            if m:
+                name = (m.group(1) or prev).strip()
+                crit.append((name, m.group(2), m.group(3)))
+                prev = name
+            elif line.strip() and not line.startswith(("Benchmarking", " ", "Found", "Gnuplot")):
+                prev = line.strip()
+    if crit:
+        print()
+        print("Core criterion benches (`cargo bench -p smtp-proto --bench command|data -- --warm-up-time 1 --measurement-time 3`):")
+        print()
+        print("| bench | what | [low median high] |")
+        print("|---|---|---|")
+        for name, kind, val in crit:
+            print(f"| {name} | {kind} | {val} |")
+
+
+if __name__ == "__main__":
+    main()
