@@ -254,6 +254,8 @@ gen_bench_client() {
     c) GEN_MSGS=$C_MSGS GEN_CMD=("$CLIENT" send -k 1 -s 16 -m "$C_MSGS" -l 1024 -r 1 "$p") ;;
     d) GEN_MSGS=$D_MSGS GEN_CMD=("$CLIENT" send -s 4 -m "$D_MSGS" -l 102400 -r 1 "$p") ;;
     e) GEN_MSGS=$E_MSGS GEN_CMD=("$CLIENT" send -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
+    # (g): first the unpaced peak of the paced shape (--no-chain), then paced at half of it.
+    gpeak) GEN_MSGS=$A_MSGS GEN_CMD=("$CLIENT" send --no-chain -s 16 -m "$A_MSGS" -l 1024 -r 1 "$p") ;;
     g) GEN_MSGS=$3 GEN_CMD=("$CLIENT" send -s 16 -m "$3" -l 1024 -r 1 --rate "$4" "$p") ;;
     *) return 1 ;;
   esac
@@ -270,7 +272,7 @@ gen_loadgen() {
 # (g) pacing, which smtp-source cannot do, so they always use bench-client.
 generator_for() {
   case $1 in
-    a | f | g) echo bench-client ;;
+    a | f | g | gpeak) echo bench-client ;;
     *) echo "$LOADGEN" ;;
   esac
 }
@@ -339,7 +341,7 @@ run_idle() { # server run
   stop_server
 }
 
-peak_of() { # server: median msgs/s of scenario (a) in this run, if any
+peak_of() { # server: median msgs/s of the (g) probes so far
   python3 "$HERE/summarize.py" --peak "$1" <"$RAW"
 }
 
@@ -353,11 +355,10 @@ run_cells() {
         case $sc in
           f) run_idle "$srv" "$run" ;;
           g)
+            # Half of the peak of the same transaction shape (pipelined when
+            # offered, not chained behind the previous dot), probed first.
+            run_load "$srv" gpeak "$run"
             peak=$(peak_of "$srv")
-            if [ -z "$peak" ]; then
-              run_load "$srv" a probe
-              peak=$(peak_of "$srv")
-            fi
             [ -n "$peak" ] || { loud "no peak rate for $srv: skipping (g)"; continue; }
             rate=$(awk -v p="$peak" 'BEGIN {printf "%.0f", p / 2}')
             count=$(awk -v r="$rate" -v s="$G_SECS" 'BEGIN {printf "%.0f", r * s < 200 ? 200 : r * s}')

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! smtp-bench-client send [-s SESSIONS] [-m MESSAGES] [-l BYTES] [-r RCPTS]
-//!                        [-k PER_CONN] [--lockstep] [--rate MSGS_PER_S] ADDR
+//!                        [-k PER_CONN] [--lockstep] [--no-chain] [--rate MSGS_PER_S] ADDR
 //! smtp-bench-client idle -n CONNECTIONS [--hold SECS] ADDR
 //! ```
 //!
@@ -21,6 +21,8 @@
 //!   latency runs from that due time (so queueing behind a slow server
 //!   counts) to the final 250 after the dot. Pacing turns off the chaining
 //!   of the next transaction behind the dot.
+//! * `--no-chain`: pipelined, but without that chaining (two round trips a
+//!   transaction: the shape `--rate` paces, so its unpaced peak).
 //!
 //! `idle` opens N connections one after another, sends EHLO on each and
 //! waits for its reply, prints `ready connections=N`, then holds them until
@@ -49,6 +51,7 @@ struct Opts {
     rcpts: usize,
     per_conn: u64,
     lockstep: bool,
+    no_chain: bool,
     rate: Option<f64>,
     connections: usize,
     hold: Option<f64>,
@@ -56,7 +59,7 @@ struct Opts {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: smtp-bench-client send [-s N] [-m N] [-l BYTES] [-r N] [-k N] [--lockstep] [--rate R] ADDR\n       smtp-bench-client idle -n N [--hold SECS] ADDR"
+        "usage: smtp-bench-client send [-s N] [-m N] [-l BYTES] [-r N] [-k N] [--lockstep] [--no-chain] [--rate R] ADDR\n       smtp-bench-client idle -n N [--hold SECS] ADDR"
     );
     ExitCode::from(2)
 }
@@ -76,6 +79,7 @@ fn parse() -> Option<Opts> {
         rcpts: 1,
         per_conn: 0,
         lockstep: false,
+        no_chain: false,
         rate: None,
         connections: 100,
         hold: None,
@@ -90,6 +94,7 @@ fn parse() -> Option<Opts> {
             "-k" => o.per_conn = args.next()?.parse().ok()?,
             "-n" => o.connections = args.next()?.parse().ok()?,
             "--lockstep" => o.lockstep = true,
+            "--no-chain" => o.no_chain = true,
             "--rate" => o.rate = Some(args.next()?.parse().ok()?),
             "--hold" => o.hold = Some(args.next()?.parse().ok()?),
             _ if addr.is_none() && !a.starts_with('-') => addr = Some(a),
@@ -261,7 +266,7 @@ fn connection(sh: &Shared, first: u64) -> io::Result<Option<u64>> {
     if !c.pipelining && !sh.opts.lockstep {
         sh.unpipelined.fetch_add(1, Ordering::Relaxed);
     }
-    let chain = c.pipelining && sh.opts.rate.is_none();
+    let chain = c.pipelining && sh.opts.rate.is_none() && !sh.opts.no_chain;
     let mut n = first;
     let mut count = 0u64;
     let mut envelope_sent = false;
