@@ -15,7 +15,7 @@ use futures_rustls::server::TlsStream;
 use smtp_proto::accept::{SessionIds, Stop, StopSeen, WriteDeadline, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
-use smtp_proto::server::{PeerInfo, Session};
+use smtp_proto::server::{Event, PeerInfo, Session};
 use tracing::Instrument;
 
 use crate::rt::{Control, timeout};
@@ -124,6 +124,17 @@ impl<S, H> std::fmt::Debug for Connection<S, H> {
     }
 }
 
+impl<S> Connection<S, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// A connection without a handler, for [`Connection::next_event`]:
+    /// the caller answers the events itself.
+    pub fn manual(stream: S, peer: PeerInfo, config: Arc<Config>) -> Self {
+        Connection::new(stream, peer, config, Arc::new(()))
+    }
+}
+
 impl<S, H> Connection<S, H>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -166,6 +177,70 @@ where
         &self.session
     }
 
+    /// The session state, for answering events from [`Connection::next_event`]
+    /// (`respond(ticket, decision)`).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The low level: does I/O until the session has an event and returns
+    /// it; `None` once the session is over and its last replies are
+    /// written. Timeouts, backpressure and shutdown work as in
+    /// [`Connection::run`]. Answer each decision event with
+    /// `session_mut().respond(ticket, ..)` before calling again (the session
+    /// reads nothing while a decision is pending); on
+    /// [`Event::StartTls`] call [`Connection::upgrade`]; on
+    /// [`Event::Throttle`] wait that long first. Do not mix with `run`.
+    ///
+    /// ```no_run
+    /// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
+    /// use std::sync::Arc;
+    /// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
+    ///
+    /// let peer = PeerInfo::new(tcp.peer_addr()?);
+    /// let mut conn = smtp_async_std::Connection::manual(tcp, peer, Arc::new(Config::new("mx.example")));
+    /// let mut body = Vec::new();
+    /// while let Some(event) = conn.next_event().await? {
+    ///     match event {
+    ///         Event::Body(chunk) => body.extend_from_slice(chunk),
+    ///         Event::StartTls => conn.upgrade().await,
+    ///         Event::Throttle(d) => {
+    ///             async_io::Timer::after(d).await;
+    ///         }
+    ///         other => {
+    ///             if let Some(ticket) = other.into_ticket() {
+    ///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn next_event(&mut self) -> io::Result<Option<Event<'_>>> {
+        loop {
+            self.apply_stop();
+            if self.session.has_event() {
+                return Ok(self.session.poll_event());
+            }
+            if self.session.is_closed() {
+                return self.finish().await.map(|()| None);
+            }
+            self.io_step().await?;
+        }
+    }
+
+    /// Performs the STARTTLS handshake the session asked for with
+    /// [`Event::StartTls`] (writes the `220` first; a failure is reported
+    /// to the session, which answers or closes).
+    pub async fn upgrade(&mut self) {
+        if self.flush().await.is_err() {
+            self.session.tls_failed();
+            return;
+        }
+        let t = self.session.config().timeouts.command;
+        self.start_tls(t).await;
+    }
+
     /// Serves the connection until the session closes. Errors are I/O
     /// errors and write timeouts; the client has been answered as far as possible.
     pub async fn run(self) -> io::Result<()> {
@@ -192,8 +267,7 @@ where
                     continue;
                 }
                 Drive::Closed => {
-                    let res = self.flush().await;
-                    let _ = timeout(command_timeout, self.stream.close()).await;
+                    let res = self.finish().await;
                     tracing::debug!("session end");
                     return res;
                 }
@@ -233,6 +307,15 @@ where
         }
         seen.apply(Stop::Abort, session);
         dispatcher.drive(session).await
+    }
+
+    /// The end of a closed session: writes its last replies, then closes
+    /// the stream (each within the command timeout).
+    async fn finish(&mut self) -> io::Result<()> {
+        let res = self.flush().await;
+        let t = self.session.config().timeouts.command;
+        let _ = timeout(t, self.stream.close()).await;
+        res
     }
 
     /// Writes everything pending, within the command timeout.
