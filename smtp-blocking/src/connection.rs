@@ -13,7 +13,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
-use smtp_proto::server::{PeerInfo, Session, TlsInfo};
+use smtp_proto::server::{Event, PeerInfo, Session, TlsInfo};
 
 use crate::stop::Waiter;
 
@@ -215,6 +215,14 @@ impl<S: Socket, H> std::fmt::Debug for Connection<S, H> {
     }
 }
 
+impl<S: Socket> Connection<S, ()> {
+    /// A connection without a handler, for [`Connection::next_event`]:
+    /// the caller answers the events itself.
+    pub fn manual(stream: S, peer: PeerInfo, config: Arc<Config>) -> Self {
+        Connection::new(stream, peer, config, Arc::new(()))
+    }
+}
+
 impl<S: Socket, H: Handler> Connection<S, H> {
     /// A connection over an accepted `stream` from `peer` (set `peer.tls`
     /// when the stream is already TLS).
@@ -265,6 +273,68 @@ impl<S: Socket, H: Handler> Connection<S, H> {
         &self.session
     }
 
+    /// The session state, for answering events from [`Connection::next_event`]
+    /// (`respond(ticket, decision)`).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The low level: does blocking I/O until the session has an event and
+    /// returns it; `None` once the session is over and its last replies
+    /// are written. Timeouts, backpressure and shutdown work as in
+    /// [`Connection::run`]. Answer each decision event with
+    /// `session_mut().respond(ticket, ..)` before calling again (the session
+    /// reads nothing while a decision is pending); on
+    /// [`Event::StartTls`] call [`Connection::upgrade`]; on
+    /// [`Event::Throttle`] wait that long first. Do not mix with `run`.
+    ///
+    /// ```no_run
+    /// # fn f(tcp: std::net::TcpStream) -> std::io::Result<()> {
+    /// use std::sync::Arc;
+    /// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
+    ///
+    /// let peer = PeerInfo::new(tcp.peer_addr()?);
+    /// let mut conn = smtp_blocking::Connection::manual(tcp, peer, Arc::new(Config::new("mx.example")));
+    /// let mut body = Vec::new();
+    /// while let Some(event) = conn.next_event()? {
+    ///     match event {
+    ///         Event::Body(chunk) => body.extend_from_slice(chunk),
+    ///         Event::StartTls => conn.upgrade(),
+    ///         Event::Throttle(d) => std::thread::sleep(d),
+    ///         other => {
+    ///             if let Some(ticket) = other.into_ticket() {
+    ///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_event(&mut self) -> io::Result<Option<Event<'_>>> {
+        loop {
+            self.apply_stop();
+            if self.session.has_event() {
+                return Ok(self.session.poll_event());
+            }
+            if self.session.is_closed() {
+                return self.finish().map(|()| None);
+            }
+            self.io_step()?;
+        }
+    }
+
+    /// Performs the STARTTLS handshake the session asked for with
+    /// [`Event::StartTls`] (writes the `220` first; a failure is reported
+    /// to the session, which answers or closes).
+    pub fn upgrade(&mut self) {
+        if self.flush().is_err() {
+            self.session.tls_failed();
+            return;
+        }
+        let t = self.session.config().timeouts.command;
+        self.start_tls(t);
+    }
+
     /// Serves the connection until the session closes. Errors are I/O
     /// errors and write timeouts; the client has been answered as far as possible.
     pub fn run(self) -> io::Result<()> {
@@ -291,15 +361,26 @@ impl<S: Socket, H: Handler> Connection<S, H> {
                     continue;
                 }
                 Drive::Closed => {
-                    let res = self.flush();
-                    self.close();
+                    let res = self.finish();
                     tracing::debug!("session end");
                     return res;
                 }
             }
-            self.flush()?;
-            self.read_step()?;
+            self.io_step()?;
         }
+    }
+
+    /// Writes the pending replies, then reads once.
+    fn io_step(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.read_step()
+    }
+
+    /// The end of a closed session: writes its last replies, then closes.
+    fn finish(&mut self) -> io::Result<()> {
+        let res = self.flush();
+        self.close();
+        res
     }
 
     /// Applies a stop phase the connection has not acted on yet.
