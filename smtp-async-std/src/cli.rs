@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures_lite::{StreamExt, future};
-use smtp_proto::cli::{CliHandler, Setup, log_listening};
+use smtp_proto::cli::{CliHandler, Setup, exit_code, log_listening};
 
 use crate::Server;
 
 /// Runs the server `setup` describes until SIGINT or SIGTERM, then shuts
-/// down gracefully (grace: `setup.grace_period`). Logs one
+/// down gracefully (grace: `setup.options.grace_period`). Logs one
 /// `listening addr=…` line per bound address.
 ///
 /// With the `smol` feature the sessions run on a smol executor with one
@@ -26,13 +26,7 @@ use crate::Server;
 /// }
 /// ```
 pub fn smtpd(setup: Setup) -> ExitCode {
-    match run(setup) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("smtpd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(setup))
 }
 
 #[cfg(feature = "smol")]
@@ -68,30 +62,11 @@ async fn serve(
     setup: Setup,
     tune: impl FnOnce(Server<CliHandler>) -> Server<CliHandler>,
 ) -> io::Result<()> {
-    let mut server = tune(Server::new(setup.handler))
-        .config(Arc::new(setup.config))
-        .grace_period(setup.grace_period)
-        .shutdown_signal(shutdown_signal());
-    for a in setup.listen {
-        server = server.listen(a);
-    }
-    for a in setup.listen_tls {
-        server = server.listen_tls(a);
-    }
-    #[cfg(unix)]
-    for p in setup.listen_unix {
-        server = server.listen_unix(p);
-    }
-    if let Some(t) = setup.tls {
-        server = server.tls(t);
-    }
-    if let Some(n) = setup.max_connections {
-        server = server.max_connections(n);
-    }
-    if let Some(n) = setup.max_connections_per_ip {
-        server = server.max_connections_per_ip(n);
-    }
-    let server = server.bind().await?;
+    let server = tune(Server::new(setup.handler))
+        .options(setup.options)
+        .shutdown_signal(shutdown_signal())
+        .bind()
+        .await?;
     log_listening(server.local_addrs());
     server.run().await
 }

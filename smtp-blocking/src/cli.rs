@@ -2,14 +2,13 @@
 //! [`smtp_proto::cli`]'s, shared with the other adapters.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use smtp_proto::cli::{Setup, log_listening};
+use smtp_proto::cli::{Setup, exit_code, log_listening};
 
 use crate::{Server, ShutdownHandle};
 
 /// Runs the server `setup` describes until SIGINT or SIGTERM, then shuts
-/// down gracefully (`setup.grace_period`). Logs one `listening addr=…` line
+/// down gracefully (`setup.options.grace_period`). Logs one `listening addr=…` line
 /// per bound address. Keeps no global state: it can run again in the same
 /// process (e.g. a test binary that re-executes itself).
 ///
@@ -22,28 +21,7 @@ use crate::{Server, ShutdownHandle};
 /// }
 /// ```
 pub fn smtpd(setup: Setup) -> ExitCode {
-    let mut server = Server::new(setup.handler)
-        .config(Arc::new(setup.config))
-        .grace_period(setup.grace_period);
-    for a in setup.listen {
-        server = server.listen(a);
-    }
-    for a in setup.listen_tls {
-        server = server.listen_tls(a);
-    }
-    #[cfg(unix)]
-    for p in setup.listen_unix {
-        server = server.listen_unix(p);
-    }
-    if let Some(t) = setup.tls {
-        server = server.tls(t);
-    }
-    if let Some(n) = setup.max_connections {
-        server = server.max_connections(n);
-    }
-    if let Some(n) = setup.max_connections_per_ip {
-        server = server.max_connections_per_ip(n);
-    }
+    let server = Server::new(setup.handler).options(setup.options);
     let result = server.bind().and_then(|server| {
         log_listening(server.local_addrs());
         let signals = on_signal(server.shutdown_handle())?;
@@ -51,13 +29,7 @@ pub fn smtpd(setup: Setup) -> ExitCode {
         signals.stop();
         res
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("smtpd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// A thread that calls [`ShutdownHandle::shutdown`] on SIGINT or SIGTERM.

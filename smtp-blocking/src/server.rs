@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
-use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Stop};
+use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
@@ -23,34 +23,19 @@ pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
 const WAKE: Token = Token(usize::MAX);
 
-#[derive(Debug, Clone)]
-enum Listen {
-    Tcp(SocketAddr),
-    Tls(SocketAddr),
-    #[cfg(unix)]
-    Unix(PathBuf),
-}
-
 /// Builds an SMTP server: listeners, configuration, handler, TLS, limits.
 ///
 /// [`Server::bind`] gives a [`BoundServer`]; its [`ShutdownHandle`] stops it
 /// gracefully from any thread. See the [crate docs](crate) for an example.
 pub struct Server<H> {
     handler: Arc<H>,
-    config: Arc<Config>,
-    listen: Vec<Listen>,
-    tls: Option<Arc<ServerConfig>>,
-    max_connections: usize,
-    max_per_ip: Option<usize>,
-    grace: Duration,
+    options: ServerOptions,
 }
 
 impl<H> std::fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("listen", &self.listen)
-            .field("tls", &self.tls.is_some())
-            .field("max_connections", &self.max_connections)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -61,12 +46,7 @@ impl<H: Handler> Server<H> {
     pub fn new(handler: H) -> Self {
         Server {
             handler: Arc::new(handler),
-            config: Arc::new(Config::default()),
-            listen: Vec::new(),
-            tls: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_per_ip: None,
-            grace: DEFAULT_GRACE_PERIOD,
+            options: ServerOptions::default(),
         }
     }
 
@@ -74,90 +54,32 @@ impl<H: Handler> Server<H> {
     pub fn handler<H2: Handler>(self, handler: H2) -> Server<H2> {
         Server {
             handler: Arc::new(handler),
-            config: self.config,
-            listen: self.listen,
-            tls: self.tls,
-            max_connections: self.max_connections,
-            max_per_ip: self.max_per_ip,
-            grace: self.grace,
+            options: self.options,
         }
     }
 
-    /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen.push(Listen::Tcp(addr));
-        self
-    }
-
-    /// Listens for implicit TLS (RFC 8314, "submissions"): the handshake
-    /// comes first, within the command timeout. Needs [`Server::tls`].
-    pub fn listen_tls(mut self, addr: SocketAddr) -> Self {
-        self.listen.push(Listen::Tls(addr));
-        self
-    }
-
-    /// Listens on a Unix domain socket (e.g. for LMTP from a local MTA);
-    /// the socket file is removed at shutdown.
-    #[cfg(unix)]
-    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Self {
-        self.listen.push(Listen::Unix(path.into()));
-        self
-    }
-
-    /// The session configuration.
-    pub fn config(mut self, config: Arc<Config>) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// The TLS configuration: enables STARTTLS on plain listeners and allows
-    /// [`Server::listen_tls`].
-    pub fn tls(mut self, tls: Arc<ServerConfig>) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Connections served at once; more get `421 4.7.0` and are closed.
-    /// Default: [`DEFAULT_MAX_CONNECTIONS`] (each is a thread).
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n;
-        self
-    }
-
-    /// Connections served at once from one IP address; more get `421 4.7.0`.
-    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
-        self.max_per_ip = Some(n);
-        self
-    }
-
-    /// How long sessions may take to finish after [`ShutdownHandle::shutdown`].
-    /// Default: [`DEFAULT_GRACE_PERIOD`].
-    pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
+    smtp_proto::server_builder_methods!();
 
     /// Binds every listener.
     pub fn bind(self) -> io::Result<BoundServer<H>> {
+        let o = self.options;
+        o.check()?;
+        let limiter = o.limiter();
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        for (i, l) in self.listen.iter().enumerate() {
+        for (i, l) in o.listen.iter().enumerate() {
             let mut listener = match l {
                 Listen::Tcp(a) | Listen::Tls(a) => {
                     let tls = matches!(l, Listen::Tls(_));
-                    if tls && self.tls.is_none() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "listen_tls needs a TLS configuration",
-                        ));
-                    }
                     let tcp = mio::net::TcpListener::bind(*a)?;
                     local_addrs.push(tcp.local_addr()?);
                     Listener::Tcp { tcp, tls }
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => Listener::Unix(mio::net::UnixListener::bind(p)?, p.clone()),
+                #[cfg(not(unix))]
+                Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
             };
             let source: &mut dyn mio::event::Source = match &mut listener {
                 Listener::Tcp { tcp, .. } => tcp,
@@ -168,8 +90,6 @@ impl<H: Handler> Server<H> {
                 .register(source, Token(i), Interest::READABLE)?;
             listeners.push(listener);
         }
-        let mut plain = (*self.config).clone();
-        plain.extensions.starttls = self.tls.is_some();
         let handle = ShutdownHandle {
             requested: Arc::new(AtomicBool::new(false)),
             waker: Arc::new(mio::Waker::new(poll.registry(), WAKE)?),
@@ -179,15 +99,15 @@ impl<H: Handler> Server<H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: Arc::new(plain),
-                config: self.config,
-                tls: self.tls,
-                limiter: ConnectionLimiter::new(self.max_connections, self.max_per_ip),
+                plain: o.plain_config(),
+                config: o.config,
+                tls: o.tls,
+                limiter,
             }),
             bus: Arc::new(StopBus::default()),
             poll,
             handle,
-            grace: self.grace,
+            grace: o.grace_period,
         })
     }
 

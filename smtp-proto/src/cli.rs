@@ -11,9 +11,10 @@
 //!
 //! let args = Args::try_parse_from(["smtpd", "--sink", "--max-size", "1000", "--lmtp"]).unwrap();
 //! let setup = Setup::from_args(&args).unwrap();
-//! assert!(setup.config.lmtp);
-//! assert_eq!(setup.config.limits.max_message_size, 1000);
-//! assert_eq!(setup.listen, ["127.0.0.1:2525".parse().unwrap()]);
+//! assert!(setup.options.config.lmtp);
+//! assert_eq!(setup.options.config.limits.max_message_size, 1000);
+//! let default = smtp_proto::accept::Listen::Tcp("127.0.0.1:2525".parse().unwrap());
+//! assert_eq!(setup.options.listen, [default]);
 //! ```
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::accept::{Listen, ServerOptions};
 use crate::config::Config;
 use crate::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 use crate::sasl::Mechanism;
@@ -185,24 +187,11 @@ pub fn cli_handler(
 /// Everything `smtpd` needs to start, built from [`Args`] before binding.
 #[derive(Debug)]
 pub struct Setup {
-    /// The session configuration.
-    pub config: Config,
     /// The handler.
     pub handler: CliHandler,
-    /// TLS, when a certificate was given.
-    pub tls: Option<Arc<ServerConfig>>,
-    /// Plain listeners.
-    pub listen: Vec<SocketAddr>,
-    /// Implicit TLS listeners.
-    pub listen_tls: Vec<SocketAddr>,
-    /// Unix-domain socket listeners.
-    pub listen_unix: Vec<PathBuf>,
-    /// Connection limit.
-    pub max_connections: Option<usize>,
-    /// Connection limit per client IP address.
-    pub max_connections_per_ip: Option<usize>,
-    /// How long sessions may finish after a shutdown signal.
-    pub grace_period: Duration,
+    /// The server: configuration, listeners, TLS, limits, grace period
+    /// (every adapter's `Server::options` takes it).
+    pub options: ServerOptions,
 }
 
 impl Setup {
@@ -260,18 +249,23 @@ impl Setup {
         } else {
             Store::Debug(DebugHandler::stdout())
         };
+        let listen = (a.listen.iter().copied().map(Listen::Tcp))
+            .chain(a.listen_tls.iter().copied().map(Listen::Tls))
+            .chain(a.listen_unix.iter().cloned().map(Listen::Unix))
+            .collect();
+        let defaults = ServerOptions::default();
         Ok(Setup {
-            config,
             handler: cli_handler(a.domain.clone(), store, users),
-            tls,
-            listen: a.listen.clone(),
-            listen_tls: a.listen_tls.clone(),
-            listen_unix: a.listen_unix.clone(),
-            max_connections: a.max_connections,
-            max_connections_per_ip: a.max_connections_per_ip,
-            grace_period: a
-                .grace_period
-                .map_or(crate::accept::DEFAULT_GRACE_PERIOD, Duration::from_secs),
+            options: ServerOptions {
+                config: Arc::new(config),
+                listen,
+                tls,
+                max_connections: a.max_connections.unwrap_or(defaults.max_connections),
+                max_connections_per_ip: a.max_connections_per_ip,
+                grace_period: a
+                    .grace_period
+                    .map_or(defaults.grace_period, Duration::from_secs),
+            },
         })
     }
 
@@ -296,6 +290,17 @@ pub fn init_logging(level: tracing::Level) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(level)
         .try_init();
+}
+
+/// The process's exit code for a server run's result (errors logged).
+pub fn exit_code(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("smtpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs one `listening addr=…` line per bound address (scripts and tests
@@ -372,9 +377,9 @@ mod tests {
             vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
         );
         let s = Setup::from_args(&a).unwrap();
-        assert!(s.config.lmtp);
-        assert_eq!(s.config.limits.max_message_size, 100);
-        assert_eq!(s.config.timeouts.command, Duration::from_secs(7));
+        assert!(s.options.config.lmtp);
+        assert_eq!(s.options.config.limits.max_message_size, 100);
+        assert_eq!(s.options.config.timeouts.command, Duration::from_secs(7));
         assert!(Args::try_parse_from(["smtpd", "--maildir", "x", "--mbox", "y"]).is_err());
         assert!(Args::try_parse_from(["smtpd", "--tls-cert", "x"]).is_err());
         let a = Args::try_parse_from(["smtpd", "--require-tls"]).unwrap();

@@ -118,6 +118,10 @@ pub mod store;
 pub mod sync_handler;
 pub mod trace;
 
+/// The rustls crate the adapters' TLS settings use (feature `rustls`).
+#[cfg(feature = "rustls")]
+pub use rustls;
+
 /// The workspace README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

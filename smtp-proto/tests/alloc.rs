@@ -23,9 +23,12 @@ fn feed(s: &mut Session, input: &[u8], now: Instant) {
         let n = s.receive(rest, now);
         rest = &rest[n..];
         spins += 1;
-        assert!(spins < 1000, "stuck with {:?} left", String::from_utf8_lossy(rest));
-        loop {
-            let Some(ev) = s.poll_event() else { break };
+        assert!(
+            spins < 1000,
+            "stuck with {:?} left",
+            String::from_utf8_lossy(rest)
+        );
+        while let Some(ev) = s.poll_event() {
             let ticket = match ev {
                 Event::Body(_) => None,
                 other => other.into_ticket(),
@@ -79,7 +82,9 @@ fn steady_state_allocations() {
             feed(&mut s, txn, now);
         }
     });
-    eprintln!("allocations per 1000: NOOP {per_noop}, RSET {per_rset}, MAIL+RCPT+DATA+body {per_txn}");
+    eprintln!(
+        "allocations per 1000: NOOP {per_noop}, RSET {per_rset}, MAIL+RCPT+DATA+body {per_txn}"
+    );
     assert_eq!(per_noop, 0, "NOOP allocates");
     assert_eq!(per_rset, 0, "RSET allocates");
     assert_eq!(per_txn, 0, "a transaction allocates");

@@ -2,9 +2,8 @@
 //! [`smtp_proto::cli`]'s, shared with the other adapters.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use smtp_proto::cli::{Setup, log_listening};
+use smtp_proto::cli::{Setup, exit_code, log_listening};
 
 use crate::Server;
 
@@ -32,40 +31,15 @@ pub fn smtpd(setup: Setup) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let mut server = Server::new(setup.handler)
-            .config(Arc::new(setup.config))
-            .grace_period(setup.grace_period)
-            .shutdown_signal(shutdown_signal());
-        for a in setup.listen {
-            server = server.listen(a);
-        }
-        for a in setup.listen_tls {
-            server = server.listen_tls(a);
-        }
-        #[cfg(unix)]
-        for p in setup.listen_unix {
-            server = server.listen_unix(p);
-        }
-        if let Some(t) = setup.tls {
-            server = server.tls(t);
-        }
-        if let Some(n) = setup.max_connections {
-            server = server.max_connections(n);
-        }
-        if let Some(n) = setup.max_connections_per_ip {
-            server = server.max_connections_per_ip(n);
-        }
-        let server = server.bind().await?;
+        let server = Server::new(setup.handler)
+            .options(setup.options)
+            .shutdown_signal(shutdown_signal())
+            .bind()
+            .await?;
         log_listening(server.local_addrs());
         server.run().await
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("smtpd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// Completes on SIGINT or SIGTERM.

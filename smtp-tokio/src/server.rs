@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Stop, tls_info};
+use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
@@ -21,40 +21,24 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 
 use crate::connection::Connection;
 
 pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
-
-#[derive(Debug, Clone)]
-enum Listen {
-    Tcp(SocketAddr),
-    Tls(SocketAddr),
-    #[cfg(unix)]
-    Unix(PathBuf),
-}
 
 /// Builds an SMTP server: listeners, configuration, handler, TLS, limits, shutdown.
 ///
 /// See the [crate docs](crate) for an example.
 pub struct Server<H> {
     handler: Arc<H>,
-    config: Arc<Config>,
-    listen: Vec<Listen>,
-    tls: Option<Arc<ServerConfig>>,
-    max_connections: usize,
-    max_per_ip: Option<usize>,
+    options: ServerOptions,
     shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    grace: Duration,
 }
 
 impl<H> std::fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("listen", &self.listen)
-            .field("tls", &self.tls.is_some())
-            .field("max_connections", &self.max_connections)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -64,13 +48,8 @@ impl<H: Handler> Server<H> {
     pub fn new(handler: H) -> Self {
         Server {
             handler: Arc::new(handler),
-            config: Arc::new(Config::default()),
-            listen: Vec::new(),
-            tls: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_per_ip: None,
+            options: ServerOptions::default(),
             shutdown: None,
-            grace: DEFAULT_GRACE_PERIOD,
         }
     }
 
@@ -78,61 +57,12 @@ impl<H: Handler> Server<H> {
     pub fn handler<H2: Handler>(self, handler: H2) -> Server<H2> {
         Server {
             handler: Arc::new(handler),
-            config: self.config,
-            listen: self.listen,
-            tls: self.tls,
-            max_connections: self.max_connections,
-            max_per_ip: self.max_per_ip,
+            options: self.options,
             shutdown: self.shutdown,
-            grace: self.grace,
         }
     }
 
-    /// Listens for plain SMTP (with STARTTLS when [`Server::tls`] is set). Repeatable.
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen.push(Listen::Tcp(addr));
-        self
-    }
-
-    /// Listens for implicit TLS (RFC 8314, "submissions"): the handshake
-    /// comes first, within the command timeout. Needs [`Server::tls`].
-    pub fn listen_tls(mut self, addr: SocketAddr) -> Self {
-        self.listen.push(Listen::Tls(addr));
-        self
-    }
-
-    /// Listens on a Unix domain socket (e.g. for LMTP from a local MTA).
-    #[cfg(unix)]
-    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Self {
-        self.listen.push(Listen::Unix(path.into()));
-        self
-    }
-
-    /// The session configuration.
-    pub fn config(mut self, config: Arc<Config>) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// The TLS configuration: enables STARTTLS on plain listeners and allows
-    /// [`Server::listen_tls`].
-    pub fn tls(mut self, tls: Arc<ServerConfig>) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Connections served at once; more get `421 4.7.0` and are closed.
-    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n;
-        self
-    }
-
-    /// Connections served at once from one IP address; more get `421 4.7.0`.
-    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
-        self.max_per_ip = Some(n);
-        self
-    }
+    smtp_proto::server_builder_methods!();
 
     /// When `signal` completes, the server stops accepting, asks every
     /// session to finish ([`smtp_proto::server::Session::shutdown`]), waits up to the grace
@@ -142,28 +72,18 @@ impl<H: Handler> Server<H> {
         self
     }
 
-    /// How long sessions may take to finish after the shutdown signal.
-    /// Default: [`DEFAULT_GRACE_PERIOD`].
-    pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
     /// Binds every listener.
     pub async fn bind(self) -> io::Result<BoundServer<H>> {
-        let acceptor = self.tls.map(TlsAcceptor::from);
+        let o = self.options;
+        o.check()?;
+        let limiter = o.limiter();
+        let acceptor = o.tls.clone().map(TlsAcceptor::from);
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        for l in &self.listen {
+        for l in &o.listen {
             match l {
                 Listen::Tcp(a) | Listen::Tls(a) => {
                     let tls = matches!(l, Listen::Tls(_));
-                    if tls && acceptor.is_none() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "listen_tls needs a TLS configuration",
-                        ));
-                    }
                     let tcp = TcpListener::bind(a).await?;
                     local_addrs.push(tcp.local_addr()?);
                     listeners.push(Listener::Tcp { tcp, tls });
@@ -173,24 +93,24 @@ impl<H: Handler> Server<H> {
                     let unix = tokio::net::UnixListener::bind(p)?;
                     listeners.push(Listener::Unix(unix, p.clone()));
                 }
+                #[cfg(not(unix))]
+                Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
             }
         }
-        let mut plain = (*self.config).clone();
-        plain.extensions.starttls = acceptor.is_some();
         let (stop, _) = watch::channel(Stop::Run);
         Ok(BoundServer {
             listeners,
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: Arc::new(plain),
-                config: self.config,
+                plain: o.plain_config(),
+                config: o.config,
                 acceptor,
-                limiter: ConnectionLimiter::new(self.max_connections, self.max_per_ip),
+                limiter,
             }),
             stop,
             shutdown: self.shutdown,
-            grace: self.grace,
+            grace: o.grace_period,
         })
     }
 
