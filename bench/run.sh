@@ -13,6 +13,8 @@
 # BENCH_TARGET_DIR (default /work/target-bench), LOADGEN (see gen_* below),
 # and the per-scenario counts (A_MSGS ... G_SECS).
 set -euo pipefail
+# Read the whole script before running any of it (safe to edit during a run).
+{
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -90,6 +92,14 @@ cleanup() {
   sleep 0.3
   for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
+}
+forget() { # pids that have exited and been waited for: never signal them again
+  local keep=() pid gone
+  for pid in "${STARTED[@]}"; do
+    for gone in "$@"; do [ "$pid" = "$gone" ] && continue 2; done
+    keep+=("$pid")
+  done
+  STARTED=("${keep[@]}")
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -214,6 +224,9 @@ start_server() {
     sleep 0.1
   done
   loud "server $1 did not start on port $PORT: $(tail -n3 "$WORK/server.log")"
+  kill -TERM "$tpid" 2>/dev/null || true
+  wait "$tpid" 2>/dev/null || true
+  forget "$tpid" ${SPID:+"$SPID"}
   return 1
 }
 
@@ -223,6 +236,7 @@ stop_server() {
   for i in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$SPID" "$TPID" 2>/dev/null || true
   wait "$TPID" 2>/dev/null || true
+  forget "$SPID" "$TPID"
 }
 
 cpu_ticks() { # utime+stime of a process, all threads (fields 14, 15 of stat)
@@ -338,6 +352,7 @@ run_idle() { # server run
   fi
   kill -TERM "$cpid" 2>/dev/null || true
   wait "$cpid" 2>/dev/null || true
+  forget "$cpid"
   stop_server
 }
 
@@ -374,14 +389,17 @@ run_cells() {
 run_iperf() {
   free_port
   timeout 60 iperf3 -s -1 -p "$PORT" >/dev/null 2>&1 &
-  STARTED+=("$!")
+  local ipid=$!
+  STARTED+=("$ipid")
   sleep 0.5
   if timeout 60 iperf3 -c 127.0.0.1 -p "$PORT" -t 3 -J >"$WORK/iperf.json" 2>/dev/null; then
     record iperf3 ceiling 1 "mb_per_s=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 8e6, 1))' "$WORK/iperf.json")"
   else
     loud "iperf3 failed"
   fi
-  wait 2>/dev/null || true
+  kill -TERM "$ipid" 2>/dev/null || true
+  wait "$ipid" 2>/dev/null || true
+  forget "$ipid"
 }
 
 run_criterion() {
@@ -430,3 +448,5 @@ LOAD_END=$(cat /proc/loadavg)
 cat "$REPORT"
 echo >&2
 echo "report: $REPORT" >&2
+exit
+}

@@ -114,50 +114,51 @@ def main():
             cells.setdefault((sc, srv), []).append((derive(sc, kv), kv))
     ceiling = [num(kv, "mb_per_s") for s, _, _, kv in data if s == "iperf3"]
 
-    print("| scenario | server | generator | result | vs smtp-sink | srv CPU s / 1k msgs | srv CPU | gen CPU | CPU-bound | runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for sc, (desc, unit, better, _) in SCENARIOS.items():
-        base = cells.get((sc, BASE))
-        base_v = med([d.get("v") for d, _ in base]) if base else None
-        base_v2 = med([d.get("v2") for d, _ in base]) if base else None
-        for srv in SERVERS + sorted({s for (c, s) in cells if c == sc} - set(SERVERS)):
-            runs = cells.get((sc, srv))
-            if not runs:
-                continue
-            ds = [d for d, _ in runs]
-            v = med([d.get("v") for d in ds])
-            gen = runs[0][1].get("gen", "?")
-            if runs[0][1].get("pipelined") == "not-offered":
-                gen += " (no PIPELINING offered: lock-step)"
-            if sc == "g":
-                v2 = med([d.get("v2") for d in ds])
-                rate = med([d.get("rate") for d in ds])
-                result = f"{fmt(v)} / {fmt(v2)} ms at {fmt(rate, 0)} msgs/s"
-                ratio = (
-                    f"{v / base_v:.2f}× / {v2 / base_v2:.2f}×"
-                    if v and base_v and v2 and base_v2
-                    else "–"
+    if cells or ceiling:
+        print("| scenario | server | generator | result | vs smtp-sink | srv CPU s / 1k msgs | srv CPU | gen CPU | CPU-bound | runs |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for sc, (desc, unit, better, _) in SCENARIOS.items():
+            base = cells.get((sc, BASE))
+            base_v = med([d.get("v") for d, _ in base]) if base else None
+            base_v2 = med([d.get("v2") for d, _ in base]) if base else None
+            for srv in SERVERS + sorted({s for (c, s) in cells if c == sc} - set(SERVERS)):
+                runs = cells.get((sc, srv))
+                if not runs:
+                    continue
+                ds = [d for d, _ in runs]
+                v = med([d.get("v") for d in ds])
+                gen = runs[0][1].get("gen", "?")
+                if runs[0][1].get("pipelined") == "not-offered":
+                    gen += " (no PIPELINING offered: lock-step)"
+                if sc == "g":
+                    v2 = med([d.get("v2") for d in ds])
+                    rate = med([d.get("rate") for d in ds])
+                    result = f"{fmt(v)} / {fmt(v2)} ms at {fmt(rate, 0)} msgs/s"
+                    ratio = (
+                        f"{v / base_v:.2f}× / {v2 / base_v2:.2f}×"
+                        if v and base_v and v2 and base_v2
+                        else "–"
+                    )
+                else:
+                    result = f"{fmt(v)} {unit}"
+                    ratio = f"{v / base_v:.2f}×" if v is not None and base_v else "–"
+                sp = med([d.get("srv_pct") for d in ds])
+                gp = med([d.get("gen_pct") for d in ds])
+                print(
+                    f"| ({sc}) {desc} | {srv} | {gen} | {result} | {ratio} | "
+                    f"{fmt(med([d.get('cpu_per_k') for d in ds]))} | "
+                    f"{fmt(sp, 0) + ' %' if sp is not None else '–'} | "
+                    f"{fmt(gp, 0) + ' %' if gp is not None else '–'} | {bound(sp, gp)} | {len(ds)} |"
                 )
-            else:
-                result = f"{fmt(v)} {unit}"
-                ratio = f"{v / base_v:.2f}×" if v is not None and base_v else "–"
-            sp = med([d.get("srv_pct") for d in ds])
-            gp = med([d.get("gen_pct") for d in ds])
-            print(
-                f"| ({sc}) {desc} | {srv} | {gen} | {result} | {ratio} | "
-                f"{fmt(med([d.get('cpu_per_k') for d in ds]))} | "
-                f"{fmt(sp, 0) + ' %' if sp is not None else '–'} | "
-                f"{fmt(gp, 0) + ' %' if gp is not None else '–'} | {bound(sp, gp)} | {len(ds)} |"
-            )
-    print()
-    print("Result: median of the runs. `vs smtp-sink`: result ÷ smtp-sink's result "
-          "(throughput: higher is better; RSS and latency: lower is better). "
-          "srv/gen CPU: the server's / the load generator's user+system CPU time over "
-          "the run's wall time (100 % = one core; the machine has two).")
-    if args.counts:
-        print(f"Sizes: {args.counts} (messages per run; F = idle sessions; G = seconds of paced load).")
-    if ceiling:
-        print(f"Loopback ceiling (iperf3, one TCP stream, 3 s): {fmt(med(ceiling))} MB/s.")
+        print()
+        print("Result: median of the runs. `vs smtp-sink`: result ÷ smtp-sink's result "
+              "(throughput: higher is better; RSS and latency: lower is better). "
+              "srv/gen CPU: the server's / the load generator's user+system CPU time over "
+              "the run's wall time (100 % = one core; the machine has two).")
+        if args.counts:
+            print(f"Sizes: {args.counts} (messages per run; F = idle sessions; G = seconds of paced load).")
+        if ceiling:
+            print(f"Loopback ceiling (iperf3, one TCP stream, 3 s): {fmt(med(ceiling))} MB/s.")
 
     crit = []
     for path in args.criterion:
@@ -168,6 +169,8 @@ def main():
         prev = ""
         for line in lines:
             m = re.match(r"^(\S.*?)?\s+(time|thrpt):\s+\[(.*)\]", line)
+            if m and "%" in m.group(3):
+                continue  # criterion's "change:" against the previous run
             if m:
                 name = (m.group(1) or prev).strip()
                 crit.append((name, m.group(2), m.group(3)))
@@ -182,6 +185,12 @@ def main():
         print("|---|---|---|")
         for name, kind, val in crit:
             print(f"| {name} | {kind} | {val} |")
+        thr = {n: v.split() for n, k, v in crit if k == "thrpt"}
+        dec = next((v for n, v in thr.items() if n.startswith("data_decode")), None)
+        ref = next((v for n, v in thr.items() if n.startswith("memchr")), None)
+        if dec and ref and len(dec) >= 4 and len(ref) >= 4 and dec[3] == ref[3]:
+            print()
+            print(f"DataDecoder ÷ memchr newline count (medians): {float(dec[2]) / float(ref[2]):.2f}")
 
 
 if __name__ == "__main__":
