@@ -1073,8 +1073,8 @@ impl Client {
     }
 
     /// Ends the session: QUIT once the replies awaited have come. During a
-    /// transaction (or a TLS handshake) there is no clean way out: the
-    /// client closes at once (the server discards an unfinished message,
+    /// transaction, an AUTH exchange or a TLS handshake there is no clean
+    /// way out: the client closes at once (the server discards an unfinished message,
     /// but one whose body was complete may have been delivered).
     pub fn quit(&mut self, now: Instant) -> Result<(), UsageError> {
         match self.phase {
@@ -1083,7 +1083,7 @@ impl Client {
             _ => {}
         }
         self.set_time(now);
-        if self.txn.is_some() || self.phase == Phase::Handshake {
+        if self.txn.is_some() || matches!(self.phase, Phase::Handshake | Phase::Auth) {
             self.out.clear();
             self.out_pos = 0;
             self.close();

@@ -1327,3 +1327,27 @@ fn output_is_bounded() {
     );
     assert!(held > 0);
 }
+
+#[test]
+fn zero_copy_input_and_split_replies() {
+    let mut t = T::new(config());
+    // The greeting arrives one byte at a time through read_buf/filled.
+    for &b in b"220-mx.example\r\n220 ESMTP\r\n" {
+        let buf = t.c.read_buf();
+        assert!(!buf.is_empty());
+        buf[0] = b;
+        t.c.filled(1, t.now);
+        t.pump();
+    }
+    assert_eq!(t.sent(), "EHLO client.example\r\n");
+    // A partial transmit is resumed where it stopped.
+    t.server(&ehlo(&["PIPELINING"]));
+    t.ev();
+    t.c.send_mail(&env(&["b@example.net"]), t.now).unwrap();
+    let all = t.c.transmit().to_vec();
+    t.c.transmitted(5);
+    assert_eq!(t.c.transmit(), &all[5..]);
+    assert!(t.c.wants_write());
+    t.c.transmitted(1000);
+    assert!(!t.c.wants_write());
+}

@@ -14,7 +14,7 @@ use smtp_proto::command::ForwardPath;
 use smtp_proto::config::{Config, ContentPolicy};
 use smtp_proto::reply::{Reply, parse_reply};
 use smtp_proto::sasl::Mechanism;
-use smtp_proto::server::{Decision, Event, PeerInfo, Session};
+use smtp_proto::server::{Decision, Event, PeerInfo, Session, TlsInfo};
 
 /// One message to send.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ struct Setup {
     chunking: bool,
     lmtp: bool,
     auth: bool,
+    /// STARTTLS offered and required (the handshake is simulated).
+    tls: bool,
     /// Bodies are CRLF-only and the server keeps its strict defaults;
     /// otherwise the server accepts bare CR/LF and long lines.
     strict: bool,
@@ -81,12 +83,17 @@ fn server_config(s: &Setup) -> Config {
         c.auth.mechanisms = vec![Mechanism::Plain, Mechanism::Login];
         c.auth.allow_plaintext = true;
     }
+    c.extensions.starttls = s.tls;
     c
 }
 
 fn client_config(s: &Setup) -> ClientConfig {
     let mut c = ClientConfig::new("client.example");
-    c.tls = TlsPolicy::None;
+    c.tls = if s.tls {
+        TlsPolicy::Required
+    } else {
+        TlsPolicy::None
+    };
     c.lmtp = s.lmtp;
     c.chunk_size = s.chunk_size;
     c.max_pending_output = s.max_pending_output;
@@ -237,6 +244,13 @@ fn run(
                     }
                     server.respond(ticket, d).unwrap();
                 }
+                Event::StartTls => {
+                    // The 220 goes out in clear text, then the handshake.
+                    let bytes = server.transmit().to_vec();
+                    server.transmitted(bytes.len());
+                    proxy.push(&bytes);
+                    server.tls_established(TlsInfo::default()).unwrap();
+                }
                 Event::MessageEnd {
                     ticket, recipients, ..
                 } => {
@@ -285,6 +299,7 @@ fn run(
             match ev {
                 ClientEvent::Error(e) => out.errors.push(e),
                 ClientEvent::Closed => out.client_closed = true,
+                ClientEvent::StartTls => client.tls_established(clock).unwrap(),
                 ClientEvent::MessageAccepted { recipient, .. } => {
                     let m = out.started - 1;
                     let all: Vec<usize> = (0..messages[m].to.len())
@@ -437,18 +452,22 @@ fn setup() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
         1usize..200,
         prop_oneof![Just(64usize), Just(1000), Just(256 * 1024)],
     )
         .prop_map(
-            |(pipelining, chunking, lmtp, auth, strict, chunk_size, max_pending_output)| Setup {
-                pipelining,
-                chunking,
-                lmtp,
-                auth,
-                strict,
-                chunk_size,
-                max_pending_output,
+            |(pipelining, chunking, lmtp, auth, tls, strict, chunk_size, max_pending_output)| {
+                Setup {
+                    pipelining,
+                    chunking,
+                    lmtp,
+                    auth,
+                    tls,
+                    strict,
+                    chunk_size,
+                    max_pending_output,
+                }
             },
         )
 }
@@ -463,6 +482,8 @@ fn check_clean(setup: &Setup, messages: &[Message], out: &Outcome) -> Result<(),
     prop_assert!(out.errors.is_empty(), "{:?}", out.events);
     prop_assert!(out.client_closed, "{:?}", out.events);
     prop_assert_eq!(out.started, messages.len());
+    prop_assert_eq!(out.events.iter().any(|e| e == "StartTls"), setup.tls);
+    prop_assert_eq!(out.events.iter().any(|e| e == "Authenticated"), setup.auth);
     let bdat = setup.chunking;
     let mut delivered = out.delivered.iter();
     for (m, msg) in messages.iter().enumerate() {
