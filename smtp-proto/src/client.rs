@@ -243,6 +243,10 @@ pub struct ClientConfig {
     pub chunking: bool,
     /// Body octets per BDAT chunk.
     pub chunk_size: usize,
+    /// Most commands awaiting their replies at once when pipelining (a
+    /// window, so that thousands of recipients cannot fill both
+    /// directions' buffers at once).
+    pub max_pipelined: usize,
     /// The longest reply accepted, in octets (all lines of a multi-line
     /// reply together); a longer one is [`ClientError::MalformedReply`].
     pub max_reply_len: usize,
@@ -254,8 +258,9 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: SMTP, STARTTLS required, no AUTH, pipelining and chunking
-    /// when offered, 64 KiB chunks, 16 KiB replies, RFC timeouts.
+    /// Defaults: SMTP, STARTTLS required, no AUTH, pipelining (at most 100
+    /// commands in flight) and chunking when offered, 64 KiB chunks, 16 KiB
+    /// replies, 256 KiB pending output, RFC timeouts.
     pub fn new(hello_name: impl Into<String>) -> Self {
         ClientConfig {
             hello_name: hello_name.into(),
@@ -267,6 +272,7 @@ impl ClientConfig {
             pipelining: true,
             chunking: true,
             chunk_size: 64 * 1024,
+            max_pipelined: 100,
             max_reply_len: 16 * 1024,
             max_pending_output: 256 * 1024,
             timeouts: ClientTimeouts::default(),
@@ -1169,6 +1175,7 @@ impl Client {
             let idle = self.inflight.is_empty();
             let may_pipeline = self.pipelining()
                 && !front.wait_idle
+                && self.inflight.len() < self.config.max_pipelined
                 && self.inflight.back().is_some_and(|e| !e.is_sync());
             if !idle && !may_pipeline {
                 return;

@@ -1351,3 +1351,31 @@ fn zero_copy_input_and_split_replies() {
     t.c.transmitted(1000);
     assert!(!t.c.wants_write());
 }
+
+#[test]
+fn pipelining_window() {
+    let mut c = config();
+    c.max_pipelined = 10;
+    let mut t = T::ready(c, &["PIPELINING"]);
+    let rcpts: Vec<String> = (0..25).map(|i| format!("r{i}@example.net")).collect();
+    t.mail(&Envelope::new(
+        Some("a@example.org"),
+        rcpts.iter().map(String::as_str),
+    ));
+    assert_eq!(t.sent().lines().count(), 10, "MAIL and 9 RCPTs");
+    t.server("250 OK\r\n250 OK\r\n");
+    assert_eq!(t.sent().lines().count(), 2);
+    for _ in 0..8 {
+        t.server("250 OK\r\n");
+    }
+    let more = t.sent();
+    assert_eq!(more.lines().count(), 8);
+    t.server(&"250 OK\r\n".repeat(10));
+    let rest = t.sent();
+    assert_eq!(rest.lines().count(), 7);
+    assert!(rest.starts_with("RCPT TO:<r19@example.net>\r\n"));
+    assert!(rest.ends_with("RCPT TO:<r24@example.net>\r\nDATA\r\n"));
+    t.server(&"250 OK\r\n".repeat(6));
+    t.server("354 go\r\n");
+    assert_eq!(t.ev().len(), 26, "25 recipients and SendBody");
+}

@@ -96,6 +96,8 @@ fn client_config(s: &Setup) -> ClientConfig {
     };
     c.lmtp = s.lmtp;
     c.chunk_size = s.chunk_size;
+    // A narrow pipelining window half of the time.
+    c.max_pipelined = if s.chunk_size % 2 == 0 { 2 } else { 100 };
     c.max_pending_output = s.max_pending_output;
     if s.auth {
         c.auth = Some(ClientAuth::new("bob", "secret"));
