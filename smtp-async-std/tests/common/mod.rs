@@ -17,8 +17,8 @@ use futures_lite::io::{
 };
 use futures_rustls::TlsConnector;
 use smtp_async_std::Server;
+use smtp_async_std::rustls::ServerConfig;
 use smtp_async_std::rustls::pki_types::ServerName;
-use smtp_async_std::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use smtp_proto::handler::Handler;
 
 /// A spawned task's result.
@@ -238,30 +238,12 @@ impl TestCert {
         TestCert(smtp_conformance::TestCert::new())
     }
 
-    fn provider() -> Arc<smtp_async_std::rustls::crypto::CryptoProvider> {
-        Arc::new(smtp_async_std::rustls::crypto::ring::default_provider())
-    }
-
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        Arc::new(
-            ServerConfig::builder_with_provider(Self::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![self.0.cert.clone()], self.0.key.clone_key())
-                .unwrap(),
-        )
+        self.0.server_config()
     }
 
     pub fn connector(&self) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.0.cert.clone()).unwrap();
-        let config = ClientConfig::builder_with_provider(Self::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
+        TlsConnector::from(self.0.client_config())
     }
 
     pub fn server_name() -> ServerName<'static> {

@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use smtp_blocking::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use smtp_blocking::rustls::{
-    ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned,
-};
+use smtp_blocking::rustls::pki_types::ServerName;
+use smtp_blocking::rustls::{ClientConnection, ServerConfig, StreamOwned};
 use smtp_blocking::{Handler, Server, ShutdownHandle};
 
 /// A running server.
@@ -125,47 +123,22 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
-/// A throwaway certificate for `localhost`.
-pub struct TestCert {
-    pub cert: CertificateDer<'static>,
-    pub key: PrivateKeyDer<'static>,
-}
+/// A throwaway certificate for `localhost` (the conformance suite's).
+pub struct TestCert(smtp_conformance::TestCert);
 
 impl TestCert {
     pub fn new() -> Self {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        TestCert {
-            cert: ck.cert.der().clone(),
-            key: PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
-        }
-    }
-
-    fn provider() -> Arc<smtp_blocking::rustls::crypto::CryptoProvider> {
-        Arc::new(smtp_blocking::rustls::crypto::ring::default_provider())
+        TestCert(smtp_conformance::TestCert::new())
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        Arc::new(
-            ServerConfig::builder_with_provider(Self::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
-                .unwrap(),
-        )
+        self.0.server_config()
     }
 
-    /// A TLS client over `tcp` (the handshake happens on first use).
+    /// A TLS client over `tcp`, handshake done.
     pub fn connect(&self, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpStream> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.clone()).unwrap();
-        let config = ClientConfig::builder_with_provider(Self::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let name = ServerName::try_from("localhost").unwrap();
-        let mut conn = ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut conn = ClientConnection::new(self.0.client_config(), name).unwrap();
         let mut tcp = tcp;
         while conn.is_handshaking() {
             conn.complete_io(&mut tcp).unwrap();

@@ -15,8 +15,9 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::SERVE_ENV;
 
@@ -273,17 +274,36 @@ impl TestCert {
         }
     }
 
-    /// A client connector trusting only this certificate.
-    pub fn connector(&self) -> TlsConnector {
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+    }
+
+    /// A server configuration with this certificate (for any adapter's `tls`).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        let config = ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .expect("certificate");
+        Arc::new(config)
+    }
+
+    /// A client configuration trusting only this certificate.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.clone()).expect("root");
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_provider(Self::provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
+        Arc::new(config)
+    }
+
+    /// A tokio client connector trusting only this certificate.
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.client_config())
     }
 
     /// The name the certificate is for.
