@@ -1079,9 +1079,9 @@ impl Client {
     }
 
     /// Ends the session: QUIT once the replies awaited have come. During a
-    /// transaction, an AUTH exchange or a TLS handshake there is no clean
-    /// way out: the client closes at once (the server discards an unfinished message,
-    /// but one whose body was complete may have been delivered).
+    /// transaction, an AUTH exchange or STARTTLS there is no clean way out:
+    /// the client closes at once (the server discards an unfinished
+    /// message, but one whose body was complete may have been delivered).
     pub fn quit(&mut self, now: Instant) -> Result<(), UsageError> {
         match self.phase {
             Phase::Closed => return Err(UsageError::Closed),
@@ -1089,7 +1089,8 @@ impl Client {
             _ => {}
         }
         self.set_time(now);
-        if self.txn.is_some() || matches!(self.phase, Phase::Handshake | Phase::Auth) {
+        let stuck = matches!(self.phase, Phase::StartTls | Phase::Handshake | Phase::Auth);
+        if self.txn.is_some() || stuck {
             self.out.clear();
             self.out_pos = 0;
             self.close();
@@ -1170,6 +1171,15 @@ impl Client {
     fn flush_queue(&mut self) {
         while let Some(front) = self.queue.front() {
             if self.is_closed() || self.phase == Phase::Handshake {
+                return;
+            }
+            // Nothing may interleave with a DATA body (nothing is queued
+            // then anyway; this keeps it so).
+            if self
+                .txn
+                .as_ref()
+                .is_some_and(|t| !t.bdat && t.body == BodyState::Open)
+            {
                 return;
             }
             let idle = self.inflight.is_empty();

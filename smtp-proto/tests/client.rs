@@ -1379,3 +1379,16 @@ fn pipelining_window() {
     t.server("354 go\r\n");
     assert_eq!(t.ev().len(), 26, "25 recipients and SendBody");
 }
+
+#[test]
+fn quit_during_starttls_closes_at_once() {
+    let mut c = config();
+    c.tls = TlsPolicy::Required;
+    let mut t = T::new(c);
+    t.server("220 mx\r\n");
+    t.server(&ehlo(&["STARTTLS"]));
+    assert!(t.sent().ends_with("STARTTLS\r\n"));
+    t.quit();
+    assert_eq!(t.ev(), ["Closed"]);
+    assert_eq!(t.sent(), "", "no clear-text QUIT into a TLS handshake");
+}
