@@ -30,13 +30,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::accept::{Listen, ServerOptions};
+use crate::client::ClientAuth;
 use crate::config::Config;
 use crate::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+use crate::relay::{Router, Upstream, UpstreamTls};
 use crate::sasl::Mechanism;
 use crate::server::Decision;
 use crate::store::{
-    DebugHandler, DomainPolicy, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler,
-    local_hostname,
+    DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
 };
 
 /// A debugging SMTP server: prints each message (default), or stores it
@@ -118,6 +119,25 @@ pub struct Args {
     /// Expect a HAProxy PROXY protocol header on every connection.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Relay to this upstream SMTP server (`host:port`): every recipient
+    /// without a local store, or outside the served domains with one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// Require STARTTLS to the upstream (no clear-text fallback; the
+    /// certificate is not checked unless --relay-tls-verify).
+    #[arg(long, requires = "relay")]
+    pub relay_starttls: bool,
+    /// Check the upstream's certificate (against the CA PEM file given, or
+    /// the Mozilla roots). Implies --relay-starttls.
+    #[arg(long, value_name = "CA", num_args = 0..=1, default_missing_value = "", requires = "relay")]
+    pub relay_tls_verify: Option<PathBuf>,
+    /// Authenticate to the upstream (AUTH PLAIN/LOGIN), `user:password`.
+    #[arg(long, value_name = "USER:PASS", requires = "relay")]
+    pub relay_auth: Option<String>,
+    /// Clients in this network may relay to any domain (repeatable; CIDR,
+    /// e.g. 10.0.0.0/8). Authenticated clients always may.
+    #[arg(long, value_name = "CIDR", requires = "relay")]
+    pub relay_from_network: Vec<ipnet::IpNet>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log: tracing::Level,
@@ -172,16 +192,52 @@ impl Handler for Store {
     }
 }
 
-/// The handler `smtpd` runs: a user list for AUTH, served domains, a store.
-pub type CliHandler = PasswordAuth<DomainPolicy<Store>>;
+/// The handler `smtpd` runs: a user list for AUTH, then served domains
+/// routed to a local store or an upstream relay.
+pub type CliHandler = PasswordAuth<Router<Store>>;
 
-/// Builds the `smtpd` handler: `store` for `domains`, AUTH `users` (name → password).
+/// Builds the `smtpd` handler: `store` for `domains` (no relay), AUTH
+/// `users` (name → password).
 pub fn cli_handler(
     domains: Vec<String>,
     store: Store,
     users: HashMap<String, String>,
 ) -> CliHandler {
-    PasswordAuth::new(users, DomainPolicy::new(domains, store))
+    PasswordAuth::new(users, Router::new(domains, Some(store), None, Vec::new()))
+}
+
+/// The upstream `--relay*` flags describe, if any.
+fn relay_upstream(
+    a: &Args,
+    hello_name: &str,
+    timeout: Duration,
+) -> Result<Option<Upstream>, CliError> {
+    let Some(address) = &a.relay else {
+        return Ok(None);
+    };
+    if address
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(err(format!("--relay {address}: expected HOST:PORT")));
+    }
+    let mut up = Upstream::new(address.clone(), hello_name.to_owned());
+    up.timeout = timeout;
+    up.tls = match &a.relay_tls_verify {
+        Some(ca) => {
+            let ca = (!ca.as_os_str().is_empty()).then_some(ca.as_path());
+            UpstreamTls::verify(ca).map_err(|e| err(format!("--relay-tls-verify: {e}")))?
+        }
+        None if a.relay_starttls => UpstreamTls::Encrypt,
+        None => UpstreamTls::None,
+    };
+    if let Some(auth) = &a.relay_auth {
+        let Some((user, pass)) = auth.split_once(':') else {
+            return Err(err("--relay-auth: expected USER:PASS"));
+        };
+        up.auth = Some(ClientAuth::new(user, pass));
+    }
+    Ok(Some(up))
 }
 
 /// Everything `smtpd` needs to start, built from [`Args`] before binding.
@@ -249,13 +305,25 @@ impl Setup {
         } else {
             Store::Debug(DebugHandler::stdout())
         };
+        let upstream = relay_upstream(a, &config.hostname, config.timeouts.command)?;
+        // With a relay, only a Maildir or mbox is a local store.
+        let local = match (&upstream, &store) {
+            (Some(_), Store::Debug(_) | Store::Sink(_)) => None,
+            _ => Some(store),
+        };
+        let router = Router::new(
+            a.domain.clone(),
+            local,
+            upstream,
+            a.relay_from_network.clone(),
+        );
         let listen = (a.listen.iter().copied().map(Listen::Tcp))
             .chain(a.listen_tls.iter().copied().map(Listen::Tls))
             .chain(a.listen_unix.iter().cloned().map(Listen::Unix))
             .collect();
         let defaults = ServerOptions::default();
         Ok(Setup {
-            handler: cli_handler(a.domain.clone(), store, users),
+            handler: PasswordAuth::new(users, router),
             options: ServerOptions {
                 config: Arc::new(config),
                 listen,

@@ -711,6 +711,12 @@ struct Transaction {
     stuffer: DotStuffer,
     /// End-of-body replies received (LMTP).
     end_replies: usize,
+    /// Recipients may still be added ([`Client::begin_mail`]); the
+    /// transaction is not judged until [`Client::close_recipients`].
+    open: bool,
+    /// The server's extensions and our TLS state when MAIL was built (for
+    /// recipients added later).
+    utf8: bool,
 }
 
 /// One SMTP/LMTP client session. See the [module docs](self) for the contract.
@@ -989,6 +995,103 @@ impl Client {
         if !self.is_ready() {
             return Err(UsageError::NotReady);
         }
+        if envelope.recipients.is_empty() {
+            return Err(UsageError::NoRecipients);
+        }
+        self.start_txn(envelope, false, now)
+    }
+
+    /// Starts a transaction whose recipients are added one by one
+    /// ([`Client::add_recipient`], e.g. as a proxy receives them), then
+    /// closed with [`Client::close_recipients`] before the body, or
+    /// abandoned with [`Client::reset`]. Sends MAIL (and the envelope's
+    /// recipients, if any). A refused MAIL is reported as
+    /// [`ClientEvent::MessageRejected`] once its reply is in.
+    pub fn begin_mail(&mut self, envelope: &Envelope, now: Instant) -> Result<(), UsageError> {
+        if self.is_closed() || self.phase == Phase::Quitting {
+            return Err(UsageError::Closed);
+        }
+        if !self.is_ready() {
+            return Err(UsageError::NotReady);
+        }
+        self.start_txn(envelope, true, now)
+    }
+
+    /// Adds a recipient to a transaction begun with [`Client::begin_mail`];
+    /// returns its index (in [`ClientEvent::Recipient`]). A non-ASCII
+    /// address needs SMTPUTF8 in the envelope.
+    pub fn add_recipient(
+        &mut self,
+        recipient: &Recipient,
+        now: Instant,
+    ) -> Result<usize, UsageError> {
+        let ext = self.ext.clone().unwrap_or_default();
+        let Some(txn) = self.txn.as_mut().filter(|t| t.open && t.failed.is_none()) else {
+            return Err(UsageError::NotReady);
+        };
+        if !recipient.address.is_ascii() && !txn.utf8 {
+            return Err(UsageError::Unsupported("SMTPUTF8"));
+        }
+        let line = rcpt_line(recipient, &ext)?;
+        let index = txn.recipients;
+        txn.recipients += 1;
+        self.set_time(now);
+        self.queue_command(line, Expect::Rcpt(index));
+        self.flush_queue();
+        Ok(index)
+    }
+
+    /// Ends the recipients of a transaction begun with
+    /// [`Client::begin_mail`]: the body follows (DATA is sent, or BDAT
+    /// chunks once the recipients are answered). With no recipient
+    /// accepted, the transaction fails as with [`Client::send_mail`].
+    pub fn close_recipients(&mut self, now: Instant) -> Result<(), UsageError> {
+        let Some(txn) = self.txn.as_mut().filter(|t| t.open) else {
+            return Err(UsageError::NotReady);
+        };
+        if txn.recipients == 0 && txn.failed.is_none() {
+            return Err(UsageError::NoRecipients);
+        }
+        txn.open = false;
+        let bdat = txn.bdat;
+        let answered = txn.rcpt_replies >= txn.recipients;
+        self.set_time(now);
+        if !bdat {
+            self.queue_command(b"DATA\r\n".to_vec(), Expect::Data);
+        }
+        if answered {
+            self.recipients_answered();
+        }
+        self.flush_queue();
+        self.check_txn_done();
+        Ok(())
+    }
+
+    /// Abandons a transaction begun with [`Client::begin_mail`] before its
+    /// body (RSET). Only once every reply awaited for it is in.
+    pub fn reset(&mut self, now: Instant) -> Result<(), UsageError> {
+        if self.inflight.iter().any(|e| e.in_txn()) {
+            return Err(UsageError::NotReady);
+        }
+        let Some(txn) = self.txn.take_if(|t| t.open || t.failed.is_some()) else {
+            return Err(UsageError::NotReady);
+        };
+        self.set_time(now);
+        self.drop_queued_txn();
+        if txn.needs_rset || !txn.mail_refused {
+            self.queue_command(b"RSET\r\n".to_vec(), Expect::Rset);
+            self.flush_queue();
+        }
+        Ok(())
+    }
+
+    /// Queues MAIL, the envelope's RCPTs and (unless `open` or BDAT) DATA.
+    fn start_txn(
+        &mut self,
+        envelope: &Envelope,
+        open: bool,
+        now: Instant,
+    ) -> Result<(), UsageError> {
         let ext = self.ext.clone().unwrap_or_default();
         let lines = build_transaction(envelope, &ext, self.tls)?;
         self.set_time(now);
@@ -998,7 +1101,7 @@ impl Client {
         for (i, line) in lines.rcpts.into_iter().enumerate() {
             self.queue_command(line, Expect::Rcpt(i));
         }
-        if !bdat {
+        if !bdat && !open {
             self.queue_command(b"DATA\r\n".to_vec(), Expect::Data);
         }
         self.txn = Some(Transaction {
@@ -1015,6 +1118,8 @@ impl Client {
             buf: Vec::new(),
             stuffer: DotStuffer::new(),
             end_replies: 0,
+            open,
+            utf8: lines.utf8,
         });
         self.body_progress = now;
         self.flush_queue();
@@ -1457,7 +1562,19 @@ impl Client {
         }
         self.events
             .push_back(ClientEvent::Recipient { index, reply });
-        if txn.rcpt_replies < txn.recipients {
+        if txn.rcpt_replies < txn.recipients || txn.open {
+            return;
+        }
+        self.recipients_answered();
+    }
+
+    /// Every recipient is answered and no more come: fail without any
+    /// accepted, or open the BDAT body.
+    fn recipients_answered(&mut self) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        if txn.failed.is_some() {
             return;
         }
         if txn.accepted.is_empty() {
@@ -1690,6 +1807,8 @@ struct TransactionLines {
     rcpts: Vec<Vec<u8>>,
     /// BDAT is required (BINARYMIME).
     bdat: bool,
+    /// MAIL said SMTPUTF8.
+    utf8: bool,
 }
 
 /// Checks an envelope against what the server offers and builds its lines.
@@ -1698,9 +1817,6 @@ fn build_transaction(
     ext: &ServerExtensions,
     tls: bool,
 ) -> Result<TransactionLines, UsageError> {
-    if env.recipients.is_empty() {
-        return Err(UsageError::NoRecipients);
-    }
     fn mailbox(a: &str) -> Result<crate::command::Mailbox<'_>, UsageError> {
         parse_mailbox(a, true, false).ok_or_else(|| UsageError::InvalidAddress(a.into()))
     }
@@ -1709,21 +1825,9 @@ fn build_transaction(
         Some(a) => ReversePath::Mailbox(mailbox(a)?),
     };
     let mut utf8 = env.smtputf8 || env.from.as_deref().is_some_and(|a| !a.is_ascii());
-    let mut to = Vec::with_capacity(env.recipients.len());
     for r in &env.recipients {
-        let path = if r.address.eq_ignore_ascii_case("postmaster") {
-            ForwardPath::Postmaster
-        } else {
-            ForwardPath::Mailbox(mailbox(&r.address)?)
-        };
         utf8 |= !r.address.is_ascii();
-        if let Some(o) = &r.orcpt {
-            if o.contains(['\r', '\n']) {
-                return Err(UsageError::InvalidParameter("ORCPT"));
-            }
-            utf8 |= !o.is_ascii() && ext.dsn;
-        }
-        to.push(path);
+        utf8 |= r.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) && ext.dsn;
     }
     if utf8 && !ext.smtputf8 {
         return Err(UsageError::Unsupported("SMTPUTF8"));
@@ -1772,27 +1876,45 @@ fn build_transaction(
     if mail.len() > MAX_COMMAND_LINE {
         return Err(UsageError::InvalidParameter("MAIL line too long"));
     }
-    let mut rcpts = Vec::with_capacity(to.len());
-    for (r, path) in env.recipients.iter().zip(to) {
-        let orcpt = match &r.orcpt {
-            Some(o) if ext.dsn => Some(encode_orcpt(o)),
-            _ => None,
-        };
-        let params = RcptParams {
-            notify: r.notify.filter(|_| ext.dsn),
-            orcpt: orcpt.as_deref(),
-        };
-        let line = Command::Rcpt { to: path, params }.to_bytes();
-        if line.len() > MAX_COMMAND_LINE || orcpt.as_ref().is_some_and(|o| o.len() > 500) {
-            return Err(UsageError::InvalidParameter("ORCPT"));
-        }
-        rcpts.push(line);
-    }
+    let rcpts = env
+        .recipients
+        .iter()
+        .map(|r| rcpt_line(r, ext))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TransactionLines {
         mail,
         rcpts,
         bdat: body == Some(BodyType::BinaryMime),
+        utf8,
     })
+}
+
+/// One RCPT line, with DSN parameters when the server offers DSN.
+fn rcpt_line(r: &Recipient, ext: &ServerExtensions) -> Result<Vec<u8>, UsageError> {
+    let path = if r.address.eq_ignore_ascii_case("postmaster") {
+        ForwardPath::Postmaster
+    } else {
+        ForwardPath::Mailbox(
+            parse_mailbox(&r.address, true, false)
+                .ok_or_else(|| UsageError::InvalidAddress(r.address.clone()))?,
+        )
+    };
+    if r.orcpt.as_deref().is_some_and(|o| o.contains(['\r', '\n'])) {
+        return Err(UsageError::InvalidParameter("ORCPT"));
+    }
+    let orcpt = match &r.orcpt {
+        Some(o) if ext.dsn => Some(encode_orcpt(o)),
+        _ => None,
+    };
+    let params = RcptParams {
+        notify: r.notify.filter(|_| ext.dsn),
+        orcpt: orcpt.as_deref(),
+    };
+    let line = Command::Rcpt { to: path, params }.to_bytes();
+    if line.len() > MAX_COMMAND_LINE || orcpt.as_ref().is_some_and(|o| o.len() > 500) {
+        return Err(UsageError::InvalidParameter("ORCPT"));
+    }
+    Ok(line)
 }
 
 /// `ORCPT=` value: `rfc822;` xtext for ASCII addresses; `utf-8;` with the

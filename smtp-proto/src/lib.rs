@@ -14,6 +14,8 @@
 //! - [`sasl`]: AUTH PLAIN and LOGIN exchanges.
 //! - [`trace`]: the `Received:` header.
 //! - [`accept`]: connection limits, session ids and shutdown phases for adapters' accept loops.
+//! - [`client`]: the sans-IO SMTP/LMTP client (the other side of the same grammar).
+//! - `relay` (feature `relay`): forwarding to an upstream server, and local-or-relay routing.
 //! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
 //! - [`handler`]: a runtime-agnostic async `Handler` trait and the dispatch loop every adapter uses.
 //!
@@ -109,6 +111,8 @@ pub mod fuzzing;
 pub mod handler;
 pub mod parse;
 pub mod proxy;
+#[cfg(feature = "relay")]
+pub mod relay;
 pub mod reply;
 pub mod sasl;
 pub mod server;

@@ -1392,3 +1392,114 @@ fn quit_during_starttls_closes_at_once() {
     assert_eq!(t.ev(), ["Closed"]);
     assert_eq!(t.sent(), "", "no clear-text QUIT into a TLS handshake");
 }
+
+// ----- open transactions: recipients one by one (the relay's proxying) -----
+
+#[test]
+fn open_transaction_recipient_by_recipient() {
+    let mut t = T::ready(config(), &["PIPELINING", "8BITMIME"]);
+    t.c.begin_mail(
+        &Envelope::new(Some("a@x.example"), Vec::<String>::new()),
+        t.now,
+    )
+    .unwrap();
+    t.pump();
+    assert_eq!(t.sent(), "MAIL FROM:<a@x.example>\r\n");
+    assert_eq!(
+        t.c.add_recipient(&Recipient::new("b@y.example"), t.now),
+        Ok(0)
+    );
+    t.pump();
+    assert_eq!(t.sent(), "RCPT TO:<b@y.example>\r\n");
+    t.server("250 2.1.0 ok\r\n250 2.1.5 ok\r\n");
+    assert_eq!(t.ev(), ["Recipient 0 250"]);
+    // Nothing is judged while the transaction is open.
+    assert_eq!(
+        t.c.add_recipient(&Recipient::new("c@y.example"), t.now),
+        Ok(1)
+    );
+    t.pump();
+    assert_eq!(t.sent(), "RCPT TO:<c@y.example>\r\n");
+    t.server("550 5.1.1 no such user\r\n");
+    assert_eq!(t.ev(), ["Recipient 1 550"]);
+    t.c.close_recipients(t.now).unwrap();
+    t.pump();
+    assert_eq!(t.sent(), "DATA\r\n");
+    t.server("354 go\r\n");
+    assert_eq!(t.ev(), ["SendBody"]);
+    t.body(b"Subject: s\r\n\r\n.dot\r\n");
+    t.end();
+    assert_eq!(t.sent(), "Subject: s\r\n\r\n..dot\r\n.\r\n");
+    t.server("250 2.0.0 queued\r\n");
+    assert_eq!(t.ev(), ["Accepted None 250"]);
+    assert!(t.c.is_ready());
+}
+
+#[test]
+fn open_transaction_all_refused_then_closed_fails() {
+    let mut t = T::ready(config(), &["PIPELINING"]);
+    t.c.begin_mail(&Envelope::new(Some("a@x.example"), ["b@y.example"]), t.now)
+        .unwrap();
+    t.pump();
+    assert_eq!(
+        t.sent(),
+        "MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
+    );
+    t.server("250 ok\r\n450 4.2.1 try later\r\n");
+    assert_eq!(t.ev(), ["Recipient 0 450"]);
+    t.c.close_recipients(t.now).unwrap();
+    t.pump();
+    // No DATA for a transaction without recipients; the refusal is reported
+    // and the server's transaction reset.
+    assert_eq!(t.ev(), ["Rejected None 450"]);
+    assert_eq!(t.sent(), "RSET\r\n");
+    t.server("250 reset\r\n");
+    assert!(t.c.is_ready());
+}
+
+#[test]
+fn open_transaction_reset_and_mail_refused() {
+    let mut t = T::ready(config(), &["PIPELINING"]);
+    t.c.begin_mail(
+        &Envelope::new(Some("a@x.example"), Vec::<String>::new()),
+        t.now,
+    )
+    .unwrap();
+    t.pump();
+    t.c.add_recipient(&Recipient::new("b@y.example"), t.now)
+        .unwrap();
+    t.pump();
+    // Not while replies are awaited.
+    assert_eq!(t.c.reset(t.now), Err(UsageError::NotReady));
+    t.server("250 ok\r\n250 ok\r\n");
+    assert_eq!(t.ev(), ["Recipient 0 250"]);
+    t.sent();
+    t.c.reset(t.now).unwrap();
+    t.pump();
+    assert_eq!(t.sent(), "RSET\r\n");
+    t.server("250 reset\r\n");
+    // A refused MAIL ends the open transaction with its reply.
+    t.c.begin_mail(
+        &Envelope::new(Some("bad@x.example"), Vec::<String>::new()),
+        t.now,
+    )
+    .unwrap();
+    t.pump();
+    t.server("550 5.7.1 sender refused\r\n");
+    assert_eq!(t.ev(), ["Rejected None 550"]);
+    assert_eq!(
+        t.c.add_recipient(&Recipient::new("b@y.example"), t.now),
+        Err(UsageError::NotReady)
+    );
+    assert!(t.c.is_ready());
+    // A UTF-8 recipient needs SMTPUTF8 in the envelope.
+    t.c.begin_mail(
+        &Envelope::new(Some("a@x.example"), Vec::<String>::new()),
+        t.now,
+    )
+    .unwrap();
+    assert_eq!(
+        t.c.add_recipient(&Recipient::new("jörg@y.example"), t.now),
+        Err(UsageError::Unsupported("SMTPUTF8"))
+    );
+}

@@ -60,6 +60,12 @@ cases!(
     lettre_twenty_mib,
     python_smtplib_starttls_login,
     curl_smtp_and_smtps,
+    relay_chain_is_byte_identical,
+    relay_propagates_per_recipient_refusals,
+    relay_upstream_down_or_silent_451,
+    relay_is_not_open,
+    relay_local_or_relay_in_one_transaction,
+    relay_starttls_mandatory,
 );
 
 fn tmp() -> tempfile::TempDir {
@@ -1011,4 +1017,285 @@ async fn curl_smtp_and_smtps(ctx: Ctx) {
             assert!(text.contains("with ESMTPS"), "{text}");
         }
     }
+}
+
+/// Sends one message through `c` (greeted) and returns the replies to the
+/// RCPTs; the message is sent only if one was accepted.
+async fn send_through<S>(
+    c: &mut crate::Client<S>,
+    from: &str,
+    rcpts: &[&str],
+    body: &str,
+) -> Vec<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    c.expect("EHLO client.example\r\n", "250").await;
+    c.expect(&format!("MAIL FROM:<{from}>\r\n"), "250").await;
+    let mut replies = Vec::new();
+    for r in rcpts {
+        replies.push(c.cmd(&format!("RCPT TO:<{r}>\r\n")).await);
+    }
+    if replies.iter().any(|r| r.starts_with("250")) {
+        c.expect("DATA\r\n", "354").await;
+        c.expect(&format!("{body}.\r\n"), "250").await;
+    }
+    replies
+}
+
+/// The body (after our trace headers) of the one message for `rcpt` under `root`.
+fn stored_body(root: &Path, rcpt: &str) -> String {
+    let files = delivered(root, rcpt);
+    assert_eq!(files.len(), 1, "{rcpt}: {:?}", all_files(root));
+    String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8")
+}
+
+async fn relay_chain_is_byte_identical(ctx: Ctx) {
+    let dir = tmp();
+    let up = ctx.spawn(["--maildir", p(dir.path()), "--hostname", "upstream.test"]);
+    let relay = ctx.spawn([
+        "--relay",
+        &up.addr().to_string(),
+        "--hostname",
+        "relay.test",
+    ]);
+    // On the wire (dot-stuffed): a line ".leading dot" and a line ".".
+    let body = "Subject: through\r\n\r\n..leading dot\r\n..\r\nx\r\n\r\nlast line\r\n";
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "alice@example.org",
+        &["bob@example.net", "carol@example.com"],
+        body,
+    )
+    .await;
+    assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
+    c.expect("QUIT\r\n", "221").await;
+    for who in ["bob@example.net", "carol@example.com"] {
+        let text = stored_body(dir.path(), who);
+        // Upstream's own trace, then ours, then the body byte for byte
+        // (dot-unstuffed once by the relay, stuffed again on the way up).
+        assert!(
+            text.starts_with(&format!(
+                "Return-Path: <alice@example.org>\r\nDelivered-To: {who}\r\nReceived: "
+            )),
+            "{text}"
+        );
+        let ours = text.split("\r\nReceived: ").nth(2).unwrap_or("");
+        assert!(ours.contains("by relay.test"), "{text}");
+        assert!(
+            text.ends_with(
+                "\r\nSubject: through\r\n\r\n.leading dot\r\n.\r\nx\r\n\r\nlast line\r\n"
+            ),
+            "{text:?}"
+        );
+        assert_eq!(text.matches("Return-Path:").count(), 1, "{text}");
+        assert_eq!(text.matches("Delivered-To:").count(), 1, "{text}");
+    }
+}
+
+async fn relay_propagates_per_recipient_refusals(ctx: Ctx) {
+    let dir = tmp();
+    let up = ctx.spawn(["--maildir", p(dir.path()), "--domain", "example.net"]);
+    let relay = ctx.spawn(["--relay", &up.addr().to_string()]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@example.org",
+        &[
+            "ok@example.net",
+            "no@elsewhere.example",
+            "../bad@example.net",
+            "ok2@example.net",
+        ],
+        "Subject: mixed\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert!(
+        r[1].starts_with("550 5.7.1"),
+        "the upstream's refusal: {r:?}"
+    );
+    assert!(r[2].starts_with("501"), "{r:?}");
+    assert!(r[3].starts_with("250"), "{r:?}");
+    assert_eq!(delivered(dir.path(), "ok@example.net").len(), 1);
+    assert_eq!(delivered(dir.path(), "ok2@example.net").len(), 1);
+    assert_eq!(
+        all_files(dir.path()).len(),
+        2,
+        "{:?}",
+        all_files(dir.path())
+    );
+    // All refused upstream: no DATA accepted.
+    let r = send_through(&mut c, "a@example.org", &["x@elsewhere.example"], "").await;
+    assert!(r[0].starts_with("550 5.7.1"), "{r:?}");
+    c.expect("DATA\r\n", "554").await;
+}
+
+async fn relay_upstream_down_or_silent_451(ctx: Ctx) {
+    // Nothing listens on a port that was just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = closed.local_addr().expect("addr");
+    drop(closed);
+    let dir = tmp();
+    let relay = ctx.spawn([
+        "--relay",
+        &gone.to_string(),
+        "--timeout",
+        "1",
+        "--maildir",
+        p(dir.path()),
+    ]);
+    let mut c = relay.greeted().await;
+    let r = send_through(&mut c, "a@x.example", &["b@y.example"], "").await;
+    assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
+    // A server that accepts the connection and never greets: bounded by --timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let relay2 = ctx.spawn([
+        "--relay",
+        &silent.local_addr().expect("addr").to_string(),
+        "--timeout",
+        "1",
+    ]);
+    let mut c = relay2.greeted().await;
+    let started = Instant::now();
+    let r = send_through(&mut c, "a@x.example", &["b@y.example"], "").await;
+    assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(all_files(dir.path()).is_empty());
+    drop(silent);
+}
+
+async fn relay_is_not_open(ctx: Ctx) {
+    let dir = tmp();
+    let up = ctx.spawn(["--maildir", p(dir.path())]);
+    let upstream = up.addr().to_string();
+    // Served domain relayed; anything else refused without an allowed network.
+    let relay = ctx.spawn(["--relay", &upstream, "--domain", "example.net"]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["victim@elsewhere.example", "b@example.net"],
+        "Subject: r\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("550 5.7.1"), "{r:?}");
+    assert!(r[1].starts_with("250"), "{r:?}");
+    assert!(delivered(dir.path(), "victim@elsewhere.example").is_empty());
+    assert_eq!(delivered(dir.path(), "b@example.net").len(), 1);
+    // From an allowed network, any domain.
+    let trusted = ctx.spawn([
+        "--relay",
+        &upstream,
+        "--domain",
+        "example.net",
+        "--relay-from-network",
+        "127.0.0.0/8",
+    ]);
+    let mut c = trusted.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["c@elsewhere.example"],
+        "Subject: t\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert_eq!(delivered(dir.path(), "c@elsewhere.example").len(), 1);
+    // A network that does not hold the client does not count.
+    let other = ctx.spawn([
+        "--relay",
+        &upstream,
+        "--domain",
+        "example.net",
+        "--relay-from-network",
+        "10.0.0.0/8",
+    ]);
+    let mut c = other.greeted().await;
+    let r = send_through(&mut c, "a@x.example", &["d@elsewhere.example"], "").await;
+    assert!(r[0].starts_with("550 5.7.1"), "{r:?}");
+}
+
+async fn relay_local_or_relay_in_one_transaction(ctx: Ctx) {
+    let up_dir = tmp();
+    let local_dir = tmp();
+    let up = ctx.spawn(["--maildir", p(up_dir.path())]);
+    let relay = ctx.spawn([
+        "--relay",
+        &up.addr().to_string(),
+        "--maildir",
+        p(local_dir.path()),
+        "--domain",
+        "local.example",
+        "--relay-from-network",
+        "127.0.0.1/32",
+    ]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["me@local.example", "you@remote.example"],
+        "Subject: split\r\n\r\nboth\r\n",
+    )
+    .await;
+    assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
+    assert!(stored_body(local_dir.path(), "me@local.example").ends_with("\r\n\r\nboth\r\n"));
+    assert!(stored_body(up_dir.path(), "you@remote.example").ends_with("\r\n\r\nboth\r\n"));
+    assert_eq!(all_files(local_dir.path()).len(), 1);
+    assert_eq!(all_files(up_dir.path()).len(), 1);
+    // Upstream gone: 451 for the relayed recipient, and the message is all
+    // or nothing: no local copy either.
+    drop(up);
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["me@local.example", "you@remote.example"],
+        "Subject: again\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert!(r[1].starts_with("451 4.4.1"), "{r:?}");
+    assert_eq!(
+        all_files(local_dir.path()).len(),
+        2,
+        "the local recipient alone is delivered: {r:?}"
+    );
+}
+
+async fn relay_starttls_mandatory(ctx: Ctx) {
+    let dir = tmp();
+    let md = dir.path().join("mail");
+    let (up_tls, _cert) = tls_server(
+        &ctx,
+        dir.path(),
+        &["--maildir", p(&md), "--hostname", "tls-up.test"],
+    );
+    let relay = ctx.spawn(["--relay", &up_tls.addr().to_string(), "--relay-starttls"]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["b@y.example"],
+        "Subject: s\r\n\r\nsecret\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    let text = stored_body(&md, "b@y.example");
+    assert!(
+        text.contains("by tls-up.test (smtp-proto) with ESMTPS"),
+        "{text}"
+    );
+    // An upstream without STARTTLS: 4xx, never clear text.
+    let plain_dir = tmp();
+    let up_plain = ctx.spawn(["--maildir", p(plain_dir.path())]);
+    let relay = ctx.spawn(["--relay", &up_plain.addr().to_string(), "--relay-starttls"]);
+    let mut c = relay.greeted().await;
+    let r = send_through(&mut c, "a@x.example", &["b@y.example"], "").await;
+    assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
+    assert!(all_files(plain_dir.path()).is_empty());
 }
