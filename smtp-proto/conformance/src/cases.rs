@@ -66,6 +66,8 @@ cases!(
     relay_is_not_open,
     relay_local_or_relay_in_one_transaction,
     relay_starttls_mandatory,
+    relay_upstream_lost_mid_transaction_delivers_nothing,
+    relay_to_postfix_smtp_sink,
 );
 
 fn tmp() -> tempfile::TempDir {
@@ -1298,4 +1300,156 @@ async fn relay_starttls_mandatory(ctx: Ctx) {
     let r = send_through(&mut c, "a@x.example", &["b@y.example"], "").await;
     assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
     assert!(all_files(plain_dir.path()).is_empty());
+}
+
+/// A scripted upstream on 127.0.0.1: greets, accepts EHLO, MAIL and RCPT,
+/// then drops the connection at DATA.
+fn upstream_dying_at_data() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let t = std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let mut w = s.try_clone().expect("clone");
+        let mut r = std::io::BufReader::new(s);
+        let _ = w.write_all(b"220 dying.test ESMTP\r\n");
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250 dying.test\r\n",
+                "DATA" => return,
+                _ => b"250 2.0.0 ok\r\n",
+            };
+            let _ = w.write_all(reply);
+            line.clear();
+        }
+    });
+    (addr, t)
+}
+
+async fn relay_upstream_lost_mid_transaction_delivers_nothing(ctx: Ctx) {
+    let local_dir = tmp();
+    let (up, script) = upstream_dying_at_data();
+    let relay = ctx.spawn([
+        "--relay",
+        &up.to_string(),
+        "--maildir",
+        p(local_dir.path()),
+        "--domain",
+        "local.example",
+        "--relay-from-network",
+        "127.0.0.0/8",
+        "--timeout",
+        "2",
+    ]);
+    let mut c = relay.greeted().await;
+    c.expect("EHLO client.example\r\n", "250").await;
+    c.expect("MAIL FROM:<a@x.example>\r\n", "250").await;
+    c.expect("RCPT TO:<me@local.example>\r\n", "250").await;
+    c.expect("RCPT TO:<you@remote.example>\r\n", "250").await;
+    c.expect("DATA\r\n", "354").await;
+    // The upstream is lost: temporary failure, and no local copy either.
+    c.expect("Subject: lost\r\n\r\nx\r\n.\r\n", "451 4.4.1")
+        .await;
+    assert!(
+        all_files(local_dir.path()).is_empty(),
+        "{:?}",
+        all_files(local_dir.path())
+    );
+    c.expect("QUIT\r\n", "221").await;
+    let _ = script.join();
+}
+
+async fn relay_to_postfix_smtp_sink(ctx: Ctx) {
+    if !have_sink() {
+        return;
+    }
+    let dump = tmp();
+    // smtp-sink drops privileges to a user when run as root; the dump
+    // directory must be writable by it.
+    let _ = Command::new("chmod").arg("777").arg(dump.path()).status();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let template = format!("{}/%H%M%S.", p(dump.path()));
+    let mut sink = Command::new("smtp-sink");
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        sink.args(["-u", "nobody"]);
+    }
+    let mut sink = sink
+        .args(["-d", &template, &format!("127.0.0.1:{port}"), "16"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtp-sink");
+    let mut up = None;
+    for _ in 0..50 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            up = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(up.expect("smtp-sink listens"));
+    let relay = ctx.spawn([
+        "--relay",
+        &format!("127.0.0.1:{port}"),
+        "--hostname",
+        "relay.test",
+    ]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "alice@example.org",
+        &["bob@example.net", "carol@example.com"],
+        "Subject: to postfix\r\n\r\n..dot line\r\nend\r\n",
+    )
+    .await;
+    assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
+    c.expect("QUIT\r\n", "221").await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = all_files(dump.path())
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect();
+        if text.contains("end") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    for want in [
+        "X-Mail-Args: <alice@example.org>",
+        "X-Rcpt-Args: <bob@example.net>",
+        "X-Rcpt-Args: <carol@example.com>",
+        "by relay.test",
+        "Subject: to postfix\n\n.dot line\nend\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+}
+
+/// Whether Postfix's smtp-sink is installed (loud skip outside CI).
+fn have_sink() -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", "command -v smtp-sink"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "smtp-sink is missing and CI is set"
+        );
+        eprintln!("SKIPPED: smtp-sink (Debian package postfix) missing");
+    }
+    ok
 }
