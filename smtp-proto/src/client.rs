@@ -2010,11 +2010,9 @@ mod tests {
             build_transaction(&env, &ext, false),
             Err(UsageError::InvalidAddress(_))
         ));
+        // No recipients is for `begin_mail` (send_mail refuses it itself).
         let env = Envelope::new(None, Vec::<String>::new());
-        assert_eq!(
-            build_transaction(&env, &ext, false).err(),
-            Some(UsageError::NoRecipients)
-        );
+        assert!(build_transaction(&env, &ext, false).is_ok_and(|l| l.rcpts.is_empty()));
         let mut env = Envelope::new(None, ["postmaster"]);
         env.body = Some(BodyType::BinaryMime);
         assert_eq!(
