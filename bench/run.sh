@@ -36,7 +36,7 @@ INSTALL=1
 CRITERION=1
 CRITERION_ONLY=0
 LABEL=${LABEL:-}
-ORIG_ARGS="$*"
+ORIG_ARGS=${*:+$(printf "%q " "$@")}
 SERVERS="tokio smol blocking smtp-sink aiosmtpd mailin"
 SCENARIOS="a b c d e f g"
 # The load generator for the smtp-source scenarios (b-e): `smtp-source`
@@ -430,7 +430,7 @@ LOAD_END=$(cat /proc/loadavg)
 {
   echo "# Servers side by side ($STAMP)"
   echo
-  echo "Command: \`bench/run.sh $ORIG_ARGS\` — runs per cell: $RUNS; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Command: \`bench/run.sh ${ORIG_ARGS% }\` — runs per cell: $RUNS; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo); /proc/loadavg at start: $LOAD_START; at end: $LOAD_END"
   [ -n "$LABEL" ] && echo "Label: $LABEL"
   echo
