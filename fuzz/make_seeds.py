@@ -149,6 +149,8 @@ def reply_parser():
     write("reply_parser", "multi_enhanced", b"\0250-2.0.0 a\r\n250 2.0.0 b\r\n")
     write("reply_parser", "data", b"\x10354 End data with <CR><LF>.<CR><LF>\r\n")
     write("reply_parser", "bare_code", b"\0421\n")
+    # Found by fuzzing: a trailing CR hides an enhanced code until rewritten.
+    write("reply_parser", "trailing_cr_hides_code", b"\x12359 2.03.0\r\r\n>")
 
 
 def address():

@@ -1952,13 +1952,19 @@ pub fn reply_parser(data: &[u8]) {
         assert_eq!(parse_reply(&longer, max_len), Ok(Some((r.clone(), n))));
         let k = usize::from(m) % n;
         assert_eq!(parse_reply(&rest[..k], max_len), Ok(None), "prefix of {k}");
-        let wire = r.to_bytes();
-        let (again, used) = parse_reply(&wire, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("a parsed reply does not re-parse: {wire:?}"));
-        assert_eq!(used, wire.len());
-        assert_eq!(again.to_bytes(), wire, "wire form not stable");
+        // Writing then parsing normalizes (a text whose trailing CR hid an
+        // enhanced code gives that code up, say); once normalized, stable.
+        let reparse = |r: &Reply| {
+            let wire = r.to_bytes();
+            let (again, used) = parse_reply(&wire, usize::MAX)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("a written reply does not parse: {wire:?}"));
+            assert_eq!(used, wire.len());
+            again
+        };
+        let normal = reparse(&r);
+        assert_eq!(reparse(&normal), normal, "parse after write is not stable");
     }
 
     // Structured.
