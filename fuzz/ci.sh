@@ -28,6 +28,7 @@ declare -A RUNS=(
     [sasl]=100000
     [reply_parser]=150000
     [address]=200000
+    [client_session]=60000
 )
 scale=${FUZZ_RUNS_SCALE:-1}
 

@@ -17,6 +17,7 @@
 //! | [`sasl`] | [`SaslExchange`] fed arbitrary responses, and encoded credentials parsed back |
 //! | [`reply_parser`] | [`parse_reply`] on raw input, and [`Reply::write_to`] parsed back |
 //! | [`address`] | [`parse_mailbox`] against the RCPT grammar, and xtext round trips |
+//! | [`client_session`] | the client against arbitrary server bytes, splits, timeouts and TLS outcomes |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -2122,4 +2123,170 @@ pub fn address(data: &[u8]) {
         Some(s),
         "xtext round trip"
     );
+}
+
+// ---------------------------------------------------------------------------
+// client_session
+// ---------------------------------------------------------------------------
+
+/// The client ([`crate::client::Client`]) against an arbitrary server: the
+/// first bytes choose the configuration, the envelope and the harness's
+/// actions; the rest is what the "server" says, cut at arbitrary points.
+///
+/// Checks: no panic; the client never holds more output than its bound
+/// (plus one command line and one chunk); nothing follows
+/// [`ClientEvent::Closed`](crate::client::ClientEvent::Closed); an error is
+/// always followed by `Closed`; a message is reported accepted only after
+/// the whole body was handed over and ended; every per-recipient event
+/// names a recipient of the envelope.
+pub fn client_session(data: &[u8]) {
+    use crate::client::{Client, ClientConfig, ClientEvent, Envelope, Recipient, TlsPolicy};
+    let mut u = Input::new(data);
+    let mut config = ClientConfig::new("fuzz.example");
+    let flags = u.byte();
+    config.pipelining = flags & 1 != 0;
+    config.chunking = flags & 2 != 0;
+    config.lmtp = flags & 4 != 0;
+    config.tls = match (flags >> 3) & 3 {
+        0 => TlsPolicy::None,
+        1 => TlsPolicy::Opportunistic,
+        _ => TlsPolicy::Required,
+    };
+    if flags & 32 != 0 {
+        config.auth = Some(crate::client::ClientAuth::new("user", "pass"));
+        config.allow_plaintext_auth = flags & 64 != 0;
+    }
+    config.chunk_size = 1 + u.below(64);
+    config.max_pending_output = 64 + u.below(4096);
+    config.max_reply_len = 16 + u.below(2048);
+    config.max_pipelined = 1 + u.below(8);
+    let bound = config.max_pending_output + 2 * 512 + config.chunk_size + 64;
+    let recipients = 1 + u.below(4);
+    let mut env = Envelope::new(
+        Some("a@example.org"),
+        (0..recipients).map(|i| format!("r{i}@example.net")),
+    );
+    env.smtputf8 = u.bool();
+    let body_len = u.below(300);
+    let body: Vec<u8> = (0..body_len).map(|i| b"ab.\r\n"[i % 5]).collect();
+    let open = u.bool();
+    let knobs = Knobs {
+        bytes: u.bytes(16),
+        at: 0,
+    };
+    let mut knobs = knobs;
+    let input = u.rest();
+    let now = Instant::now();
+    let mut c = Client::new(config, now);
+    let mut closed = false;
+    let mut errored = false;
+    let mut pos = 0usize;
+    let mut sent_body = 0usize;
+    let mut ended = false;
+    let mut started = false;
+    let mut t = now;
+    for _round in 0..10_000 {
+        // Drain events.
+        while let Some(ev) = c.poll_event() {
+            assert!(!closed, "event after Closed: {ev:?}");
+            match ev {
+                ClientEvent::Closed => {
+                    closed = true;
+                }
+                ClientEvent::Error(_) => errored = true,
+                ClientEvent::Ready { .. } if !started => {
+                    started = true;
+                    let r = if open {
+                        c.begin_mail(
+                            &Envelope::new(Some("a@example.org"), Vec::<String>::new()),
+                            t,
+                        )
+                        .and_then(|()| {
+                            for i in 0..recipients {
+                                c.add_recipient(&Recipient::new(format!("r{i}@example.net")), t)?;
+                            }
+                            c.close_recipients(t)
+                        })
+                    } else {
+                        c.send_mail(&env, t)
+                    };
+                    let _ = r;
+                }
+                ClientEvent::StartTls => {
+                    if knobs.next() & 1 == 0 {
+                        let _ = c.tls_established(t);
+                    } else {
+                        c.tls_failed();
+                    }
+                }
+                ClientEvent::Recipient { index, .. } => assert!(index < recipients),
+                ClientEvent::MessageAccepted { recipient, .. } => {
+                    assert!(
+                        ended && sent_body == body.len(),
+                        "accepted before the body ended"
+                    );
+                    assert!(recipient.is_none_or(|r| r < recipients));
+                }
+                ClientEvent::MessageRejected { recipient, .. } => {
+                    assert!(recipient.is_none_or(|r| r < recipients));
+                }
+                _ => {}
+            }
+        }
+        if closed {
+            break;
+        }
+        // Hand over body bytes and the end when the client takes them.
+        if started && !ended {
+            while sent_body < body.len() && c.wants_body() {
+                match c.push_body(&body[sent_body..], t) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent_body += n,
+                }
+            }
+            if sent_body == body.len() && c.wants_body() && c.end_body(t).is_ok() {
+                ended = true;
+            }
+        }
+        assert!(
+            c.transmit().len() <= bound,
+            "output {} over {bound}",
+            c.transmit().len()
+        );
+        // The "network": write out a knob-chosen part, feed a knob-chosen piece.
+        let k = knobs.next();
+        let w = c.transmit().len();
+        c.transmitted(if k & 0x80 != 0 { w / 2 } else { w });
+        match k & 0x0f {
+            0 => {
+                t += Duration::from_secs(u64::from(knobs.next()) * 10);
+                c.handle_timeout(t);
+            }
+            1 if k & 0x10 != 0 => {
+                let _ = c.quit(t);
+            }
+            _ => {
+                if pos >= input.len() {
+                    c.receive_eof();
+                } else {
+                    let n = 1 + usize::from(knobs.next()) % 64;
+                    let end = (pos + n).min(input.len());
+                    let took = c.receive(&input[pos..end], t);
+                    pos += took;
+                    if took == 0 && !c.wants_read() {
+                        // The client holds unread replies: let it write.
+                        let w = c.transmit().len();
+                        c.transmitted(w);
+                    }
+                }
+            }
+        }
+    }
+    if errored {
+        while let Some(ev) = c.poll_event() {
+            assert!(!closed, "event after Closed: {ev:?}");
+            closed |= ev == ClientEvent::Closed;
+        }
+        assert!(closed, "an error not followed by Closed");
+    }
 }

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("sasl", fuzzing::sasl),
     ("reply_parser", fuzzing::reply_parser),
     ("address", fuzzing::address),
+    ("client_session", fuzzing::client_session),
 ];
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -193,5 +194,17 @@ proptest! {
         let mut data = vec![flags];
         data.extend(s.bytes());
         fuzzing::address(&data);
+    }
+
+    #[test]
+    fn client_session_bytes(data in bytes(600)) {
+        fuzzing::client_session(&data);
+    }
+
+    #[test]
+    fn client_session_shaped(head in proptest::collection::vec(any::<u8>(), 28), lines in proptest::collection::vec("(220|250|235|334|354|421|450|550|502)[ -]([245]\\.[0-9]\\.[0-9] )?[A-Z]{0,10}\r\n", 0..14)) {
+        let mut data = head;
+        data.extend(lines.concat().bytes());
+        fuzzing::client_session(&data);
     }
 }
