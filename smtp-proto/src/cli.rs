@@ -129,8 +129,8 @@ pub struct Args {
     pub relay_starttls: bool,
     /// Check the upstream's certificate (against the CA PEM file given, or
     /// the Mozilla roots). Implies --relay-starttls.
-    #[arg(long, value_name = "CA", num_args = 0..=1, default_missing_value = "", requires = "relay")]
-    pub relay_tls_verify: Option<PathBuf>,
+    #[arg(long, value_name = "CA", num_args = 0..=1, requires = "relay")]
+    pub relay_tls_verify: Option<Option<PathBuf>>,
     /// Authenticate to the upstream (AUTH PLAIN/LOGIN), `user:password`.
     #[arg(long, value_name = "USER:PASS", requires = "relay")]
     pub relay_auth: Option<String>,
@@ -224,10 +224,8 @@ fn relay_upstream(
     let mut up = Upstream::new(address.clone(), hello_name.to_owned());
     up.timeout = timeout;
     up.tls = match &a.relay_tls_verify {
-        Some(ca) => {
-            let ca = (!ca.as_os_str().is_empty()).then_some(ca.as_path());
-            UpstreamTls::verify(ca).map_err(|e| err(format!("--relay-tls-verify: {e}")))?
-        }
+        Some(ca) => UpstreamTls::verify(ca.as_deref())
+            .map_err(|e| err(format!("--relay-tls-verify: {e}")))?,
         None if a.relay_starttls => UpstreamTls::Encrypt,
         None => UpstreamTls::None,
     };

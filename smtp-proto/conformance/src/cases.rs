@@ -68,6 +68,7 @@ cases!(
     relay_starttls_mandatory,
     relay_upstream_lost_mid_transaction_delivers_nothing,
     relay_to_postfix_smtp_sink,
+    relay_tls_verify,
 );
 
 fn tmp() -> tempfile::TempDir {
@@ -1452,4 +1453,34 @@ fn have_sink() -> bool {
         eprintln!("SKIPPED: smtp-sink (Debian package postfix) missing");
     }
     ok
+}
+
+async fn relay_tls_verify(ctx: Ctx) {
+    let dir = tmp();
+    let md = dir.path().join("mail");
+    let (up, _cert) = tls_server(
+        &ctx,
+        dir.path(),
+        &["--maildir", p(&md), "--hostname", "verified.test"],
+    );
+    // The certificate names `localhost`; the CA file is the certificate itself.
+    let upstream = format!("localhost:{}", up.addr().port());
+    let ca = dir.path().join("cert.pem");
+    let relay = ctx.spawn(["--relay", &upstream, "--relay-tls-verify", p(&ca)]);
+    let mut c = relay.greeted().await;
+    let r = send_through(
+        &mut c,
+        "a@x.example",
+        &["b@y.example"],
+        "Subject: v\r\n\r\nverified\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert!(stored_body(&md, "b@y.example").contains("with ESMTPS"));
+    // Against the Mozilla roots the throwaway certificate fails: 4xx, no clear text.
+    let strict = ctx.spawn(["--relay", &upstream, "--relay-tls-verify"]);
+    let mut c = strict.greeted().await;
+    let r = send_through(&mut c, "a@x.example", &["c@y.example"], "").await;
+    assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
+    assert!(delivered(&md, "c@y.example").is_empty());
 }
