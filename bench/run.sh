@@ -87,7 +87,11 @@ loud() { printf '\n!!! %s\n' "$*" >&2; echo "$*" >>"$WORK/notes"; }
 # ---- cleanup: every server this script started dies with it ------------
 STARTED=() # pids: the `timeout` wrappers and the servers under them
 cleanup() {
-  local pid
+  local pid all=()
+  for pid in "${STARTED[@]}"; do # and their children (timeout's, time's subshell's)
+    all+=("$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null || true))
+  done
+  STARTED=("${all[@]}")
   for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   sleep 0.3
   for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
@@ -298,7 +302,13 @@ run_gen() {
   GEN_CMD=() GEN_MSGS=
   "$fn" "$@" || { loud "$fn has no command for scenario $1"; return 1; }
   local TIMEFORMAT='%R %U %S' rc=0
-  { time timeout --kill-after=5 "$GEN_TIMEOUT" "${GEN_CMD[@]}" >"$WORK/gen.out" 2>"$WORK/gen.err"; } 2>"$WORK/time" || rc=$?
+  # In the background so that `wait` (unlike a foreground command) lets a
+  # SIGINT/SIGTERM reach the trap at once; the subshell times the generator.
+  { time timeout --kill-after=5 "$GEN_TIMEOUT" "${GEN_CMD[@]}" >"$WORK/gen.out" 2>"$WORK/gen.err"; } 2>"$WORK/time" &
+  local gpid=$!
+  STARTED+=("$gpid")
+  wait "$gpid" || rc=$?
+  forget "$gpid"
   read -r WALL u s <"$WORK/time"
   GEN_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')
   GEN_OUT=$(grep -o '[a-z_0-9]*=[^ ]*' "$WORK/gen.out" | tr '\n' ' ' || true)
