@@ -356,7 +356,7 @@ run_idle() { # server run
   if [ -n "$line" ]; then
     sleep 1
     r1=$(rss_kib "$SPID")
-    record "$srv" f "$run" "${line#ready } rss0_kib=$r0 rss1_kib=$r1 kib_per_session=$(awk -v a="$r0" -v b="$r1" -v n="$F_CONNS" 'BEGIN {printf "%.2f", (b - a) / n}') gen=bench-client"
+    record "$srv" f "$run" "${line#ready } rss0_kib=$r0 rss1_kib=$r1 kib_per_session=$(awk -v a="$r0" -v b="$r1" -v l="$line" 'BEGIN {match(l, /connections=[0-9]+/); n = substr(l, RSTART + 12, RLENGTH - 12); printf "%.2f", (b - a) / (n > 0 ? n : 1)}') gen=bench-client"
   else
     loud "idle client for $srv gave no ready line: $(head -c 300 "$WORK/gen.err")"
   fi
