@@ -368,7 +368,12 @@ async fn serve_tcp<H: Handler>(
         return Ok(());
     };
     // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    let stream = match timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await {
+    let stream = match timeout(
+        shared.config.timeouts.command,
+        Box::pin(acceptor.accept(tcp)),
+    )
+    .await
+    {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             tracing::info!(peer = %remote, error = %e, "TLS handshake failed");

@@ -125,13 +125,53 @@ impl<T: Read + Write + ?Sized> ReadWrite for T {}
 /// Sets a socket timeout to what is left until `deadline` (at least 1 ms:
 /// a zero timeout means "none" to the OS).
 fn bound(sock: &impl Socket, deadline: Instant, read: bool) -> io::Result<()> {
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    if read {
-        sock.set_read_timeout(Some(left))
-    } else {
-        sock.set_write_timeout(Some(left))
+    Timeouts::default().bound(sock, Some(deadline), read)
+}
+
+/// The socket timeouts last set. Most waits ask for the same bound again
+/// (the stop-check interval, the command timeout), so a new value within
+/// [`Timeouts::SLACK`] of the last is not set again: a syscall saved per
+/// read and write, a deadline kept within a few milliseconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timeouts {
+    read: Option<Option<Duration>>,
+    write: Option<Option<Duration>>,
+}
+
+impl Timeouts {
+    const SLACK: Duration = Duration::from_millis(5);
+
+    /// Bounds the next reads (`read`) or writes by `deadline` (`None`: unbounded).
+    fn bound(
+        &mut self,
+        sock: &impl Socket,
+        deadline: Option<Instant>,
+        read: bool,
+    ) -> io::Result<()> {
+        let want = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        let last = if read {
+            &mut self.read
+        } else {
+            &mut self.write
+        };
+        let same = match (*last, want) {
+            (Some(None), None) => true,
+            (Some(Some(a)), Some(b)) => a.abs_diff(b) < Self::SLACK,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        if read {
+            sock.set_read_timeout(want)?;
+        } else {
+            sock.set_write_timeout(want)?;
+        }
+        *last = Some(want);
+        Ok(())
     }
 }
 
@@ -205,6 +245,9 @@ pub struct Connection<S: Socket, H> {
     tls: Option<Arc<ServerConfig>>,
     stop: Option<Waiter>,
     seen: StopSeen,
+    /// The socket timeouts last set (read, write), to skip setsockopt calls
+    /// that would change nothing.
+    timeouts: Timeouts,
 }
 
 impl<S: Socket, H> std::fmt::Debug for Connection<S, H> {
@@ -248,6 +291,7 @@ impl<S: Socket, H: Handler> Connection<S, H> {
             tls: None,
             stop: None,
             seen: StopSeen::default(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -424,10 +468,13 @@ impl<S: Socket, H: Handler> Connection<S, H> {
         }
         let deadline = Instant::now() + self.session.config().timeouts.command;
         let Connection {
-            stream, session, ..
+            stream,
+            session,
+            timeouts,
+            ..
         } = self;
-        let sock_bound = |stream: &Stream<S>| match stream.sock() {
-            Some(s) => bound(s, deadline, false),
+        let mut sock_bound = |stream: &Stream<S>| match stream.sock() {
+            Some(s) => timeouts.bound(s, Some(deadline), false),
             None => Ok(()),
         };
         let res = (|| {
@@ -454,6 +501,7 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     /// Closes our side: TLS close_notify, then a FIN, each bounded.
     fn close(&mut self) {
         let limit = self.session.config().timeouts.command;
+        self.timeouts = Timeouts::default();
         if let Stream::Tls(t) = &mut self.stream {
             t.conn.send_close_notify();
             let _ = t.sock.set_write_timeout(Some(limit));
@@ -465,6 +513,8 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     }
 
     fn start_tls(&mut self, limit: Duration) {
+        // The handshake sets the socket's timeouts itself.
+        self.timeouts = Timeouts::default();
         let stream = std::mem::replace(&mut self.stream, Stream::Gone);
         let (Some(config), Stream::Plain(plain)) = (self.tls.clone(), stream) else {
             tracing::warn!("STARTTLS without a TLS configuration");
@@ -506,13 +556,13 @@ impl<S: Socket, H: Handler> Connection<S, H> {
             (a, b) => a.or(b),
         };
         let Connection {
-            stream, session, ..
+            stream,
+            session,
+            timeouts,
+            ..
         } = self;
         if let Some(sock) = stream.sock() {
-            match wake {
-                Some(w) => bound(sock, w, true)?,
-                None => sock.set_read_timeout(None)?,
-            }
+            timeouts.bound(sock, wake, true)?;
         }
         let buf = session.read_buf();
         if buf.is_empty() {

@@ -450,7 +450,7 @@ impl Conn {
 #[derive(Default)]
 struct SessionState {
     /// The upstream session, once a recipient was relayed.
-    upstream: Option<Conn>,
+    upstream: Option<Box<Conn>>,
     /// Whether MAIL went upstream for the current transaction.
     mail_sent: bool,
     /// The upstream refused MAIL: every relayed recipient gets this.
@@ -571,7 +571,7 @@ fn rcpt_upstream(up: &Upstream, state: &mut SessionState, to: &Recipient) -> Dec
     }
     let result = (|| -> Result<Reply, Failure> {
         if state.upstream.is_none() {
-            state.upstream = Some(Conn::open(up)?);
+            state.upstream = Some(Box::new(Conn::open(up)?));
             state.mail_sent = false;
         }
         let conn = state

@@ -668,13 +668,25 @@ impl Session {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.input.len() < cap {
-            self.input.resize(cap, 0);
+        // Lazily sized: command lines fit a small buffer (an idle session
+        // holds little memory); a body, or a buffer filled by one long
+        // line, gets the full size.
+        let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. });
+        let want = if body {
+            cap
+        } else if self.end == self.input.len() {
+            (self.input.len() * 2).clamp(INITIAL_INPUT, cap)
+        } else {
+            self.input.len().max(INITIAL_INPUT.min(cap))
+        };
+        if self.input.len() < want {
+            self.input.resize(want, 0);
         }
         if !self.wants_read() {
             return &mut [];
         }
-        &mut self.input[self.end..cap]
+        let len = self.input.len();
+        &mut self.input[self.end..len]
     }
 
     /// Reports that `n` bytes were written into [`Session::read_buf`] at `now`.
@@ -2045,6 +2057,9 @@ impl Session {
 
 /// The smallest input buffer: a PROXY v2 header or an AUTH line must fit.
 const MIN_INPUT: usize = MAX_AUTH_LINE + 64;
+
+/// The input buffer's first size, until a body or a long line needs more.
+const INITIAL_INPUT: usize = 1024;
 
 /// What the state machine needs of a parsed command (owned, so the
 /// input buffer is free again).

@@ -331,7 +331,7 @@ where
             self.session.tls_failed();
             return;
         };
-        match timeout(handshake_timeout, acceptor.accept(plain)).await {
+        match timeout(handshake_timeout, Box::pin(acceptor.accept(plain))).await {
             Ok(Ok(tls)) => {
                 let info = tls_info(tls.get_ref().1);
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");

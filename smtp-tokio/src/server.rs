@@ -315,7 +315,11 @@ async fn serve_tcp<H: Handler>(
         return Ok(());
     };
     // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    let handshake = timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await;
+    let handshake = timeout(
+        shared.config.timeouts.command,
+        Box::pin(acceptor.accept(tcp)),
+    )
+    .await;
     let stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
