@@ -41,7 +41,7 @@ SERVERS="tokio smol blocking smtp-sink aiosmtpd mailin"
 SCENARIOS="a b c d e f g"
 # The load generator for the smtp-source scenarios (b-e): `smtp-source`
 # (Postfix), `bench-client` (bench/peers/smtp-bench-client, as a cross-check),
-# or `loadgen` (smtp-tokio/examples/loadgen.rs, once it exists: see gen_loadgen).
+# or `loadgen` (smtp-tokio/examples/loadgen.rs: see gen_loadgen).
 LOADGEN=${LOADGEN:-smtp-source}
 LOADGEN_BIN=${LOADGEN_BIN:-$BENCH_TARGET_DIR/release/examples/loadgen}
 
@@ -153,7 +153,7 @@ build_all() {
   done
   note "building our servers (target $BENCH_TARGET_DIR)"
   (cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET_DIR timeout 1800 \
-    cargo build --release -q -p smtp-tokio --features cli --bin smtpd)
+    cargo build --release -q -p smtp-tokio --features cli --bin smtpd --example loadgen)
   mkdir -p "$BIN_DIR"
   local crate name
   for name in smol blocking; do
@@ -279,11 +279,19 @@ gen_bench_client() {
   esac
 }
 
-# Hook for smtp-tokio/examples/loadgen.rs (being written): map each scenario
-# to its flags here, like gen_bench_client. Until then LOADGEN=loadgen stops.
+# Our own generator, smtp-tokio/examples/loadgen.rs (on smtp_proto::client):
+# it pipelines when offered, so it can also drive (a) (LOADGEN=loadgen).
 gen_loadgen() {
-  echo "run.sh: LOADGEN=loadgen is not wired yet: fill in gen_loadgen in bench/run.sh ($LOADGEN_BIN)" >&2
-  return 1
+  local s=$1 p=127.0.0.1:$2
+  local L=("$LOADGEN_BIN" --target "$p")
+  case $s in
+    a) GEN_MSGS=$A_MSGS GEN_CMD=("${L[@]}" --concurrency 16 --messages "$A_MSGS" --size 1024) ;;
+    b) GEN_MSGS=$B_MSGS GEN_CMD=("${L[@]}" --lock-step --concurrency 16 --messages "$B_MSGS" --size 1024) ;;
+    c) GEN_MSGS=$C_MSGS GEN_CMD=("${L[@]}" --per-connection 1 --concurrency 16 --messages "$C_MSGS" --size 1024) ;;
+    d) GEN_MSGS=$D_MSGS GEN_CMD=("${L[@]}" --concurrency 4 --messages "$D_MSGS" --size 102400) ;;
+    e) GEN_MSGS=$E_MSGS GEN_CMD=("${L[@]}" --concurrency 1 --messages "$E_MSGS" --size 10485760) ;;
+    *) return 1 ;;
+  esac
 }
 
 # The generator for each scenario: (a) needs PIPELINING, (f) idle sessions and

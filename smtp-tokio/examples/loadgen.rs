@@ -296,7 +296,7 @@ fn main() -> std::process::ExitCode {
     let ok = all.len() as f64;
     let failed = shared.failed.load(Ordering::Relaxed);
     println!(
-        "messages={} failed={} seconds={:.3} msgs_per_sec={:.0} mb_per_sec={:.1} conns_per_sec={:.0} \
+        "messages={} failed={} seconds={:.3} msgs_per_sec={:.0} mb_per_s={:.1} conns_per_sec={:.0} \
          p50_ms={:.3} p99_ms={:.3} max_ms={:.3} concurrency={} size={} recipients={} pipelining={}",
         all.len(),
         failed,
