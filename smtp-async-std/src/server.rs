@@ -277,20 +277,28 @@ impl<H: Handler> BoundServer<H> {
         };
         let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
-            // A plain listener gets a 421; an implicit-TLS one just closes.
-            if let Accepted::Tcp(tcp, _, false) = accepted {
-                self.spawner.spawn(async move {
-                    let Ok(mut tcp) = TcpStream::try_from(tcp) else {
-                        return;
-                    };
-                    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
-                    let _ = timeout(LAST_WORDS, async {
-                        tcp.write_all(&bye).await?;
-                        tcp.close().await
-                    })
-                    .await;
-                });
-            }
+            // A plain or Unix listener gets a 421 (never a silent drop); an
+            // implicit-TLS one just closes (no clear text before the handshake).
+            self.spawner.spawn(async move {
+                let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+                let _ = timeout(LAST_WORDS, async {
+                    match accepted {
+                        Accepted::Tcp(tcp, _, false) => {
+                            let mut tcp = TcpStream::try_from(tcp)?;
+                            tcp.write_all(&bye).await?;
+                            tcp.close().await
+                        }
+                        #[cfg(unix)]
+                        Accepted::Unix(unix) => {
+                            let mut unix = async_net::unix::UnixStream::try_from(unix)?;
+                            unix.write_all(&bye).await?;
+                            unix.close().await
+                        }
+                        Accepted::Tcp(_, _, true) => Ok(()),
+                    }
+                })
+                .await;
+            });
             return;
         };
         let shared = self.shared.clone();

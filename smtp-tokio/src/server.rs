@@ -246,17 +246,26 @@ impl<H: Handler> BoundServer<H> {
         };
         let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
-            // A plain listener gets a 421; an implicit-TLS one just closes.
-            if let Accepted::Tcp(mut tcp, _, false) = accepted {
-                tokio::spawn(async move {
-                    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
-                    let _ = timeout(LAST_WORDS, async {
-                        tcp.write_all(&bye).await?;
-                        tcp.shutdown().await
-                    })
-                    .await;
-                });
-            }
+            // A plain or Unix listener gets a 421 (never a silent drop); an
+            // implicit-TLS one just closes (no clear text before the handshake).
+            tokio::spawn(async move {
+                let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+                let _ = timeout(LAST_WORDS, async {
+                    match accepted {
+                        Accepted::Tcp(mut tcp, _, false) => {
+                            tcp.write_all(&bye).await?;
+                            tcp.shutdown().await
+                        }
+                        #[cfg(unix)]
+                        Accepted::Unix(mut unix) => {
+                            unix.write_all(&bye).await?;
+                            unix.shutdown().await
+                        }
+                        Accepted::Tcp(_, _, true) => Ok(()),
+                    }
+                })
+                .await;
+            });
             return;
         };
         let shared = self.shared.clone();

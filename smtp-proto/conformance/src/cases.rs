@@ -36,6 +36,7 @@ cases!(
     lmtp_refuses_helo_and_ehlo,
     max_connections_421,
     max_connections_per_ip,
+    max_connections_unix_421,
     idle_and_trickle_timeout_421,
     smtp_smuggling_variants_deliver_nothing,
     starttls_injection_is_discarded,
@@ -1484,3 +1485,29 @@ async fn relay_tls_verify(ctx: Ctx) {
     assert!(r[0].starts_with("451 4.4.1"), "{r:?}");
     assert!(delivered(&md, "c@y.example").is_empty());
 }
+
+#[cfg(unix)]
+async fn max_connections_unix_421(ctx: Ctx) {
+    use tokio::net::UnixStream;
+    let dir = tmp();
+    let sock = dir.path().join("smtp.sock");
+    let d = ctx.spawn([
+        "--sink",
+        "--max-connections",
+        "1",
+        "--listen-unix",
+        p(&sock),
+    ]);
+    let mut first = crate::Client::new(UnixStream::connect(&sock).await.expect("connect"));
+    assert!(first.reply().await.starts_with("220 "));
+    let mut second = crate::Client::new(UnixStream::connect(&sock).await.expect("connect"));
+    assert_eq!(
+        second.read_to_end().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    first.expect("QUIT\r\n", "221").await;
+    drop(d);
+}
+
+#[cfg(not(unix))]
+async fn max_connections_unix_421(_ctx: Ctx) {}
