@@ -114,6 +114,12 @@ pub struct Connection<S, H> {
     seen: StopSeen,
     need_flush: bool,
     write_deadline: WriteDeadline,
+    /// One timer for the connection's life, re-armed only when a deadline
+    /// comes earlier than the one armed (firing early is harmless: the
+    /// session checks its own deadline), so a busy session does not touch
+    /// the reactor's timers at every command.
+    timer: Timer,
+    armed: Option<Instant>,
 }
 
 impl<S, H> std::fmt::Debug for Connection<S, H> {
@@ -152,6 +158,8 @@ where
             seen: StopSeen::default(),
             need_flush: false,
             write_deadline: WriteDeadline::default(),
+            timer: Timer::never(),
+            armed: None,
         }
     }
 
@@ -374,12 +382,19 @@ where
         let wake = self
             .write_deadline
             .arm(pending, &self.session, Instant::now());
+        if let Some(w) = wake {
+            if self.armed.is_none_or(|a| w < a) {
+                self.timer.set_at(w);
+                self.armed = Some(w);
+            }
+        }
         let Connection {
             stream,
             session,
             stop,
             seen,
             need_flush,
+            timer,
             ..
         } = self;
         let seen = seen.get();
@@ -389,7 +404,6 @@ where
                 None => future::pending().await,
             }
         });
-        let mut timer = wake.map_or_else(Timer::never, Timer::at);
         let io = poll_fn(|cx| {
             if session.wants_write() {
                 match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
@@ -421,7 +435,7 @@ where
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Stop));
             }
-            if Pin::new(&mut timer).poll(cx).is_ready() {
+            if Pin::new(&mut *timer).poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Timer));
             }
             Poll::Pending
@@ -437,6 +451,7 @@ where
             Io::Read(n) => self.session.filled(n, Instant::now()),
             Io::Stop => {}
             Io::Timer => {
+                self.armed = None;
                 let now = Instant::now();
                 let pending = self.need_flush || self.session.wants_write();
                 if self.write_deadline.expired(pending, now) {

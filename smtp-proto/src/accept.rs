@@ -228,6 +228,11 @@ impl StopSeen {
 /// assert!(wake <= t0 + Duration::from_secs(60));
 /// assert!(w.expired(true, t0 + Duration::from_secs(61)), "still unwritten: close");
 /// assert!(!w.expired(false, t0 + Duration::from_secs(61)), "written meanwhile");
+/// // A timer that fires early changes nothing.
+/// let mut w = WriteDeadline::default();
+/// w.arm(true, &session, t0);
+/// assert!(!w.expired(true, t0 + Duration::from_secs(1)));
+/// assert!(w.expired(true, t0 + Duration::from_secs(60)));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriteDeadline(Option<std::time::Instant>);
@@ -260,14 +265,16 @@ impl WriteDeadline {
     }
 
     /// The timer fired at `now`: `true` if output is still `pending` past
-    /// the deadline (close the connection); otherwise disarms it, and the
-    /// adapter goes on with [`Session::handle_timeout`].
+    /// the deadline (close the connection). Without pending output it
+    /// disarms; with pending output not yet due (a timer that fired early,
+    /// or for the session's own deadline) it keeps the deadline. Either
+    /// way the adapter goes on with [`Session::handle_timeout`].
     pub fn expired(&mut self, pending: bool, now: std::time::Instant) -> bool {
-        if pending && self.0.is_some_and(|d| now >= d) {
-            return true;
+        if !pending {
+            self.0 = None;
+            return false;
         }
-        self.0 = None;
-        false
+        self.0.is_some_and(|d| now >= d)
     }
 }
 
