@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, WriteDeadline, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{Event, PeerInfo, Session};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
@@ -109,7 +109,9 @@ pub struct Connection<S, H> {
     stop: Option<watch::Receiver<Stop>>,
     seen: StopSeen,
     need_flush: bool,
-    write_deadline: Option<Instant>,
+    write_deadline: WriteDeadline,
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
 }
 
 impl<S, H> std::fmt::Debug for Connection<S, H> {
@@ -148,7 +150,9 @@ where
             stop: None,
             seen: StopSeen::default(),
             need_flush: false,
-            write_deadline: None,
+            write_deadline: WriteDeadline::default(),
+            timer: Box::pin(sleep_until(Instant::now())),
+            armed: None,
         }
     }
 
@@ -201,7 +205,7 @@ where
                 let _ = timeout(command_timeout, self.stream.shutdown()).await;
                 return res.map(|()| None);
             }
-            self.io_step(command_timeout).await?;
+            self.io_step().await?;
         }
     }
 
@@ -271,7 +275,7 @@ where
                     return res;
                 }
             }
-            self.io_step(command_timeout).await?;
+            self.io_step().await?;
         }
     }
 
@@ -353,23 +357,27 @@ where
 
     /// Waits for one of: a write, a read, the session's timer, the write
     /// deadline, or a stop signal; then feeds the result to the session.
-    async fn io_step(&mut self, command_timeout: Duration) -> io::Result<()> {
-        let writing = self.session.wants_write() || self.need_flush;
-        if !writing {
-            self.write_deadline = None;
-        } else if self.write_deadline.is_none() {
-            self.write_deadline = Some(Instant::now() + command_timeout);
+    async fn io_step(&mut self) -> io::Result<()> {
+        let pending = self.session.wants_write() || self.need_flush;
+        let wake = self
+            .write_deadline
+            .arm(pending, &self.session, Instant::now().into_std())
+            .map(Instant::from_std);
+        // One timer for the connection, re-armed only when a deadline comes
+        // earlier than the armed one (an early wake-up is harmless).
+        if let Some(w) = wake {
+            if self.armed.is_none_or(|a| w < a) {
+                self.timer.as_mut().reset(w);
+                self.armed = Some(w);
+            }
         }
-        let session_deadline = self.session.poll_timeout().map(Instant::from_std);
-        let wake = match (session_deadline, self.write_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let Connection {
             stream,
             session,
             stop,
             need_flush,
+            timer,
+            armed,
             ..
         } = self;
         let stop = async {
@@ -381,8 +389,6 @@ where
             std::future::pending::<()>().await
         };
         let mut stop = pin!(stop);
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut sleep = pin!(sleep_until(wake.unwrap_or(far)));
         let io = poll_fn(|cx| {
             if session.wants_write() {
                 match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
@@ -416,7 +422,7 @@ where
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Stop));
             }
-            if wake.is_some() && sleep.as_mut().poll(cx).is_ready() {
+            if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Timer));
             }
             Poll::Pending
@@ -426,22 +432,22 @@ where
             Io::Wrote(n) => {
                 self.session.transmitted(n);
                 self.need_flush = true;
-                self.write_deadline = None;
+                self.write_deadline.progressed();
             }
             Io::Read(0) => self.session.receive_eof(),
             Io::Read(n) => self.session.filled(n, Instant::now().into_std()),
             Io::Stop => {}
             Io::Timer => {
-                let now = Instant::now();
+                self.armed = None;
+                let now = Instant::now().into_std();
                 // Output still unwritten past its deadline: the client does
                 // not read. (A flush that completed meanwhile is no timeout.)
-                let stuck = self.need_flush || self.session.wants_write();
-                if stuck && self.write_deadline.is_some_and(|d| now >= d) {
+                let pending = self.need_flush || self.session.wants_write();
+                if self.write_deadline.expired(pending, now) {
                     tracing::info!("write timed out; closing");
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                self.write_deadline = None;
-                self.session.handle_timeout(now.into_std());
+                self.session.handle_timeout(now);
             }
         }
         Ok(())
