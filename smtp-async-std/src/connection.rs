@@ -251,10 +251,12 @@ where
 
     /// Serves the connection until the session closes. Errors are I/O
     /// errors and write timeouts; the client has been answered as far as possible.
-    pub async fn run(self) -> io::Result<()> {
+    pub fn run(self) -> impl Future<Output = io::Result<()>> + Send {
+        // Not an `async fn`: the connection is moved into `run_inner`'s
+        // future only, not held twice in the task.
         let peer = self.session.peer().remote;
         let span = tracing::info_span!("smtp", id = %self.id(), peer = ?peer);
-        self.run_inner().instrument(span).await
+        self.run_inner().instrument(span)
     }
 
     async fn run_inner(mut self) -> io::Result<()> {
