@@ -309,6 +309,15 @@ impl Setup {
             (Some(_), Store::Debug(_) | Store::Sink(_)) => None,
             _ => Some(store),
         };
+        if upstream.is_some() && a.domain.is_empty() && !a.require_auth {
+            let public = a.listen.iter().chain(&a.listen_tls).any(|l| !l.ip().is_loopback());
+            if public {
+                tracing::warn!(
+                    "--relay without --domain relays any recipient for any client: an open relay \
+                     on a non-loopback address (add --domain, or --require-auth)"
+                );
+            }
+        }
         let router = Router::new(
             a.domain.clone(),
             local,
