@@ -310,7 +310,11 @@ impl Setup {
             _ => Some(store),
         };
         if upstream.is_some() && a.domain.is_empty() && !a.require_auth {
-            let public = a.listen.iter().chain(&a.listen_tls).any(|l| !l.ip().is_loopback());
+            let public = a
+                .listen
+                .iter()
+                .chain(&a.listen_tls)
+                .any(|l| !l.ip().is_loopback());
             if public {
                 tracing::warn!(
                     "--relay without --domain relays any recipient for any client: an open relay \
