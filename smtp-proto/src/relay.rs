@@ -233,6 +233,21 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// An upstream reply as ours: the upstream may not speak
+/// ENHANCEDSTATUSCODES, but we advertise it, so a reply without an
+/// enhanced code gets the generic `X.0.0` of its class.
+fn with_enhanced(reply: Reply) -> Reply {
+    if reply.enhanced().is_some() {
+        return reply;
+    }
+    let class = (reply.code() / 100) as u8;
+    Reply::new(
+        reply.code(),
+        EnhancedCode::new(class, 0, 0),
+        reply.text().to_owned(),
+    )
+}
+
 /// `451 4.4.1`: the upstream is unreachable or failed; nothing was delivered.
 fn unavailable() -> Reply {
     Reply::new(
@@ -601,7 +616,7 @@ fn rcpt_upstream(up: &Upstream, state: &mut SessionState, to: &Recipient) -> Dec
                 ClientEvent::Recipient { index: i, reply } if i == index => return Ok(reply),
                 // MAIL refused: every recipient of this transaction gets its reply.
                 ClientEvent::MessageRejected { reply, .. } => {
-                    state.mail_refused = Some(reply.clone());
+                    state.mail_refused = Some(with_enhanced(reply.clone()));
                     return Ok(reply);
                 }
                 ClientEvent::Closed => {
@@ -613,7 +628,7 @@ fn rcpt_upstream(up: &Upstream, state: &mut SessionState, to: &Recipient) -> Dec
     })();
     match result {
         Ok(reply) if reply.is_positive() => Decision::Accept,
-        Ok(reply) => Decision::Reply(reply),
+        Ok(reply) => Decision::Reply(with_enhanced(reply)),
         Err(e) => {
             tracing::info!(error = %e, upstream = %up.address, "relay RCPT failed");
             if let Some(c) = state.upstream.take() {
@@ -787,7 +802,7 @@ impl<L: Handler> Handler for Router<L> {
                 Ok(reply) if reply.is_positive() => {}
                 Ok(reply) if reply.code() >= 500 => {
                     self.put_state(&session.id, state);
-                    return MessageDecision::All(Decision::Reply(reply));
+                    return MessageDecision::All(Decision::Reply(with_enhanced(reply)));
                 }
                 Ok(reply) => {
                     tracing::info!(code = reply.code(), "upstream deferred the message");

@@ -1304,7 +1304,8 @@ async fn relay_starttls_mandatory(ctx: Ctx) {
     assert!(all_files(plain_dir.path()).is_empty());
 }
 
-/// A scripted upstream on 127.0.0.1: greets, accepts EHLO, MAIL and RCPT,
+/// A scripted upstream on 127.0.0.1 without enhanced status codes: greets,
+/// accepts EHLO, MAIL and RCPT (refuses `refused@…` with a bare `550`),
 /// then drops the connection at DATA.
 fn upstream_dying_at_data() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     use std::io::{BufRead, Write};
@@ -1321,6 +1322,7 @@ fn upstream_dying_at_data() -> (std::net::SocketAddr, std::thread::JoinHandle<()
             let reply: &[u8] = match verb.as_str() {
                 "EHLO" => b"250 dying.test\r\n",
                 "DATA" => return,
+                "RCPT" if line.contains("refused@") => b"550 no such user\r\n",
                 _ => b"250 2.0.0 ok\r\n",
             };
             let _ = w.write_all(reply);
@@ -1349,6 +1351,12 @@ async fn relay_upstream_lost_mid_transaction_delivers_nothing(ctx: Ctx) {
     c.expect("EHLO client.example\r\n", "250").await;
     c.expect("MAIL FROM:<a@x.example>\r\n", "250").await;
     c.expect("RCPT TO:<me@local.example>\r\n", "250").await;
+    // The upstream's bare refusal, with the enhanced code we advertise.
+    c.expect(
+        "RCPT TO:<refused@remote.example>\r\n",
+        "550 5.0.0 no such user",
+    )
+    .await;
     c.expect("RCPT TO:<you@remote.example>\r\n", "250").await;
     c.expect("DATA\r\n", "354").await;
     // The upstream is lost: temporary failure, and no local copy either.
