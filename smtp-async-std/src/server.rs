@@ -308,8 +308,15 @@ impl<H: Handler> BoundServer<H> {
             let _live = live;
             let control = shared.control.clone();
             let serve = async {
+                // Only the plain TCP path is held inline: the task's future
+                // is as big as its biggest path, and an implicit-TLS
+                // connection (rustls state inline) or a Unix one would more
+                // than double every idle session's memory (issue 7, bench (f)).
                 match accepted {
-                    Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls).await,
+                    Accepted::Tcp(tcp, remote, false) => serve_plain(&shared, tcp, remote).await,
+                    Accepted::Tcp(tcp, remote, true) => {
+                        Box::pin(serve_implicit_tls(&shared, tcp, remote)).await
+                    }
                     #[cfg(unix)]
                     Accepted::Unix(s) => {
                         let s = async_net::unix::UnixStream::try_from(s)?;
@@ -319,10 +326,8 @@ impl<H: Handler> BoundServer<H> {
                             shared.plain.clone(),
                             shared.handler.clone(),
                         );
-                        with_acceptor(c, &shared)
-                            .with_stop(shared.control.clone())
-                            .run()
-                            .await
+                        let c = with_acceptor(c, &shared).with_stop(shared.control.clone());
+                        Box::pin(c.run()).await
                     }
                 }
             };
@@ -354,24 +359,37 @@ where
     }
 }
 
-async fn serve_tcp<H: Handler>(
-    shared: &Shared<H>,
-    tcp: std::net::TcpStream,
-    remote: SocketAddr,
-    tls: bool,
-) -> io::Result<()> {
+fn tcp_peer(tcp: &std::net::TcpStream, remote: SocketAddr) -> PeerInfo {
     let _ = tcp.set_nodelay(true);
-    let peer = PeerInfo {
+    PeerInfo {
         remote: Some(remote),
         local: tcp.local_addr().ok(),
         tls: None,
-    };
+    }
+}
+
+async fn serve_plain<H: Handler>(
+    shared: &Shared<H>,
+    tcp: std::net::TcpStream,
+    remote: SocketAddr,
+) -> io::Result<()> {
+    let peer = tcp_peer(&tcp, remote);
+    let tcp = TcpStream::try_from(tcp)?;
+    let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+    with_acceptor(c, shared)
+        .with_stop(shared.control.clone())
+        .run()
+        .await
+}
+
+async fn serve_implicit_tls<H: Handler>(
+    shared: &Shared<H>,
+    tcp: std::net::TcpStream,
+    remote: SocketAddr,
+) -> io::Result<()> {
+    let peer = tcp_peer(&tcp, remote);
     let tcp = TcpStream::try_from(tcp)?;
     let stop = shared.control.clone();
-    if !tls {
-        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
-        return with_acceptor(c, shared).with_stop(stop).run().await;
-    }
     let Some(acceptor) = &shared.acceptor else {
         return Ok(());
     };

@@ -272,8 +272,15 @@ impl<H: Handler> BoundServer<H> {
         let stop = self.stop.subscribe();
         tasks.spawn(async move {
             let _slot = slot;
+            // Only the plain TCP path is held inline: the task's future is
+            // as big as its biggest path, and an implicit-TLS connection
+            // (rustls state inline) or a Unix one would more than double
+            // every idle session's memory (issue 7, bench (f)).
             let res = match accepted {
-                Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls, stop).await,
+                Accepted::Tcp(tcp, remote, false) => serve_plain(&shared, tcp, remote, stop).await,
+                Accepted::Tcp(tcp, remote, true) => {
+                    Box::pin(serve_implicit_tls(&shared, tcp, remote, stop)).await
+                }
                 #[cfg(unix)]
                 Accepted::Unix(s) => {
                     let c = Connection::new(
@@ -282,7 +289,7 @@ impl<H: Handler> BoundServer<H> {
                         shared.plain.clone(),
                         shared.handler.clone(),
                     );
-                    with_acceptor(c, &shared).with_stop(stop).run().await
+                    Box::pin(with_acceptor(c, &shared).with_stop(stop).run()).await
                 }
             };
             if let Err(e) = res {
@@ -303,23 +310,33 @@ where
     }
 }
 
-async fn serve_tcp<H: Handler>(
-    shared: &Shared<H>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    tls: bool,
-    stop: watch::Receiver<Stop>,
-) -> io::Result<()> {
+fn tcp_peer(tcp: &TcpStream, remote: SocketAddr) -> PeerInfo {
     let _ = tcp.set_nodelay(true);
-    let peer = PeerInfo {
+    PeerInfo {
         remote: Some(remote),
         local: tcp.local_addr().ok(),
         tls: None,
-    };
-    if !tls {
-        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
-        return with_acceptor(c, shared).with_stop(stop).run().await;
     }
+}
+
+async fn serve_plain<H: Handler>(
+    shared: &Shared<H>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    stop: watch::Receiver<Stop>,
+) -> io::Result<()> {
+    let peer = tcp_peer(&tcp, remote);
+    let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+    with_acceptor(c, shared).with_stop(stop).run().await
+}
+
+async fn serve_implicit_tls<H: Handler>(
+    shared: &Shared<H>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    stop: watch::Receiver<Stop>,
+) -> io::Result<()> {
+    let peer = tcp_peer(&tcp, remote);
     let Some(acceptor) = &shared.acceptor else {
         return Ok(());
     };
