@@ -157,6 +157,12 @@ pub struct Timeouts {
     /// Waiting for the next complete line of a DATA body or the next BDAT
     /// octets (RFC: 3 minutes per data block).
     pub data: Duration,
+    /// After this long without input, a session with no unread input and
+    /// no unwritten output frees its buffers (the next read allocates a
+    /// small one again), so an idle connection holds little memory.
+    /// [`crate::server::Session::poll_timeout`] includes this soft
+    /// deadline; reaching it never closes anything.
+    pub release_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -164,6 +170,7 @@ impl Default for Timeouts {
         Timeouts {
             command: Duration::from_secs(300),
             data: Duration::from_secs(180),
+            release_idle: Duration::from_secs(1),
         }
     }
 }

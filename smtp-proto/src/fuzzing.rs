@@ -642,7 +642,14 @@ impl<'a> Driver<'a> {
     }
 
     fn timeout(&mut self) {
-        let deadline = self.s.poll_timeout();
+        let wake = self.s.poll_timeout();
+        let deadline = self.s.client_deadline();
+        if let Some(d) = deadline {
+            assert!(
+                wake.is_some_and(|w| w <= d),
+                "poll_timeout after the deadline"
+            );
+        }
         let waiting = self.s.is_waiting();
         let was_closed = self.s.is_closed();
         let out = self.s.transmit().len();
@@ -660,7 +667,7 @@ impl<'a> Driver<'a> {
             }
         }
         if waiting {
-            assert!(deadline.is_none(), "a deadline while a decision is open");
+            assert!(wake.is_none(), "a deadline while a decision is open");
         }
     }
 

@@ -507,6 +507,8 @@ pub struct Session {
     // Time.
     now: Instant,
     deadline: Option<Instant>,
+    /// When the last input arrived (for releasing idle buffers).
+    last_input: Instant,
 }
 
 impl fmt::Debug for Session {
@@ -571,6 +573,7 @@ impl Session {
             shutting_down: false,
             now,
             deadline,
+            last_input: now,
             config,
         }
     }
@@ -698,6 +701,7 @@ impl Session {
         }
         let new = self.end..self.end + n;
         self.end += n;
+        self.last_input = now;
         self.note_input(new);
     }
 
@@ -751,12 +755,18 @@ impl Session {
     /// An expired deadline answers `421 4.4.2` and closes.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let Some(deadline) = self.deadline else {
-            return;
-        };
         if self.pending.is_some() || self.is_closed() {
             return;
         }
+        if self.release_idle_at().is_some_and(|at| now >= at) {
+            self.apply_release();
+            self.input = Vec::new();
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        let Some(deadline) = self.deadline else {
+            return;
+        };
         if now < deadline {
             return;
         }
@@ -781,11 +791,43 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must be called; `None` while a
     /// decision is pending or the session is closed.
+    ///
+    /// Besides the client's deadline, this is the soft deadline after which
+    /// an idle session frees its buffers (`Timeouts::release_idle`).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.pending.is_some() || self.is_closed() {
             return None;
         }
+        match (self.deadline, self.release_idle_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes the session's input and output buffers hold (their capacity):
+    /// small while commands flow, up to `Limits::input_buffer` during a
+    /// body, and zero once an idle session has released them.
+    pub fn buffer_bytes(&self) -> usize {
+        self.input.capacity() + self.out.capacity()
+    }
+
+    /// When the session gives up on the client (`421 4.4.2` and close) if
+    /// nothing arrives: the hard part of [`Session::poll_timeout`]. `None`
+    /// while a decision is pending or the session is closed.
+    pub fn client_deadline(&self) -> Option<Instant> {
+        if self.pending.is_some() || self.is_closed() {
+            return None;
+        }
         self.deadline
+    }
+
+    /// When the buffers of an idle session are due to be freed: only while
+    /// they hold memory, every input byte is consumed and all output is
+    /// written.
+    fn release_idle_at(&self) -> Option<Instant> {
+        let holds = self.input.capacity() > 0 || self.out.capacity() > 0;
+        let idle = self.start + self.release >= self.end && !self.wants_write();
+        (holds && idle).then(|| self.last_input + self.config.timeouts.release_idle)
     }
 
     /// The TLS handshake after [`Event::StartTls`] succeeded: the session

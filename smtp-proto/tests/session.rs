@@ -783,6 +783,49 @@ fn command_timeout_is_a_deadline() {
 }
 
 #[test]
+fn idle_session_releases_its_buffers() {
+    let mut h = Harness::new(cfg());
+    h.exchange(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+    let line = [&[b'x'; 98][..], b"\r\n"].concat();
+    let mut body = line.repeat(100);
+    body.extend_from_slice(b"partial");
+    h.send(&body);
+    let held = h.s.buffer_bytes();
+    assert!(held >= 10_000, "a body grows the input buffer: {held}");
+    // A slow client mid-body: the bytes were passed on, so even then the
+    // buffers go, and the body carries on intact.
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.s.buffer_bytes(), 0);
+    let out = h.out.len();
+    h.exchange(b" line\r\n.\r\n");
+    body.extend_from_slice(b" line\r\n");
+    assert_eq!(h.log.messages.len(), 1);
+    assert!(h.log.messages[0] == body, "the body changed");
+    let open = h.s.buffer_bytes();
+    assert!(open > 0);
+    // Just before the idle time: kept. At it: freed, silently.
+    h.advance(Duration::from_millis(999));
+    assert_eq!(h.s.buffer_bytes(), open);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.s.buffer_bytes(), 0);
+    assert!(!h.s.is_closed());
+    assert_eq!(
+        h.out.len(),
+        out + "250 2.0.0 Message accepted for delivery\r\n".len()
+    );
+    // Nothing more to free: the next wake-up is the client's deadline.
+    assert_eq!(h.s.poll_timeout(), h.s.client_deadline());
+    // The session goes on; the command deadline still counts from the last input.
+    assert_eq!(h.exchange(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert!(h.s.buffer_bytes() > 0);
+    h.advance(Duration::from_secs(300));
+    assert!(
+        h.output()
+            .ends_with("421 4.4.2 Timeout exceeded, closing connection\r\n")
+    );
+}
+
+#[test]
 fn timeout_mid_data_delivers_nothing() {
     let mut h = Harness::new(cfg());
     h.exchange(
