@@ -37,7 +37,7 @@ CRITERION=1
 CRITERION_ONLY=0
 LABEL=${LABEL:-}
 ORIG_ARGS=${*:+$(printf "%q " "$@")}
-SERVERS="tokio smol blocking smtp-sink aiosmtpd mailin"
+SERVERS="tokio tokio-1 smol smol-1 blocking smtp-sink aiosmtpd mailin"
 SCENARIOS="a b c d e f g"
 # The load generator for the smtp-source scenarios (b-e): `smtp-source`
 # (Postfix), `bench-client` (bench/peers/smtp-bench-client, as a cross-check),
@@ -178,8 +178,8 @@ free_port() {
 
 have_server() {
   case $1 in
-    tokio) [ -x "$SMTPD_TOKIO" ] ;;
-    smol) [ -x "$SMTPD_SMOL" ] ;;
+    tokio | tokio-1) [ -x "$SMTPD_TOKIO" ] ;;
+    smol | smol-1) [ -x "$SMTPD_SMOL" ] ;;
     blocking) [ -x "$SMTPD_BLOCKING" ] ;;
     smtp-sink) command -v smtp-sink >/dev/null ;;
     aiosmtpd) [ -x "$VENV/bin/python" ] ;;
@@ -196,6 +196,9 @@ server_cmd() {
   case $1 in
     tokio) echo "$SMTPD_TOKIO" "${ours[@]}" ;;
     smol) echo "$SMTPD_SMOL" "${ours[@]}" ;;
+    # The same binaries on one thread (`--threads 1`; default: one per CPU).
+    tokio-1) echo "$SMTPD_TOKIO" "${ours[@]}" --threads 1 ;;
+    smol-1) echo "$SMTPD_SMOL" "${ours[@]}" --threads 1 ;;
     blocking) echo "$SMTPD_BLOCKING" "${ours[@]}" ;;
     # -u: smtp-sink refuses to run as root without dropping privileges.
     # -m: its connection limit (default 256). It offers PIPELINING.

@@ -21,7 +21,7 @@ SCENARIOS = {
     "f": ("idle sessions after EHLO", "KiB RSS/session", "low", 0),
     "g": ("latency at half of peak, 16 sessions", "p50 / p99 ms", "low", 1024),
 }
-SERVERS = ["tokio", "smol", "blocking", "smtp-sink", "aiosmtpd", "mailin"]
+SERVERS = ["tokio", "tokio-1", "smol", "smol-1", "blocking", "smtp-sink", "aiosmtpd", "mailin"]
 BASE = "smtp-sink"
 
 

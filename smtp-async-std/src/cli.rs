@@ -3,7 +3,6 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use futures_lite::{StreamExt, future};
 use smtp_proto::cli::{CliHandler, Setup, exit_code, log_listening};
@@ -14,8 +13,9 @@ use crate::Server;
 /// down gracefully (grace: `setup.options.grace_period`). Logs one
 /// `listening addr=…` line per bound address.
 ///
-/// With the `smol` feature the sessions run on a smol executor with one
-/// thread per CPU; with only `async-std`, on async-std's.
+/// With the `smol` feature the sessions run on a smol executor with
+/// `setup.threads` threads (`--threads`; default one per CPU), the calling
+/// thread among them; with only `async-std`, on async-std's.
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
@@ -31,11 +31,11 @@ pub fn smtpd(setup: Setup) -> ExitCode {
 
 #[cfg(feature = "smol")]
 fn run(setup: Setup) -> io::Result<()> {
-    let ex = Arc::new(smol::Executor::new());
+    let ex = std::sync::Arc::new(smol::Executor::new());
     // Dropping `done` ends the worker threads.
     let (done, wait) = smol::channel::bounded::<()>(1);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers: Vec<_> = (0..threads)
+    // The main thread runs the executor too: `threads - 1` more.
+    let workers: Vec<_> = (1..setup.threads)
         .filter_map(|i| {
             let (ex, wait) = (ex.clone(), wait.clone());
             std::thread::Builder::new()

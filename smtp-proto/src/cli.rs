@@ -92,6 +92,12 @@ pub struct Args {
     /// SIGTERM before they get `421 4.3.2` (default 30).
     #[arg(long, value_name = "SECS")]
     pub grace_period: Option<u64>,
+    /// Threads that run sessions (default: one per CPU; 1 runs everything
+    /// on one thread, which suits small machines and is the fastest where
+    /// a load generator shares the CPUs). The blocking adapter, with a
+    /// thread per session, ignores it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
     /// Command timeout in seconds (also bounds TLS handshakes).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -246,6 +252,8 @@ pub struct Setup {
     /// The server: configuration, listeners, TLS, limits, grace period
     /// (every adapter's `Server::options` takes it).
     pub options: ServerOptions,
+    /// Threads to run sessions on (`--threads`; default one per CPU).
+    pub threads: usize,
 }
 
 impl Setup {
@@ -345,6 +353,10 @@ impl Setup {
                     .grace_period
                     .map_or(defaults.grace_period, Duration::from_secs),
             },
+            threads: a
+                .threads
+                .or_else(|| std::thread::available_parallelism().ok())
+                .map_or(1, std::num::NonZeroUsize::get),
         })
     }
 

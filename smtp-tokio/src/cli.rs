@@ -7,9 +7,10 @@ use smtp_proto::cli::{Setup, exit_code, log_listening};
 
 use crate::Server;
 
-/// Runs the server `setup` describes on a multi-threaded tokio runtime
-/// until SIGINT or SIGTERM, then shuts down gracefully. Logs one
-/// `listening addr=…` line per bound address.
+/// Runs the server `setup` describes on a tokio runtime with
+/// `setup.threads` workers (a current-thread runtime for 1) until SIGINT
+/// or SIGTERM, then shuts down gracefully. Logs one `listening addr=…`
+/// line per bound address.
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
@@ -20,10 +21,14 @@ use crate::Server;
 /// }
 /// ```
 pub fn smtpd(setup: Setup) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = if setup.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(setup.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("smtpd: cannot start the runtime: {e}");

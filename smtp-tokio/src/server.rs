@@ -173,7 +173,24 @@ impl<H: Handler> BoundServer<H> {
 
     /// Accepts and serves connections until the shutdown signal, then shuts
     /// down gracefully. Returns once every session has ended.
-    pub async fn run(mut self) -> io::Result<()> {
+    ///
+    /// The accept loop runs as a task of its own, so on a multi-thread
+    /// runtime it sits on a worker even when `run` is awaited from
+    /// `block_on` (`#[tokio::main]`): each new session is then scheduled on
+    /// that worker's own queue instead of waking another thread. Dropping
+    /// the returned future stops the loop and its sessions.
+    pub fn run(self) -> impl Future<Output = io::Result<()>> + Send {
+        let mut task = AbortOnDrop(tokio::spawn(self.accept_loop()));
+        async move {
+            match (&mut task.0).await {
+                Ok(res) => res,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(io::Error::other("the accept loop was cancelled")),
+            }
+        }
+    }
+
+    async fn accept_loop(mut self) -> io::Result<()> {
         let mut shutdown = self
             .shutdown
             .take()
@@ -365,6 +382,15 @@ async fn serve_implicit_tls<H: Handler>(
         .with_stop(stop)
         .run()
         .await
+}
+
+/// Aborts the task when dropped (the `run` future was dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn join_all(tasks: &mut JoinSet<()>) {

@@ -766,8 +766,17 @@ fn tls_params(cert: &TestCert) -> TlsParameters {
 }
 
 async fn lettre_plain_send(ctx: Ctx) {
+    // The default runtime (a thread per CPU), then `--threads 1`.
+    for threads in [None, Some("1")] {
+        lettre_plain_send_on(&ctx, threads).await;
+    }
+}
+
+async fn lettre_plain_send_on(ctx: &Ctx, threads: Option<&str>) {
     let dir = tmp();
-    let d = ctx.spawn(["--maildir", p(dir.path())]);
+    let mut args = vec!["--maildir", p(dir.path())];
+    args.extend(threads.map(|n| ["--threads", n]).into_iter().flatten());
+    let d = ctx.spawn(args);
     let mailer = transport(d.addr().port(), Tls::None).build();
     mailer
         .send(message(&["bob@example.net", "carol@example.net"]))
