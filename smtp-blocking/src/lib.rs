@@ -69,6 +69,7 @@ pub use smtp_proto::handler::Handler;
 pub use smtp_proto::sync_handler::{SyncAdapter, SyncHandler};
 
 mod connection;
+mod pool;
 mod server;
 mod stop;
 

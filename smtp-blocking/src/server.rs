@@ -17,7 +17,11 @@ use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 
 use crate::connection::{Connection, Socket, handshake};
+use crate::pool::Pool;
 use crate::stop::{StopBus, Waiter};
+
+/// How long a session thread waits for the next connection before it ends.
+const IDLE_THREAD_KEEP: Duration = Duration::from_secs(10);
 
 pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
@@ -108,6 +112,7 @@ impl<H: Handler> Server<H> {
             poll,
             handle,
             grace: o.grace_period,
+            pool: Pool::new(IDLE_THREAD_KEEP),
         })
     }
 
@@ -197,6 +202,7 @@ pub struct BoundServer<H> {
     poll: Poll,
     handle: ShutdownHandle,
     grace: Duration,
+    pool: Pool,
 }
 
 impl<H> std::fmt::Debug for BoundServer<H> {
@@ -240,6 +246,7 @@ impl<H: Handler> BoundServer<H> {
             }
         }
         tracing::info!(sessions = self.bus.sessions(), "shutting down");
+        self.pool.close();
         for l in self.listeners.drain(..) {
             #[cfg(unix)]
             if let Listener::Unix(_, path) = l {
@@ -307,19 +314,17 @@ impl<H: Handler> BoundServer<H> {
         };
         let shared = self.shared.clone();
         let waiter = Waiter::new(&self.bus);
-        let spawned = std::thread::Builder::new()
-            .name("smtp-session".into())
-            .spawn(move || {
-                let _slot = slot;
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve(&shared, accepted, waiter)
-                }));
-                match run {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                    Err(_) => tracing::error!("a session thread panicked; the server goes on"),
-                }
-            });
+        let spawned = self.pool.execute(move || {
+            let _slot = slot;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serve(&shared, accepted, waiter)
+            }));
+            match run {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                Err(_) => tracing::error!("a session thread panicked; the server goes on"),
+            }
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a session thread");
         }
