@@ -179,6 +179,10 @@ pub enum Store {
 }
 
 impl Handler for Store {
+    fn wants_trace(&self) -> bool {
+        !matches!(self, Store::Sink(_))
+    }
+
     async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {
         match self {
             Store::Debug(h) => h.rcpt(s, e, to).await,

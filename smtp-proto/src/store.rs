@@ -142,7 +142,11 @@ impl Handler for DebugHandler {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SinkHandler;
 
-impl Handler for SinkHandler {}
+impl Handler for SinkHandler {
+    fn wants_trace(&self) -> bool {
+        false
+    }
+}
 
 /// The Maildir folder name for a recipient, or `None` if the address could
 /// leave the root directory or is otherwise unusable as a file name.
@@ -429,6 +433,10 @@ impl<H> DomainPolicy<H> {
 }
 
 impl<H: Handler> Handler for DomainPolicy<H> {
+    fn wants_trace(&self) -> bool {
+        self.inner.wants_trace()
+    }
+
     fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
         self.inner.connect(session)
     }
@@ -588,6 +596,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl<H: Handler> Handler for PasswordAuth<H> {
+    fn wants_trace(&self) -> bool {
+        self.inner.wants_trace()
+    }
+
     fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
         self.inner.connect(session)
     }

@@ -96,6 +96,11 @@ pub trait SyncHandler: Send + Sync + 'static {
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
         let _ = (session, reason);
     }
+
+    /// [`Handler::wants_trace`].
+    fn wants_trace(&self) -> bool {
+        true
+    }
 }
 
 /// Makes a [`SyncHandler`] a [`Handler`]: each hook runs when its future is
@@ -139,6 +144,10 @@ impl<H: SyncHandler> Handler for SyncAdapter<H> {
 
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
         self.0.disconnect(session, reason);
+    }
+
+    fn wants_trace(&self) -> bool {
+        self.0.wants_trace()
     }
 }
 

@@ -19,9 +19,14 @@ type Delivery = (String, Vec<String>, Vec<u8>, Option<String>, Vec<u8>);
 #[derive(Default)]
 struct Recorder {
     delivered: Mutex<Vec<Delivery>>,
+    no_trace: bool,
 }
 
 impl Handler for Recorder {
+    fn wants_trace(&self) -> bool {
+        !self.no_trace
+    }
+
     async fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
         if to.address.starts_with("panic") {
             panic!("handler bug");
@@ -116,6 +121,24 @@ fn message_hook_gets_envelope_raw_and_parsed() {
         trace.contains("192.0.2.9") && trace.contains("for <x@y.example>"),
         "{trace}"
     );
+}
+
+#[test]
+fn no_trace_when_the_handler_does_not_want_it() {
+    let h = Arc::new(Recorder {
+        no_trace: true,
+        ..Recorder::default()
+    });
+    let out = run(
+        Config::new("mx.example"),
+        h.clone(),
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n",
+    );
+    assert!(out.contains("250 2.0.0 Message accepted"), "{out}");
+    let got = h.delivered.lock().unwrap();
+    let (_, _, data, _, trace) = &got[0];
+    assert_eq!(data, b"body\r\n");
+    assert!(trace.is_empty());
 }
 
 #[test]
