@@ -700,6 +700,11 @@ fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
 }
 
 impl<L: Handler> Handler for Router<L> {
+    fn wants_trace(&self) -> bool {
+        // A relayed message carries our Received: header upstream.
+        self.upstream.is_some() || self.local.as_ref().is_some_and(L::wants_trace)
+    }
+
     async fn connect(&self, session: &SessionInfo) -> Decision {
         match &self.local {
             Some(l) => l.connect(session).await,
@@ -720,6 +725,10 @@ impl<L: Handler> Handler for Router<L> {
             if !matches!(d, Decision::Accept) {
                 return d;
             }
+        }
+        if self.upstream.is_none() {
+            // Local delivery only: no per-session state to keep.
+            return Decision::Accept;
         }
         // A new transaction: an open upstream one is abandoned (RSET).
         let mut state = self.take_state(&session.id);
@@ -752,7 +761,7 @@ impl<L: Handler> Handler for Router<L> {
             },
             Ok(Route::Relay) => self.relay_rcpt(&session.id, to).await,
         };
-        if matches!(decision, Decision::Accept) {
+        if matches!(decision, Decision::Accept) && self.upstream.is_some() {
             let route = self.route(session, &to.address).unwrap_or(Route::Local);
             let mut sessions = self.sessions();
             let state = sessions.entry(session.id.clone()).or_default();
@@ -782,6 +791,13 @@ impl<L: Handler> Handler for Router<L> {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
+        if self.upstream.is_none() {
+            // Every accepted recipient is local.
+            return match &self.local {
+                Some(l) => l.message(session, envelope, message).await,
+                None => MessageDecision::All(Decision::Accept),
+            };
+        }
         let mut state = self.take_state(&session.id);
         let routes = std::mem::take(&mut state.routes);
         let relayed = routes.contains(&Route::Relay);
@@ -859,6 +875,9 @@ impl<L: Handler> Handler for Router<L> {
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
         if let Some(l) = &self.local {
             l.disconnect(session, reason);
+        }
+        if self.upstream.is_none() {
+            return;
         }
         let state = self.take_state(&session.id);
         if let Some(conn) = state.upstream {
