@@ -147,31 +147,40 @@ impl Reply {
     pub fn write_to(&self, out: &mut Vec<u8>, enhanced: bool) {
         let code = self.code();
         let ecode = if enhanced { self.enhanced() } else { None };
-        let mut lines = self.text.split('\n').peekable();
-        if lines.peek().is_none() {
-            lines = "".split('\n').peekable();
-        }
-        let mut digits = [0u8; 3];
-        digits[0] = b'0' + (code / 100) as u8;
-        digits[1] = b'0' + (code / 10 % 10) as u8;
-        digits[2] = b'0' + (code % 10) as u8;
-        while let Some(line) = lines.next() {
+        let digits = [
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
+        out.reserve(self.text.len() + 16);
+        let mut rest = self.text.as_bytes();
+        loop {
+            let (line, more) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], rest.get(i + 1..)),
+                None => (rest, None),
+            };
             // A CR before the `\n` separator belongs to no line (and must
             // not leave a trailing space after the enhanced code).
-            let line = line.strip_suffix('\r').unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             out.extend_from_slice(&digits);
-            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
+            out.push(if more.is_some() { b'-' } else { b' ' });
             if let Some(e) = ecode {
                 write_enhanced(out, e);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
             }
-            out.extend(
-                line.bytes()
-                    .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
-            );
+            let control = |b: &u8| *b < 0x20 || *b == 0x7f;
+            if line.iter().any(control) {
+                out.extend(line.iter().map(|b| if control(b) { b'?' } else { *b }));
+            } else {
+                out.extend_from_slice(line);
+            }
             out.extend_from_slice(b"\r\n");
+            match more {
+                Some(r) => rest = r,
+                None => break,
+            }
         }
     }
 
@@ -184,9 +193,28 @@ impl Reply {
 }
 
 fn write_enhanced(out: &mut Vec<u8>, e: EnhancedCode) {
-    use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}.{}.{}", e.class, e.subject, e.detail);
+    // By hand: `write!` costs several times more, on every reply.
+    push_number(out, u16::from(e.class));
+    out.push(b'.');
+    push_number(out, e.subject);
+    out.push(b'.');
+    push_number(out, e.detail);
+}
+
+/// Appends `n` in decimal, without leading zeros.
+fn push_number(out: &mut Vec<u8>, n: u16) {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 impl fmt::Display for Reply {
@@ -481,5 +509,42 @@ mod tests {
             Err(ReplyError::MixedCodes)
         );
         assert_eq!(parse_reply(b"25x a\r\n", 4096), Err(ReplyError::Malformed));
+    }
+
+    #[test]
+    fn enhanced_codes_written_by_hand_match_format() {
+        for (class, subject, detail) in [
+            (2, 0, 0),
+            (5, 7, 1),
+            (4, 999, 999),
+            (2, 10, 100),
+            (5, 65535, 9),
+        ] {
+            let mut out = Vec::new();
+            write_enhanced(
+                &mut out,
+                EnhancedCode {
+                    class,
+                    subject,
+                    detail,
+                },
+            );
+            assert_eq!(out, format!("{class}.{subject}.{detail}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn write_to_splits_lines_and_neutralizes_controls() {
+        let e = EnhancedCode::new(2, 0, 0);
+        let wire = |text: &str, enhanced: bool| {
+            let mut out = Vec::new();
+            Reply::new(250, e, text.to_owned()).write_to(&mut out, enhanced);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        assert_eq!(wire("a\r\nb", true), "250-2.0.0 a\r\n250 2.0.0 b\r\n");
+        assert_eq!(wire("a\n", true), "250-2.0.0 a\r\n250 2.0.0\r\n");
+        assert_eq!(wire("", true), "250 2.0.0\r\n");
+        assert_eq!(wire("", false), "250 \r\n");
+        assert_eq!(wire("x\u{1}y\u{7f}\rz", false), "250 x?y??z\r\n");
     }
 }
