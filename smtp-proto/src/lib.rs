@@ -104,6 +104,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod data;
+mod decided;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -73,6 +73,7 @@ use crate::command::{
 };
 use crate::config::{Config, ContentPolicy, Extensions, ViolationPolicy};
 use crate::data::{DataDecoder, DecodeStep, LineChecker};
+use crate::decided::Decided;
 use crate::parse::parse_command;
 use crate::proxy::{ProxyCommand, ProxyParse, parse_proxy_header};
 use crate::reply::{EnhancedCode, Reply};
@@ -198,6 +199,13 @@ pub enum CloseReason {
 #[must_use = "a decision event holds the session until it is answered"]
 pub struct Ticket {
     seq: u64,
+}
+
+#[cfg(test)]
+impl Ticket {
+    pub(crate) fn for_test(seq: u64) -> Ticket {
+        Ticket { seq }
+    }
 }
 
 /// The application's answer to a decision event.
@@ -481,6 +489,8 @@ pub struct Session {
     release: usize,
     /// Length of the command line (with CRLF) waiting for a decision.
     pending_line: usize,
+    /// The pending line's command, parsed (see [`Decided`]).
+    decided: Option<Decided>,
     // Output.
     out: Vec<u8>,
     out_pos: usize,
@@ -554,6 +564,7 @@ impl Session {
             bare_in_line: false,
             release: 0,
             pending_line: 0,
+            decided: None,
             out: Vec::new(),
             out_pos: 0,
             greeting_queued: false,
@@ -1050,47 +1061,23 @@ impl Session {
                 recipients: self.txn.recipients,
             },
             Emit::Command => {
-                let ticket = Ticket { seq: self.seq };
+                let seq = self.seq;
                 let end = (self.start + self.pending_line).saturating_sub(2);
                 let line = self.input.get(self.start..end).unwrap_or(&[]);
+                // Parsed when it was checked; parsed again only if the
+                // offsets do not fit (they always should).
+                if let Some(event) = self.decided.and_then(|d| d.event(line, Ticket { seq })) {
+                    return event;
+                }
+                let ticket = Ticket { seq };
                 let opts = ParseOptions {
                     utf8_addresses: self.txn.smtputf8,
                     lenient: self.config.lenient_addresses,
                 };
                 match parse_command(line, opts) {
-                    Ok(Command::Helo { domain }) => Event::Helo {
-                        ticket,
-                        kind: HeloKind::Helo,
-                        domain,
-                    },
-                    Ok(Command::Ehlo { domain }) => Event::Helo {
-                        ticket,
-                        kind: HeloKind::Ehlo,
-                        domain,
-                    },
-                    Ok(Command::Lhlo { domain }) => Event::Helo {
-                        ticket,
-                        kind: HeloKind::Lhlo,
-                        domain,
-                    },
-                    Ok(Command::Mail { from, params }) => Event::Mail {
-                        ticket,
-                        from,
-                        params,
-                    },
-                    Ok(Command::Rcpt { to, params }) => Event::Rcpt { ticket, to, params },
-                    Ok(Command::Vrfy { arg }) => Event::Verify {
-                        ticket,
-                        arg,
-                        expand: false,
-                    },
-                    Ok(Command::Expn { arg }) => Event::Verify {
-                        ticket,
-                        arg,
-                        expand: true,
-                    },
-                    // The line parsed to one of the above moments ago.
-                    _ => unreachable_command(ticket),
+                    Ok(cmd) => command_event(cmd, ticket),
+                    // The line parsed to a decided command moments ago.
+                    Err(_) => unreachable_command(ticket),
                 }
             }
         }
@@ -1162,6 +1149,7 @@ impl Session {
         let accepted = decision.accepted();
         let closes = matches!(&decision, Decision::Reply(r) if r.code() == 421);
         let line = std::mem::take(&mut self.pending_line);
+        self.decided = None;
         match what {
             Pending::Connect => {
                 let greeting = Reply::plain(
@@ -1416,8 +1404,13 @@ impl Session {
         };
         let line = &self.input[self.start..self.start + len - 2];
         let more_input = self.end > self.start + len;
-        let (cmd, verb, sync_point) = match parse_command(line, opts) {
-            Ok(cmd) => (Cmd::from(&cmd), cmd.verb(), is_sync_point(&cmd)),
+        let (cmd, verb, sync_point, decided) = match parse_command(line, opts) {
+            Ok(cmd) => (
+                Cmd::from(&cmd),
+                cmd.verb(),
+                is_sync_point(&cmd),
+                Decided::of(&cmd, line),
+            ),
             Err(e) => {
                 self.consume(len);
                 self.queue_counted(&parse_error_reply(e));
@@ -1452,6 +1445,7 @@ impl Session {
         let step = match outcome {
             Outcome::Decide(what) => {
                 self.pending_line = len;
+                self.decided = decided;
                 let _t = self.new_ticket(what);
                 Step::Emit(Emit::Command)
             }
@@ -2023,6 +2017,7 @@ impl Session {
             self.release = 0;
             self.poisoned = false;
             self.pending_line = 0;
+            self.decided = None;
             self.notices.push_back(Notice::Closing(reason));
         }
     }
@@ -2216,6 +2211,45 @@ fn helo_argument(line: &[u8]) -> &str {
     let text = std::str::from_utf8(line).unwrap_or("");
     let text = text.trim_end_matches(['\r', '\n']);
     text.get(4..).unwrap_or("").trim()
+}
+
+/// The decision event for a decided command (HELO/EHLO/LHLO, MAIL, RCPT,
+/// VRFY, EXPN) parsed from the pending line.
+pub(crate) fn command_event(cmd: Command<'_>, ticket: Ticket) -> Event<'_> {
+    match cmd {
+        Command::Helo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Helo,
+            domain,
+        },
+        Command::Ehlo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Ehlo,
+            domain,
+        },
+        Command::Lhlo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Lhlo,
+            domain,
+        },
+        Command::Mail { from, params } => Event::Mail {
+            ticket,
+            from,
+            params,
+        },
+        Command::Rcpt { to, params } => Event::Rcpt { ticket, to, params },
+        Command::Vrfy { arg } => Event::Verify {
+            ticket,
+            arg,
+            expand: false,
+        },
+        Command::Expn { arg } => Event::Verify {
+            ticket,
+            arg,
+            expand: true,
+        },
+        _ => unreachable_command(ticket),
+    }
 }
 
 #[cold]
