@@ -67,7 +67,7 @@ done
 if [ "$QUICK" = 1 ]; then
   : "${A_MSGS:=2000}" "${B_MSGS:=1000}" "${C_MSGS:=500}" "${D_MSGS:=200}" "${E_MSGS:=1}" "${F_CONNS:=500}" "${G_SECS:=2}"
 else
-  : "${A_MSGS:=100000}" "${B_MSGS:=50000}" "${C_MSGS:=20000}" "${D_MSGS:=5000}" "${E_MSGS:=10}" "${F_CONNS:=10000}" "${G_SECS:=5}"
+  : "${A_MSGS:=100000}" "${B_MSGS:=50000}" "${C_MSGS:=20000}" "${D_MSGS:=5000}" "${E_MSGS:=100}" "${F_CONNS:=10000}" "${G_SECS:=5}"
 fi
 GEN_TIMEOUT=${GEN_TIMEOUT:-300} # seconds, for one load-generator run
 SERVER_TIMEOUT=${SERVER_TIMEOUT:-900} # a server that outlives its run dies anyway
