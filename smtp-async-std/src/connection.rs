@@ -146,8 +146,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
-    /// A connection over an accepted `stream` from `peer` (set `peer.tls`
-    /// when the stream is already TLS).
+    /// A connection over an accepted `stream` from `peer`. Set `peer.tls`
+    /// when the stream is already TLS: it is then shut down (TLS
+    /// close_notify) at the end; a plain stream is just dropped (closing a
+    /// socket sends its FIN; a `shutdown` first is one more system call).
     pub fn new(stream: S, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
         Connection {
             stream: Stream::Plain(stream),
@@ -320,11 +322,13 @@ where
     }
 
     /// The end of a closed session: writes its last replies, then closes
-    /// the stream (each within the command timeout).
+    /// a TLS stream (close_notify), each within the command timeout.
     async fn finish(&mut self) -> io::Result<()> {
         let res = self.flush().await;
-        let t = self.session.config().timeouts.command;
-        let _ = timeout(t, self.stream.close()).await;
+        if self.session.is_tls() {
+            let t = self.session.config().timeouts.command;
+            let _ = timeout(t, self.stream.close()).await;
+        }
         res
     }
 

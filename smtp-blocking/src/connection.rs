@@ -498,7 +498,9 @@ impl<S: Socket, H: Handler> Connection<S, H> {
         res
     }
 
-    /// Closes our side: TLS close_notify, then a FIN, each bounded.
+    /// Closes our side of a TLS stream: close_notify, then a FIN, each
+    /// bounded. A plain socket gets its FIN when it is dropped (a
+    /// `shutdown` first would be one more system call).
     fn close(&mut self) {
         let limit = self.session.config().timeouts.command;
         self.timeouts = Timeouts::default();
@@ -506,9 +508,7 @@ impl<S: Socket, H: Handler> Connection<S, H> {
             t.conn.send_close_notify();
             let _ = t.sock.set_write_timeout(Some(limit));
             let _ = t.flush();
-        }
-        if let Some(s) = self.stream.sock() {
-            let _ = s.shutdown_write();
+            let _ = t.sock.shutdown_write();
         }
     }
 

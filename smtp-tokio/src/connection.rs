@@ -138,8 +138,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
-    /// A connection over an accepted `stream` from `peer` (set `peer.tls`
-    /// when the stream is already TLS).
+    /// A connection over an accepted `stream` from `peer`. Set `peer.tls`
+    /// when the stream is already TLS: it is then shut down (TLS
+    /// close_notify) at the end; a plain stream is just dropped (closing a
+    /// socket sends its FIN; a `shutdown` first is one more system call).
     pub fn new(stream: S, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
         let session = Session::new(config, peer, Instant::now().into_std());
         Connection {
@@ -194,16 +196,13 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn next_event(&mut self) -> io::Result<Option<Event<'_>>> {
-        let command_timeout = self.session.config().timeouts.command;
         loop {
             self.apply_stop();
             if self.session.has_event() {
                 return Ok(self.session.poll_event());
             }
             if self.session.is_closed() {
-                let res = self.flush().await;
-                let _ = timeout(command_timeout, self.stream.shutdown()).await;
-                return res.map(|()| None);
+                return self.finish().await.map(|()| None);
             }
             self.io_step().await?;
         }
@@ -271,10 +270,8 @@ where
                     continue;
                 }
                 Drive::Closed => {
-                    let res = self.flush().await;
-                    let _ = timeout(command_timeout, self.stream.shutdown()).await;
                     tracing::debug!("session end");
-                    return res;
+                    return self.finish().await;
                 }
             }
             self.io_step().await?;
@@ -306,6 +303,17 @@ where
         }
         seen.apply(Stop::Abort, session);
         dispatcher.drive(session).await
+    }
+
+    /// The end of a closed session: writes its last replies, then shuts a
+    /// TLS stream down (close_notify), each within the command timeout.
+    async fn finish(&mut self) -> io::Result<()> {
+        let res = self.flush().await;
+        if self.session.is_tls() {
+            let t = self.session.config().timeouts.command;
+            let _ = timeout(t, self.stream.shutdown()).await;
+        }
+        res
     }
 
     /// Writes everything pending, within the command timeout.
