@@ -15,7 +15,9 @@ use async_net::TcpStream;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{FutureExt, future};
 use futures_rustls::TlsAcceptor;
-use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, tls_info};
+use smtp_proto::accept::{
+    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, implicit_tls_outcome, tls_info,
+};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
@@ -312,11 +314,9 @@ impl<H: Handler> BoundServer<H> {
                 // is as big as its biggest path, and an implicit-TLS
                 // connection (rustls state inline) or a Unix one would more
                 // than double every idle session's memory (issue 7, bench (f)).
+                // `serve_tcp` boxes the TLS path; the Unix one is boxed here.
                 match accepted {
-                    Accepted::Tcp(tcp, remote, false) => serve_plain(&shared, tcp, remote).await,
-                    Accepted::Tcp(tcp, remote, true) => {
-                        Box::pin(serve_implicit_tls(&shared, tcp, remote)).await
-                    }
+                    Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls).await,
                     #[cfg(unix)]
                     Accepted::Unix(s) => {
                         let s = async_net::unix::UnixStream::try_from(s)?;
@@ -368,54 +368,38 @@ fn tcp_peer(tcp: &std::net::TcpStream, remote: SocketAddr) -> PeerInfo {
     }
 }
 
-async fn serve_plain<H: Handler>(
+/// Serves one TCP connection; `tls`: implicit TLS (the handshake first).
+async fn serve_tcp<H: Handler>(
     shared: &Shared<H>,
     tcp: std::net::TcpStream,
     remote: SocketAddr,
-) -> io::Result<()> {
-    let peer = tcp_peer(&tcp, remote);
-    let tcp = TcpStream::try_from(tcp)?;
-    let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
-    with_acceptor(c, shared)
-        .with_stop(shared.control.clone())
-        .run()
-        .await
-}
-
-async fn serve_implicit_tls<H: Handler>(
-    shared: &Shared<H>,
-    tcp: std::net::TcpStream,
-    remote: SocketAddr,
+    tls: bool,
 ) -> io::Result<()> {
     let peer = tcp_peer(&tcp, remote);
     let tcp = TcpStream::try_from(tcp)?;
     let stop = shared.control.clone();
+    if !tls {
+        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+        return with_acceptor(c, shared).with_stop(stop).run().await;
+    }
     let Some(acceptor) = &shared.acceptor else {
         return Ok(());
     };
-    // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    let stream = match timeout(
-        shared.config.timeouts.command,
-        Box::pin(acceptor.accept(tcp)),
-    )
+    // Boxed: the rustls state would otherwise make every session's task
+    // future as big as this path (see `spawn`).
+    Box::pin(async move {
+        let handshake = timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await;
+        let Some(stream) = implicit_tls_outcome(handshake, remote) else {
+            return Ok(());
+        };
+        let peer = PeerInfo {
+            tls: Some(tls_info(stream.get_ref().1)),
+            ..peer
+        };
+        Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
+            .with_stop(stop)
+            .run()
+            .await
+    })
     .await
-    {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
-            return Ok(());
-        }
-        None => {
-            tracing::info!(peer = %remote, "TLS handshake timed out");
-            return Ok(());
-        }
-    };
-    let peer = PeerInfo {
-        tls: Some(tls_info(stream.get_ref().1)),
-        ..peer
-    };
-    Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
-        .with_stop(stop)
-        .run()
-        .await
 }

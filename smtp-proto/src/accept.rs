@@ -278,6 +278,27 @@ impl WriteDeadline {
     }
 }
 
+/// The outcome of an implicit-TLS handshake bounded by a timeout (`None`:
+/// it timed out): the stream, or `None` once the failure is logged. The
+/// connection then closes without a word (no clear text on a TLS port).
+#[cfg(feature = "handler")]
+pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
+    outcome: Option<Result<S, E>>,
+    remote: std::net::SocketAddr,
+) -> Option<S> {
+    match outcome {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            None
+        }
+        None => {
+            tracing::info!(peer = %remote, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The names of a rustls connection's TLS version and cipher suite
 /// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
 #[cfg(feature = "rustls")]

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, tls_info};
+use smtp_proto::accept::{
+    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, implicit_tls_outcome, tls_info,
+};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
@@ -292,12 +294,10 @@ impl<H: Handler> BoundServer<H> {
             // Only the plain TCP path is held inline: the task's future is
             // as big as its biggest path, and an implicit-TLS connection
             // (rustls state inline) or a Unix one would more than double
-            // every idle session's memory (issue 7, bench (f)).
+            // every idle session's memory (issue 7, bench (f)). `serve_tcp`
+            // boxes the TLS path; the Unix one is boxed here.
             let res = match accepted {
-                Accepted::Tcp(tcp, remote, false) => serve_plain(&shared, tcp, remote, stop).await,
-                Accepted::Tcp(tcp, remote, true) => {
-                    Box::pin(serve_implicit_tls(&shared, tcp, remote, stop)).await
-                }
+                Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, stop, tls).await,
                 #[cfg(unix)]
                 Accepted::Unix(s) => {
                     let c = Connection::new(
@@ -336,52 +336,39 @@ fn tcp_peer(tcp: &TcpStream, remote: SocketAddr) -> PeerInfo {
     }
 }
 
-async fn serve_plain<H: Handler>(
+/// Serves one TCP connection; `tls`: implicit TLS (the handshake first).
+async fn serve_tcp<H: Handler>(
     shared: &Shared<H>,
     tcp: TcpStream,
     remote: SocketAddr,
     stop: watch::Receiver<Stop>,
+    tls: bool,
 ) -> io::Result<()> {
     let peer = tcp_peer(&tcp, remote);
-    let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
-    with_acceptor(c, shared).with_stop(stop).run().await
-}
-
-async fn serve_implicit_tls<H: Handler>(
-    shared: &Shared<H>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    stop: watch::Receiver<Stop>,
-) -> io::Result<()> {
-    let peer = tcp_peer(&tcp, remote);
+    if !tls {
+        let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+        return with_acceptor(c, shared).with_stop(stop).run().await;
+    }
     let Some(acceptor) = &shared.acceptor else {
         return Ok(());
     };
-    // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    let handshake = timeout(
-        shared.config.timeouts.command,
-        Box::pin(acceptor.accept(tcp)),
-    )
-    .await;
-    let stream = match handshake {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+    // Boxed: the rustls state would otherwise make every session's task
+    // future as big as this path (see `spawn`).
+    Box::pin(async move {
+        let handshake = timeout(shared.config.timeouts.command, acceptor.accept(tcp)).await;
+        let Some(stream) = implicit_tls_outcome(handshake.ok(), remote) else {
             return Ok(());
-        }
-        Err(_) => {
-            tracing::info!(peer = %remote, "TLS handshake timed out");
-            return Ok(());
-        }
-    };
-    let peer = PeerInfo {
-        tls: Some(tls_info(stream.get_ref().1)),
-        ..peer
-    };
-    Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
-        .with_stop(stop)
-        .run()
-        .await
+        };
+        let peer = PeerInfo {
+            tls: Some(tls_info(stream.get_ref().1)),
+            ..peer
+        };
+        Connection::new(stream, peer, shared.config.clone(), shared.handler.clone())
+            .with_stop(stop)
+            .run()
+            .await
+    })
+    .await
 }
 
 /// Aborts the task when dropped (the `run` future was dropped).
