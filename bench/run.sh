@@ -38,7 +38,7 @@ CRITERION_ONLY=0
 LABEL=${LABEL:-}
 ORIG_ARGS=${*:+$(printf "%q " "$@")}
 SERVERS="tokio tokio-1 smol smol-1 blocking smtp-sink aiosmtpd mailin"
-SCENARIOS="a b c d e f g"
+SCENARIOS="a b c d e f g h"
 # The load generator for the smtp-source scenarios (b-e): `smtp-source`
 # (Postfix), `bench-client` (bench/peers/smtp-bench-client, as a cross-check),
 # or `loadgen` (smtp-tokio/examples/loadgen.rs: see gen_loadgen).
@@ -69,6 +69,8 @@ if [ "$QUICK" = 1 ]; then
 else
   : "${A_MSGS:=100000}" "${B_MSGS:=50000}" "${C_MSGS:=20000}" "${D_MSGS:=5000}" "${E_MSGS:=100}" "${F_CONNS:=10000}" "${G_SECS:=5}"
 fi
+# (h): one pacing rate for every server (below the peaks of all but aiosmtpd).
+H_RATE=${H_RATE:-15000}
 GEN_TIMEOUT=${GEN_TIMEOUT:-300} # seconds, for one load-generator run
 SERVER_TIMEOUT=${SERVER_TIMEOUT:-900} # a server that outlives its run dies anyway
 
@@ -277,7 +279,7 @@ gen_bench_client() {
     e) GEN_MSGS=$E_MSGS GEN_CMD=("$CLIENT" send -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
     # (g): first the unpaced peak of the paced shape (--no-chain), then paced at half of it.
     gpeak) GEN_MSGS=$A_MSGS GEN_CMD=("$CLIENT" send --no-chain -s 16 -m "$A_MSGS" -l 1024 -r 1 "$p") ;;
-    g) GEN_MSGS=$3 GEN_CMD=("$CLIENT" send -s 16 -m "$3" -l 1024 -r 1 --rate "$4" "$p") ;;
+    g | h) GEN_MSGS=$3 GEN_CMD=("$CLIENT" send -s 16 -m "$3" -l 1024 -r 1 --rate "$4" "$p") ;;
     *) return 1 ;;
   esac
 }
@@ -301,7 +303,7 @@ gen_loadgen() {
 # (g) pacing, which smtp-source cannot do, so they always use bench-client.
 generator_for() {
   case $1 in
-    a | f | g | gpeak) echo bench-client ;;
+    a | f | g | gpeak | h) echo bench-client ;;
     *) echo "$LOADGEN" ;;
   esac
 }
@@ -399,6 +401,11 @@ run_cells() {
             rate=$(awk -v p="$peak" 'BEGIN {printf "%.0f", p / 2}')
             count=$(awk -v r="$rate" -v s="$G_SECS" 'BEGIN {printf "%.0f", r * s < 200 ? 200 : r * s}')
             run_load "$srv" g "$run" "$count" "$rate"
+            ;;
+          h)
+            # The (g) transaction for every server at one rate, H_RATE.
+            count=$(awk -v r="$H_RATE" -v s="$G_SECS" 'BEGIN {printf "%.0f", r * s}')
+            run_load "$srv" h "$run" "$count" "$H_RATE"
             ;;
           *) run_load "$srv" "$sc" "$run" ;;
         esac

@@ -20,6 +20,7 @@ SCENARIOS = {
     "e": ("10 MiB message(s), 1 session", "MB/s", "high", 10485760),
     "f": ("idle sessions after EHLO", "KiB RSS/session", "low", 0),
     "g": ("latency at half of peak, 16 sessions", "p50 / p99 ms", "low", 1024),
+    "h": ("latency at one rate for all, 16 sessions", "p50 / p99 ms", "low", 1024),
 }
 SERVERS = ["tokio", "tokio-1", "smol", "smol-1", "blocking", "smtp-sink", "aiosmtpd", "mailin"]
 BASE = "smtp-sink"
@@ -54,7 +55,7 @@ def derive(sc, kv):
         out["v"] = msgs * size / secs / 1e6
     elif sc == "f":
         out["v"] = num(kv, "kib_per_session")
-    elif sc == "g":
+    elif sc in ("g", "h"):
         out["v"] = num(kv, "p50_ms")
         out["v2"] = num(kv, "p99_ms")
         out["rate"] = msgs / secs if msgs and secs else None
@@ -130,7 +131,7 @@ def main():
                 gen = runs[0][1].get("gen", "?")
                 if runs[0][1].get("pipelined") == "not-offered":
                     gen += " (no PIPELINING offered: lock-step)"
-                if sc == "g":
+                if sc in ("g", "h"):
                     v2 = med([d.get("v2") for d in ds])
                     rate = med([d.get("rate") for d in ds])
                     result = f"{fmt(v)} / {fmt(v2)} ms at {fmt(rate, 0)} msgs/s"
