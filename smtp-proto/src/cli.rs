@@ -95,7 +95,7 @@ pub struct Args {
     /// Threads that run sessions (default: one per CPU; 1 runs everything
     /// on one thread, which suits small machines and is the fastest where
     /// a load generator shares the CPUs). The blocking adapter, with a
-    /// thread per session, ignores it.
+    /// thread per session, and an async-std build ignore it.
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
     /// Command timeout in seconds (also bounds TLS handshakes).
@@ -256,7 +256,8 @@ pub struct Setup {
     /// The server: configuration, listeners, TLS, limits, grace period
     /// (every adapter's `Server::options` takes it).
     pub options: ServerOptions,
-    /// Threads to run sessions on (`--threads`; default one per CPU).
+    /// Threads to run sessions on (`--threads`; default one per CPU; 0
+    /// counts as 1).
     pub threads: usize,
 }
 

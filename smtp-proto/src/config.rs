@@ -158,10 +158,12 @@ pub struct Timeouts {
     /// octets (RFC: 3 minutes per data block).
     pub data: Duration,
     /// After this long without input, a session with no unread input and
-    /// no unwritten output frees its buffers (the next read allocates a
-    /// small one again), so an idle connection holds little memory.
+    /// no unwritten output frees its buffers, once per silence (the next
+    /// read takes a small input buffer again: a session that received a
+    /// 16 KiB-buffered body goes back to 1 KiB).
     /// [`crate::server::Session::poll_timeout`] includes this soft
-    /// deadline; reaching it never closes anything.
+    /// deadline; reaching it never closes anything. `Duration::MAX` turns
+    /// it off.
     pub release_idle: Duration,
 }
 

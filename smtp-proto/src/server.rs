@@ -519,6 +519,9 @@ pub struct Session {
     deadline: Option<Instant>,
     /// When the last input arrived (for releasing idle buffers).
     last_input: Instant,
+    /// The buffers were released since that input (released once per
+    /// silence: an adapter's next read wants a small buffer again).
+    released: bool,
 }
 
 impl fmt::Debug for Session {
@@ -585,6 +588,7 @@ impl Session {
             now,
             deadline,
             last_input: now,
+            released: false,
             config,
         }
     }
@@ -685,7 +689,9 @@ impl Session {
         // Lazily sized: command lines fit a small buffer (an idle session
         // holds little memory); a body, or a buffer filled by one long
         // line, gets the full size.
-        let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. });
+        // A body fills the whole buffer, but one that was just released
+        // starts small again: a slow client's next line may be minutes away.
+        let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. }) && !self.released;
         let want = if body {
             cap
         } else if self.end == self.input.len() {
@@ -713,6 +719,7 @@ impl Session {
         let new = self.end..self.end + n;
         self.end += n;
         self.last_input = now;
+        self.released = false;
         self.note_input(new);
     }
 
@@ -774,6 +781,7 @@ impl Session {
             self.input = Vec::new();
             self.out = Vec::new();
             self.out_pos = 0;
+            self.released = true;
         }
         let Some(deadline) = self.deadline else {
             return;
@@ -817,7 +825,8 @@ impl Session {
 
     /// Bytes the session's input and output buffers hold (their capacity):
     /// small while commands flow, up to `Limits::input_buffer` during a
-    /// body, and zero once an idle session has released them.
+    /// body. An idle session releases both (`Timeouts::release_idle`); an
+    /// adapter waiting to read then takes back only a small input buffer.
     pub fn buffer_bytes(&self) -> usize {
         self.input.capacity() + self.out.capacity()
     }
@@ -832,13 +841,19 @@ impl Session {
         self.deadline
     }
 
-    /// When the buffers of an idle session are due to be freed: only while
-    /// they hold memory, every input byte is consumed and all output is
-    /// written.
+    /// When the buffers of an idle session are due to be freed: once per
+    /// silence, while they hold memory, every input byte is consumed (and
+    /// no event holds a piece of it) and all output is written.
     fn release_idle_at(&self) -> Option<Instant> {
         let holds = self.input.capacity() > 0 || self.out.capacity() > 0;
-        let idle = self.start + self.release >= self.end && !self.wants_write();
-        (holds && idle).then(|| self.last_input + self.config.timeouts.release_idle)
+        let idle =
+            self.start + self.release >= self.end && self.ready.is_none() && !self.wants_write();
+        if self.released || !holds || !idle {
+            return None;
+        }
+        // Too far to represent: never.
+        self.last_input
+            .checked_add(self.config.timeouts.release_idle)
     }
 
     /// The TLS handshake after [`Event::StartTls`] succeeded: the session

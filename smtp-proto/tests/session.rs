@@ -796,6 +796,10 @@ fn idle_session_releases_its_buffers() {
     // buffers go, and the body carries on intact.
     h.advance(Duration::from_secs(5));
     assert_eq!(h.s.buffer_bytes(), 0);
+    // An adapter waiting to read takes a small buffer back, and that is
+    // not released again before new input (no wake-up loop).
+    assert_eq!(h.s.read_buf().len(), 1024);
+    assert_eq!(h.s.poll_timeout(), h.s.client_deadline());
     let out = h.out.len();
     h.exchange(b" line\r\n.\r\n");
     body.extend_from_slice(b" line\r\n");
@@ -813,7 +817,10 @@ fn idle_session_releases_its_buffers() {
         h.out.len(),
         out + "250 2.0.0 Message accepted for delivery\r\n".len()
     );
-    // Nothing more to free: the next wake-up is the client's deadline.
+    // Nothing more to free: the next wake-up is the client's deadline,
+    // even once an adapter takes its read buffer back.
+    assert_eq!(h.s.poll_timeout(), h.s.client_deadline());
+    assert!(!h.s.read_buf().is_empty());
     assert_eq!(h.s.poll_timeout(), h.s.client_deadline());
     // The session goes on; the command deadline still counts from the last input.
     assert_eq!(h.exchange(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
@@ -823,6 +830,17 @@ fn idle_session_releases_its_buffers() {
         h.output()
             .ends_with("421 4.4.2 Timeout exceeded, closing connection\r\n")
     );
+}
+
+#[test]
+fn release_idle_max_turns_it_off() {
+    let mut c = cfg();
+    c.timeouts.release_idle = Duration::MAX;
+    let mut h = Harness::new(c);
+    h.exchange(b"EHLO c\r\n");
+    assert_eq!(h.s.poll_timeout(), h.s.client_deadline());
+    h.advance(Duration::from_secs(60));
+    assert!(h.s.buffer_bytes() > 0);
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub fn smtpd(setup: Setup) -> ExitCode {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(setup.threads);
+        b.worker_threads(setup.threads.max(1));
         b
     };
     let runtime = match builder.enable_all().build() {

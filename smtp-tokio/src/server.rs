@@ -176,19 +176,19 @@ impl<H: Handler> BoundServer<H> {
     /// Accepts and serves connections until the shutdown signal, then shuts
     /// down gracefully. Returns once every session has ended.
     ///
-    /// The accept loop runs as a task of its own, so on a multi-thread
-    /// runtime it sits on a worker even when `run` is awaited from
-    /// `block_on` (`#[tokio::main]`): each new session is then scheduled on
-    /// that worker's own queue instead of waking another thread. Dropping
-    /// the returned future stops the loop and its sessions.
-    pub fn run(self) -> impl Future<Output = io::Result<()>> + Send {
+    /// The accept loop runs as a task of its own (spawned when the returned
+    /// future is first polled), so on a multi-thread runtime it sits on a
+    /// worker even when `run` is awaited from `block_on` (`#[tokio::main]`):
+    /// each new session is then scheduled on that worker's own queue
+    /// instead of waking another thread. Dropping the returned future
+    /// aborts the loop, which closes the listeners and aborts the sessions
+    /// (on the runtime, moments later).
+    pub async fn run(self) -> io::Result<()> {
         let mut task = AbortOnDrop(tokio::spawn(self.accept_loop()));
-        async move {
-            match (&mut task.0).await {
-                Ok(res) => res,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Err(io::Error::other("the accept loop was cancelled")),
-            }
+        match (&mut task.0).await {
+            Ok(res) => res,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(io::Error::other("the accept loop was cancelled")),
         }
     }
 
