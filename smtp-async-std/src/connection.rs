@@ -196,8 +196,8 @@ where
     /// The low level: does I/O until the session has an event and returns
     /// it; `None` once the session is over and its last replies are
     /// written (then drop the connection: that closes a plain stream; a
-    /// TLS one has been shut down already). Timeouts, backpressure and shutdown work as in
-    /// [`Connection::run`]. Answer each decision event with
+    /// TLS one has been shut down already). Timeouts, backpressure and
+    /// shutdown work as in [`Connection::run`]. Answer each decision event with
     /// `session_mut().respond(ticket, ..)` before calling again (the session
     /// reads nothing while a decision is pending); on
     /// [`Event::StartTls`] call [`Connection::upgrade`]; on

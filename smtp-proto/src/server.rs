@@ -688,9 +688,9 @@ impl Session {
         }
         // Lazily sized: command lines fit a small buffer (an idle session
         // holds little memory); a body, or a buffer filled by one long
-        // line, gets the full size.
-        // A body fills the whole buffer, but one that was just released
-        // starts small again: a slow client's next line may be minutes away.
+        // line, gets the full size. A body whose buffer was just released
+        // (`release_idle_at`) starts small again: the slow client's next
+        // line may be minutes away.
         let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. }) && !self.released;
         let want = if body {
             cap
