@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use futures_lite::{FutureExt, future};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, WriteDeadline, tls_info};
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, StopWatch, WriteDeadline, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{Event, PeerInfo, Session};
 use tracing::Instrument;
 
-use crate::rt::{Control, timeout};
+use crate::rt::timeout;
 
 /// A plain stream, or the same stream after STARTTLS.
 enum Stream<S> {
@@ -110,7 +109,7 @@ pub struct Connection<S, H> {
     session: Session,
     dispatcher: Dispatcher<H>,
     tls: Option<TlsAcceptor>,
-    stop: Option<Arc<Control>>,
+    stop: Option<StopWatch>,
     seen: StopSeen,
     need_flush: bool,
     write_deadline: WriteDeadline,
@@ -172,7 +171,7 @@ where
         self
     }
 
-    pub(crate) fn with_stop(mut self, stop: Arc<Control>) -> Self {
+    pub(crate) fn with_stop(mut self, stop: StopWatch) -> Self {
         self.stop = Some(stop);
         self
     }
@@ -291,8 +290,8 @@ where
 
     /// Applies a stop state the connection has not acted on yet.
     fn apply_stop(&mut self) {
-        if let Some(c) = &self.stop {
-            self.seen.apply(c.stop(), &mut self.session);
+        if let Some(w) = &self.stop {
+            self.seen.apply(w.get(), &mut self.session);
         }
     }
 
@@ -305,17 +304,18 @@ where
             seen,
             ..
         } = self;
-        let Some(c) = stop.as_ref().filter(|_| seen.get() < Stop::Abort) else {
+        let Some(w) = stop.as_mut().filter(|_| seen.get() < Stop::Abort) else {
             return dispatcher.drive(session).await;
         };
-        let aborted = async {
-            c.until(|c| c.stop() == Stop::Abort).await;
-            None
-        };
-        if let Some(d) = async { Some(dispatcher.drive(session).await) }
-            .or(aborted)
+        let done = {
+            let mut d = pin!(dispatcher.drive(session));
+            poll_fn(|cx| match d.as_mut().poll(cx) {
+                Poll::Ready(d) => Poll::Ready(Some(d)),
+                Poll::Pending => w.poll_until(cx, |s| s == Stop::Abort).map(|_| None),
+            })
             .await
-        {
+        };
+        if let Some(d) = done {
             return d;
         }
         seen.apply(Stop::Abort, session);
@@ -405,12 +405,6 @@ where
             ..
         } = self;
         let seen = seen.get();
-        let mut stop = pin!(async {
-            match stop {
-                Some(c) => c.until(|c| c.stop() != seen).await,
-                None => future::pending().await,
-            }
-        });
         let io = poll_fn(|cx| {
             if session.wants_write() {
                 match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
@@ -439,8 +433,10 @@ where
                     }
                 }
             }
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Io::Stop));
+            if let Some(w) = stop.as_mut() {
+                if w.poll_until(cx, |s| s != seen).is_ready() {
+                    return Poll::Ready(Ok(Io::Stop));
+                }
             }
             if Pin::new(&mut *timer).poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Timer));

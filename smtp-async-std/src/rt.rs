@@ -1,14 +1,14 @@
 //! The runtime-specific bits (spawning) and small runtime-neutral helpers.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_io::Timer;
 use event_listener::Event;
 use futures_lite::FutureExt;
-use smtp_proto::accept::Stop;
+use smtp_proto::accept::{Stop, StopSignal, StopWatch};
 
 #[cfg(not(any(feature = "smol", feature = "async-std")))]
 compile_error!("smtp-async-std needs a runtime: enable the `smol` or the `async-std` feature");
@@ -48,20 +48,21 @@ impl Spawner {
 /// and how many session tasks are alive.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
-    stop: Mutex<Stop>,
+    stop: Arc<StopSignal>,
     killed: AtomicBool,
     live: AtomicUsize,
     changed: Event,
 }
 
 impl Control {
-    pub(crate) fn stop(&self) -> Stop {
-        *self.stop.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn set_stop(&self, s: Stop) {
+        self.stop.set(s);
+        self.changed.notify(usize::MAX);
     }
 
-    pub(crate) fn set_stop(&self, s: Stop) {
-        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = s;
-        self.changed.notify(usize::MAX);
+    /// A session's watch on the stop phase (no registration per wait).
+    pub(crate) fn watch(&self) -> StopWatch {
+        self.stop.watch()
     }
 
     pub(crate) fn kill(&self) {

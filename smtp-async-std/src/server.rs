@@ -326,7 +326,7 @@ impl<H: Handler> BoundServer<H> {
                             shared.plain.clone(),
                             shared.handler.clone(),
                         );
-                        let c = with_acceptor(c, &shared).with_stop(shared.control.clone());
+                        let c = with_acceptor(c, &shared).with_stop(shared.control.watch());
                         Box::pin(c.run()).await
                     }
                 }
@@ -377,7 +377,7 @@ async fn serve_tcp<H: Handler>(
 ) -> io::Result<()> {
     let peer = tcp_peer(&tcp, remote);
     let tcp = TcpStream::try_from(tcp)?;
-    let stop = shared.control.clone();
+    let stop = shared.control.watch();
     if !tls {
         let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
         return with_acceptor(c, shared).with_stop(stop).run().await;

@@ -179,6 +179,137 @@ pub enum Stop {
     Abort,
 }
 
+/// A server's [`Stop`] phase, watched by all its sessions without a
+/// registration per wait: each session's [`StopWatch`] stores its task's
+/// waker once (again only if the task's waker changes) and otherwise reads
+/// an atomic. A channel that registers a waiter at every wait (a tokio
+/// `watch`, an `event-listener`) costs a lock, and for event-listener an
+/// allocation, on every I/O wait of every session.
+///
+/// ```
+/// use std::task::{Context, Poll, Waker};
+/// use smtp_proto::accept::{Stop, StopSignal};
+///
+/// let signal = StopSignal::new();
+/// let mut watch = signal.watch();
+/// let mut cx = Context::from_waker(Waker::noop());
+/// assert!(watch.poll_until(&mut cx, |s| s != Stop::Run).is_pending());
+/// signal.set(Stop::Drain);
+/// assert_eq!(watch.poll_until(&mut cx, |s| s != Stop::Run), Poll::Ready(Stop::Drain));
+/// ```
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    phase: std::sync::atomic::AtomicU8,
+    wakers: Mutex<WakerSlots>,
+}
+
+#[derive(Debug, Default)]
+struct WakerSlots {
+    slots: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
+}
+
+impl StopSignal {
+    /// A signal at [`Stop::Run`].
+    pub fn new() -> Arc<StopSignal> {
+        Arc::default()
+    }
+
+    /// The current phase.
+    pub fn get(&self) -> Stop {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Stop::Run,
+            1 => Stop::Drain,
+            _ => Stop::Abort,
+        }
+    }
+
+    /// Moves to `stop` and wakes every watching session.
+    pub fn set(&self, stop: Stop) {
+        self.phase.store(stop as u8, Ordering::Release);
+        let slots = self.lock();
+        slots
+            .slots
+            .iter()
+            .flatten()
+            .for_each(std::task::Waker::wake_by_ref);
+    }
+
+    /// A watch for one session.
+    pub fn watch(self: &Arc<Self>) -> StopWatch {
+        StopWatch {
+            signal: self.clone(),
+            slot: None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WakerSlots> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One session's view of a [`StopSignal`].
+#[derive(Debug)]
+pub struct StopWatch {
+    signal: Arc<StopSignal>,
+    /// The slot holding our waker, and a copy to compare against.
+    slot: Option<(usize, std::task::Waker)>,
+}
+
+impl StopWatch {
+    /// The current phase.
+    pub fn get(&self) -> Stop {
+        self.signal.get()
+    }
+
+    /// Ready with the phase once `want` holds for it; otherwise the task is
+    /// woken when the phase changes (and should poll again).
+    pub fn poll_until(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        want: impl Fn(Stop) -> bool,
+    ) -> std::task::Poll<Stop> {
+        let now = self.get();
+        if want(now) {
+            return std::task::Poll::Ready(now);
+        }
+        if !matches!(&self.slot, Some((_, w)) if w.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            let mut slots = self.signal.lock();
+            let i = match &self.slot {
+                Some((i, _)) => *i,
+                None => slots.free.pop().unwrap_or_else(|| {
+                    slots.slots.push(None);
+                    slots.slots.len() - 1
+                }),
+            };
+            if let Some(s) = slots.slots.get_mut(i) {
+                *s = Some(waker.clone());
+            }
+            self.slot = Some((i, waker));
+        }
+        // A change between the first look and the registration.
+        let now = self.get();
+        if want(now) {
+            std::task::Poll::Ready(now)
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        if let Some((i, _)) = self.slot.take() {
+            let mut slots = self.signal.lock();
+            if let Some(s) = slots.slots.get_mut(i) {
+                *s = None;
+                slots.free.push(i);
+            }
+        }
+    }
+}
+
 /// Tracks which [`Stop`] phase one session has acted on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopSeen(Stop);
@@ -498,5 +629,60 @@ mod tests {
         let ids = SessionIds::new(0xABC);
         assert_eq!(ids.next_id(), "ABC00000");
         assert_eq!(ids.next_id(), "ABC00001");
+    }
+
+    #[test]
+    fn stop_signal_wakes_each_watch_once_registered() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Context, Poll, Wake, Waker};
+
+        #[derive(Default)]
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let signal = StopSignal::new();
+        let counts: Vec<Arc<Count>> = (0..3).map(|_| Arc::default()).collect();
+        let mut watches: Vec<StopWatch> = (0..3).map(|_| signal.watch()).collect();
+        for _ in 0..5 {
+            // Polling again with the same waker registers nothing new.
+            for (w, c) in watches.iter_mut().zip(&counts) {
+                let waker = Waker::from(c.clone());
+                let mut cx = Context::from_waker(&waker);
+                assert!(w.poll_until(&mut cx, |s| s != Stop::Run).is_pending());
+            }
+        }
+        assert_eq!(signal.lock().slots.len(), 3);
+        // A dropped watch gives its slot back; a new one takes it.
+        drop(watches.pop());
+        watches.push(signal.watch());
+        let waker = Waker::from(counts[2].clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            watches[2]
+                .poll_until(&mut cx, |s| s == Stop::Abort)
+                .is_pending()
+        );
+        assert_eq!(signal.lock().slots.len(), 3);
+        signal.set(Stop::Drain);
+        for c in &counts {
+            assert_eq!(c.0.load(Ordering::SeqCst), 1);
+        }
+        assert_eq!(
+            watches[0].poll_until(&mut cx, |s| s != Stop::Run),
+            Poll::Ready(Stop::Drain)
+        );
+        assert!(
+            watches[2]
+                .poll_until(&mut cx, |s| s == Stop::Abort)
+                .is_pending()
+        );
+        signal.set(Stop::Abort);
+        assert_eq!(
+            watches[2].poll_until(&mut cx, |s| s == Stop::Abort),
+            Poll::Ready(Stop::Abort)
+        );
     }
 }

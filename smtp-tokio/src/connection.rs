@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, WriteDeadline, tls_info};
+use smtp_proto::accept::{SessionIds, Stop, StopSeen, StopWatch, WriteDeadline, tls_info};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{Event, PeerInfo, Session};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -106,7 +105,7 @@ pub struct Connection<S, H> {
     session: Session,
     dispatcher: Dispatcher<H>,
     tls: Option<TlsAcceptor>,
-    stop: Option<watch::Receiver<Stop>>,
+    stop: Option<StopWatch>,
     seen: StopSeen,
     need_flush: bool,
     write_deadline: WriteDeadline,
@@ -228,7 +227,7 @@ where
         self
     }
 
-    pub(crate) fn with_stop(mut self, stop: watch::Receiver<Stop>) -> Self {
+    pub(crate) fn with_stop(mut self, stop: StopWatch) -> Self {
         self.stop = Some(stop);
         self
     }
@@ -281,9 +280,8 @@ where
 
     /// Applies a stop state the connection has not acted on yet.
     fn apply_stop(&mut self) {
-        let Some(rx) = &mut self.stop else { return };
-        let cur = *rx.borrow_and_update();
-        self.seen.apply(cur, &mut self.session);
+        let Some(w) = &self.stop else { return };
+        self.seen.apply(w.get(), &mut self.session);
     }
 
     /// Runs the dispatcher; an abort from the server interrupts a slow hook.
@@ -295,12 +293,19 @@ where
             seen,
             ..
         } = self;
-        let Some(rx) = stop.as_mut().filter(|_| seen.get() < Stop::Abort) else {
+        let Some(w) = stop.as_mut().filter(|_| seen.get() < Stop::Abort) else {
             return dispatcher.drive(session).await;
         };
-        tokio::select! {
-            d = dispatcher.drive(session) => return d,
-            _ = rx.wait_for(|s| *s == Stop::Abort) => {}
+        let done = {
+            let mut d = pin!(dispatcher.drive(session));
+            poll_fn(|cx| match d.as_mut().poll(cx) {
+                Poll::Ready(d) => Poll::Ready(Some(d)),
+                Poll::Pending => w.poll_until(cx, |s| s == Stop::Abort).map(|_| None),
+            })
+            .await
+        };
+        if let Some(d) = done {
+            return d;
         }
         seen.apply(Stop::Abort, session);
         dispatcher.drive(session).await
@@ -386,20 +391,13 @@ where
             stream,
             session,
             stop,
+            seen,
             need_flush,
             timer,
             armed,
             ..
         } = self;
-        let stop = async {
-            if let Some(rx) = stop {
-                if rx.changed().await.is_ok() {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
-        };
-        let mut stop = pin!(stop);
+        let seen = seen.get();
         let io = poll_fn(|cx| {
             if session.wants_write() {
                 match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
@@ -430,8 +428,10 @@ where
                     Poll::Pending => {}
                 }
             }
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Io::Stop));
+            if let Some(w) = stop.as_mut() {
+                if w.poll_until(cx, |s| s != seen).is_ready() {
+                    return Poll::Ready(Ok(Io::Stop));
+                }
             }
             if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Io::Timer));

@@ -11,7 +11,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use smtp_proto::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, implicit_tls_outcome, tls_info,
+    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, StopSignal, StopWatch,
+    implicit_tls_outcome, tls_info,
 };
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
@@ -19,7 +20,6 @@ use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -99,7 +99,7 @@ impl<H: Handler> Server<H> {
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
             }
         }
-        let (stop, _) = watch::channel(Stop::Run);
+        let stop = StopSignal::new();
         Ok(BoundServer {
             listeners,
             local_addrs,
@@ -153,7 +153,7 @@ pub struct BoundServer<H> {
     listeners: Vec<Listener>,
     local_addrs: Vec<SocketAddr>,
     shared: Arc<Shared<H>>,
-    stop: watch::Sender<Stop>,
+    stop: Arc<StopSignal>,
     shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     grace: Duration,
 }
@@ -243,13 +243,13 @@ impl<H: Handler> BoundServer<H> {
             #[cfg(not(unix))]
             drop(l);
         }
-        let _ = self.stop.send(Stop::Drain);
+        self.stop.set(Stop::Drain);
         if timeout(self.grace, join_all(&mut tasks)).await.is_err() {
             tracing::info!(
                 sessions = tasks.len(),
                 "grace period over; closing sessions"
             );
-            let _ = self.stop.send(Stop::Abort);
+            self.stop.set(Stop::Abort);
             if timeout(LAST_WORDS, join_all(&mut tasks)).await.is_err() {
                 tasks.shutdown().await;
             }
@@ -288,7 +288,7 @@ impl<H: Handler> BoundServer<H> {
             return;
         };
         let shared = self.shared.clone();
-        let stop = self.stop.subscribe();
+        let stop = self.stop.watch();
         tasks.spawn(async move {
             let _slot = slot;
             // Only the plain TCP path is held inline: the task's future is
@@ -341,7 +341,7 @@ async fn serve_tcp<H: Handler>(
     shared: &Shared<H>,
     tcp: TcpStream,
     remote: SocketAddr,
-    stop: watch::Receiver<Stop>,
+    stop: StopWatch,
     tls: bool,
 ) -> io::Result<()> {
     let peer = tcp_peer(&tcp, remote);
