@@ -2,7 +2,7 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -11,7 +11,9 @@ use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, StopWatch, WriteDeadline, tls_info};
+use smtp_proto::accept::{
+    SessionIds, StopSeen, StopWatch, WriteDeadline, drive_until_abort, tls_info,
+};
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{Event, PeerInfo, Session};
@@ -304,22 +306,7 @@ where
             seen,
             ..
         } = self;
-        let Some(w) = stop.as_mut().filter(|_| seen.get() < Stop::Abort) else {
-            return dispatcher.drive(session).await;
-        };
-        let done = {
-            let mut d = pin!(dispatcher.drive(session));
-            poll_fn(|cx| match d.as_mut().poll(cx) {
-                Poll::Ready(d) => Poll::Ready(Some(d)),
-                Poll::Pending => w.poll_until(cx, |s| s == Stop::Abort).map(|_| None),
-            })
-            .await
-        };
-        if let Some(d) = done {
-            return d;
-        }
-        seen.apply(Stop::Abort, session);
-        dispatcher.drive(session).await
+        drive_until_abort(dispatcher, session, stop.as_mut(), seen).await
     }
 
     /// The end of a closed session: writes its last replies, then closes

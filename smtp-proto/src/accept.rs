@@ -310,6 +310,38 @@ impl Drop for StopWatch {
     }
 }
 
+/// Runs `dispatcher` on `session` until it needs I/O ([`Dispatcher::drive`]),
+/// except that [`Stop::Abort`] on `stop` interrupts a slow hook: the
+/// session is then aborted (`421 4.3.2`) and driven to its end. Every
+/// adapter's connection calls this.
+///
+/// [`Dispatcher::drive`]: crate::handler::Dispatcher::drive
+#[cfg(feature = "handler")]
+pub async fn drive_until_abort<H: crate::handler::Handler>(
+    dispatcher: &mut crate::handler::Dispatcher<H>,
+    session: &mut Session,
+    stop: Option<&mut StopWatch>,
+    seen: &mut StopSeen,
+) -> crate::handler::Drive {
+    use std::task::Poll;
+    let Some(w) = stop.filter(|_| seen.get() < Stop::Abort) else {
+        return dispatcher.drive(session).await;
+    };
+    let done = {
+        let mut d = std::pin::pin!(dispatcher.drive(session));
+        std::future::poll_fn(|cx| match d.as_mut().poll(cx) {
+            Poll::Ready(d) => Poll::Ready(Some(d)),
+            Poll::Pending => w.poll_until(cx, |s| s == Stop::Abort).map(|_| None),
+        })
+        .await
+    };
+    if let Some(d) = done {
+        return d;
+    }
+    seen.apply(Stop::Abort, session);
+    dispatcher.drive(session).await
+}
+
 /// Tracks which [`Stop`] phase one session has acted on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopSeen(Stop);
