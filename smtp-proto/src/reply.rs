@@ -250,11 +250,13 @@ impl std::error::Error for ReplyError {}
 ///
 /// Returns `Ok(None)` when more input is needed, or the reply and the number
 /// of bytes it used. When every line starts with the same enhanced code
-/// (RFC 2034), it is taken off the text. `max_len` bounds the reply.
+/// (RFC 2034), it is taken off the text. `max_len` bounds the reply. Text
+/// that is not UTF-8 (a Latin-1 banner) is kept, its invalid bytes
+/// replaced by U+FFFD.
 pub fn parse_reply(input: &[u8], max_len: usize) -> Result<Option<(Reply, usize)>, ReplyError> {
     let mut pos = 0;
     let mut code = None;
-    let mut lines: Vec<&str> = Vec::new();
+    let mut lines: Vec<Cow<'_, str>> = Vec::new();
     loop {
         let rest = &input[pos..];
         let Some(nl) = memchr::memchr(b'\n', rest) else {
@@ -287,15 +289,16 @@ pub fn parse_reply(input: &[u8], max_len: usize) -> Result<Option<(Reply, usize)
             Some(b'-') => (true, &line[4..]),
             Some(_) => return Err(ReplyError::Malformed),
         };
-        let text = std::str::from_utf8(text).map_err(|_| ReplyError::Malformed)?;
-        lines.push(text);
+        // Servers in the wild send Latin-1 and worse: the text is kept,
+        // invalid bytes replaced, rather than the reply refused.
+        lines.push(String::from_utf8_lossy(text));
         if !more {
             break;
         }
     }
     let code = code.ok_or(ReplyError::Malformed)?;
     // Enhanced code: present on the first line and the same on every line.
-    let first = lines.first().copied().unwrap_or("");
+    let first = lines.first().map_or("", |l| l.as_ref());
     let token = first.split(' ').next().unwrap_or("");
     // The class is the code's first digit; a 3xx reply carries class 2, as
     // `Reply::write_to` writes it.
@@ -546,5 +549,23 @@ mod tests {
         assert_eq!(wire("", true), "250 2.0.0\r\n");
         assert_eq!(wire("", false), "250 \r\n");
         assert_eq!(wire("x\u{1}y\u{7f}\rz", false), "250 x?y??z\r\n");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_kept_with_replacements() {
+        // A Latin-1 banner, as some servers send.
+        let (r, n) = parse_reply(b"220 mx.example caf\xe9 ESMTP\r\n", 4096)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(n, 27);
+        assert_eq!(r.code(), 220);
+        assert_eq!(r.text(), "mx.example caf\u{fffd} ESMTP");
+        let (r, _) = parse_reply(b"250 2.1.0 \xff\r\n", 4096)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(r.enhanced(), Some(EnhancedCode::new(2, 1, 0)));
+        assert_eq!(r.text(), "\u{fffd}");
     }
 }

@@ -963,14 +963,14 @@ fn overlong_reply_is_an_error_and_memory_is_bounded() {
 
 #[test]
 fn malformed_replies() {
-    let bad: [&[u8]; 7] = [
+    // (Text that is not UTF-8 is not malformed: see reply.rs's tests.)
+    let bad: [&[u8]; 6] = [
         b"2\r\n",
         b"25x OK\r\n",
         b"250+OK\r\n",
         b"150 OK\r\n",
         b"650 OK\r\n",
         b"\r\n",
-        b"250 \xff\r\n",
     ];
     for bad in bad {
         let mut t = T::ready(config(), &[]);
