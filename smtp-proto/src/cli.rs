@@ -138,8 +138,19 @@ pub struct Args {
     #[arg(long, value_name = "CA", num_args = 0..=1, requires = "relay")]
     pub relay_tls_verify: Option<Option<PathBuf>>,
     /// Authenticate to the upstream (AUTH PLAIN/LOGIN), `user:password`.
+    /// Any user on the machine can read it in the process list: prefer
+    /// --relay-auth-file.
     #[arg(long, value_name = "USER:PASS", requires = "relay")]
     pub relay_auth: Option<String>,
+    /// Authenticate to the upstream with the `user:password` on the first
+    /// line of this file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "relay",
+        conflicts_with = "relay_auth"
+    )]
+    pub relay_auth_file: Option<PathBuf>,
     /// Clients in this network may relay to any domain (repeatable; CIDR,
     /// e.g. 10.0.0.0/8). Authenticated clients always may.
     #[arg(long, value_name = "CIDR", requires = "relay")]
@@ -239,9 +250,19 @@ fn relay_upstream(
         None if a.relay_starttls => UpstreamTls::Encrypt,
         None => UpstreamTls::None,
     };
-    if let Some(auth) = &a.relay_auth {
+    let auth = match (&a.relay_auth, &a.relay_auth_file) {
+        (Some(auth), _) => Some(("--relay-auth", auth.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("--relay-auth-file {}: {e}", path.display())))?;
+            let line = text.lines().next().unwrap_or("").to_owned();
+            Some(("--relay-auth-file", line))
+        }
+        (None, None) => None,
+    };
+    if let Some((flag, auth)) = auth {
         let Some((user, pass)) = auth.split_once(':') else {
-            return Err(err("--relay-auth: expected USER:PASS"));
+            return Err(err(format!("{flag}: expected USER:PASS")));
         };
         up.auth = Some(ClientAuth::new(user, pass));
     }
@@ -455,6 +476,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn relay_auth_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("smtpd-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("auth");
+        std::fs::write(&file, "relay:s3cret:with colon\n").unwrap();
+        let relay = ["smtpd", "--sink", "--relay", "127.0.0.1:25"];
+        let a = Args::try_parse_from(
+            relay
+                .into_iter()
+                .chain(["--relay-auth-file", file.to_str().unwrap()]),
+        )
+        .unwrap();
+        let up = relay_upstream(&a, "mx.example", Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        let auth = up.auth.unwrap();
+        assert_eq!(auth.username, "relay");
+        assert_eq!(auth.password.expose(), "s3cret:with colon");
+        // Both at once, a file without a colon, a missing file: refused.
+        assert!(
+            Args::try_parse_from(relay.into_iter().chain([
+                "--relay-auth",
+                "a:b",
+                "--relay-auth-file",
+                "x"
+            ]))
+            .is_err()
+        );
+        std::fs::write(&file, "no colon\n").unwrap();
+        assert!(relay_upstream(&a, "mx.example", Duration::from_secs(5)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let a = Args::try_parse_from(
+            relay
+                .into_iter()
+                .chain(["--relay-auth-file", "/nonexistent/auth"]),
+        )
+        .unwrap();
+        assert!(relay_upstream(&a, "mx.example", Duration::from_secs(5)).is_err());
+    }
 
     #[test]
     fn flags() {
