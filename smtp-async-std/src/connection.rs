@@ -1,6 +1,6 @@
 //! The low level: one connection driving one [`Session`].
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
 use smtp_proto::accept::{
-    SessionIds, StopSeen, StopWatch, WriteDeadline, drive_until_abort, tls_info,
+    Alarm, IoStep, PollIo, SessionIds, StopSeen, StopWatch, drive_until_abort, tls_info,
 };
 use smtp_proto::config::Config;
 use smtp_proto::handler::{Dispatcher, Drive, Handler};
@@ -77,12 +77,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     }
 }
 
-/// What one round of I/O produced.
-enum Io {
-    Wrote(usize),
-    Read(usize),
-    Timer,
-    Stop,
+impl<S: AsyncRead + AsyncWrite + Unpin> PollIo for Stream<S> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        AsyncRead::poll_read(Pin::new(self), cx, buf)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(self), cx, buf)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(self), cx)
+    }
+}
+
+/// The connection's one `async_io::Timer`, re-armed in place (a busy
+/// session does not touch the reactor's timers at every command).
+struct Alarmer(Timer);
+
+impl Alarm for Alarmer {
+    fn set(&mut self, at: Instant) {
+        self.0.set_at(at);
+    }
+
+    fn poll_alarm(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
 }
 
 /// One SMTP connection: a stream, a [`Session`] and a [`Dispatcher`] for a
@@ -113,14 +133,8 @@ pub struct Connection<S, H> {
     tls: Option<TlsAcceptor>,
     stop: Option<StopWatch>,
     seen: StopSeen,
-    need_flush: bool,
-    write_deadline: WriteDeadline,
-    /// One timer for the connection's life, re-armed only when a deadline
-    /// comes earlier than the one armed (firing early is harmless: the
-    /// session checks its own deadline), so a busy session does not touch
-    /// the reactor's timers at every command.
-    timer: Timer,
-    armed: Option<Instant>,
+    io: IoStep,
+    timer: Alarmer,
 }
 
 impl<S, H> std::fmt::Debug for Connection<S, H> {
@@ -159,10 +173,8 @@ where
             tls: None,
             stop: None,
             seen: StopSeen::default(),
-            need_flush: false,
-            write_deadline: WriteDeadline::default(),
-            timer: Timer::never(),
-            armed: None,
+            io: IoStep::default(),
+            timer: Alarmer(Timer::never()),
         }
     }
 
@@ -336,7 +348,7 @@ where
             }
             stream.flush().await
         };
-        self.need_flush = false;
+        self.io.flushed();
         timeout(t, all)
             .await
             .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
@@ -369,89 +381,19 @@ where
         }
     }
 
-    /// Waits for one of: a write, a read, the session's timer, the write
-    /// deadline, or a stop signal; then feeds the result to the session.
+    /// One round of I/O ([`IoStep::run`]).
     async fn io_step(&mut self) -> io::Result<()> {
-        let pending = self.session.wants_write() || self.need_flush;
-        let wake = self
-            .write_deadline
-            .arm(pending, &self.session, Instant::now());
-        if let Some(w) = wake {
-            if self.armed.is_none_or(|a| w < a) {
-                self.timer.set_at(w);
-                self.armed = Some(w);
-            }
-        }
         let Connection {
             stream,
             session,
             stop,
             seen,
-            need_flush,
+            io,
             timer,
             ..
         } = self;
-        let seen = seen.get();
-        let io = poll_fn(|cx| {
-            if session.wants_write() {
-                match Pin::new(&mut *stream).poll_write(cx, session.transmit()) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => return Poll::Ready(Ok(Io::Wrote(n))),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            } else if *need_flush {
-                match Pin::new(&mut *stream).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => *need_flush = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
-            if session.wants_read() {
-                let buf = session.read_buf();
-                if !buf.is_empty() {
-                    match Pin::new(&mut *stream).poll_read(cx, buf) {
-                        Poll::Ready(Ok(n)) => return Poll::Ready(Ok(Io::Read(n))),
-                        Poll::Ready(Err(e)) => {
-                            tracing::debug!(error = %e, "read failed");
-                            return Poll::Ready(Ok(Io::Read(0)));
-                        }
-                        Poll::Pending => {}
-                    }
-                }
-            }
-            if let Some(w) = stop.as_mut() {
-                if w.poll_until(cx, |s| s != seen).is_ready() {
-                    return Poll::Ready(Ok(Io::Stop));
-                }
-            }
-            if Pin::new(&mut *timer).poll(cx).is_ready() {
-                return Poll::Ready(Ok(Io::Timer));
-            }
-            Poll::Pending
-        })
-        .await?;
-        match io {
-            Io::Wrote(n) => {
-                self.session.transmitted(n);
-                self.need_flush = true;
-                self.write_deadline.progressed();
-            }
-            Io::Read(0) => self.session.receive_eof(),
-            Io::Read(n) => self.session.filled(n, Instant::now()),
-            Io::Stop => {}
-            Io::Timer => {
-                self.armed = None;
-                let now = Instant::now();
-                let pending = self.need_flush || self.session.wants_write();
-                if self.write_deadline.expired(pending, now) {
-                    tracing::info!("write timed out; closing");
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                self.session.handle_timeout(now);
-            }
-        }
-        Ok(())
+        io.run(stream, timer, session, stop.as_mut(), seen.get())
+            .await
     }
 }
 

@@ -462,6 +462,159 @@ pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
     }
 }
 
+/// A stream an async adapter's [`IoStep`] reads and writes (the adapter
+/// maps its runtime's I/O traits onto these three calls).
+#[cfg(feature = "handler")]
+pub trait PollIo {
+    /// Reads into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>>;
+    /// Writes from `buf`.
+    fn poll_write(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>>;
+    /// Flushes what was written.
+    fn poll_flush(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>>;
+}
+
+/// A connection's one timer, from the adapter's runtime.
+#[cfg(feature = "handler")]
+pub trait Alarm {
+    /// Fires at `at` (replacing the time set before).
+    fn set(&mut self, at: std::time::Instant);
+    /// Ready once the time set has come.
+    fn poll_alarm(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
+}
+
+/// What one wait of an [`IoStep`] produced.
+#[cfg(feature = "handler")]
+enum IoDone {
+    Wrote(usize),
+    Read(usize),
+    Timer,
+    Stop,
+}
+
+/// The I/O step of an async adapter's connection, written once: waits for
+/// whichever comes first of a write, a flush, a read, the session's timer,
+/// the write deadline and a stop signal, then feeds the result to the
+/// session. Reading and writing go on together, so a client that pipelines
+/// a lot never deadlocks the server; reading stops while replies pile up
+/// unread (backpressure); output the client does not read for the command
+/// timeout ends the connection ([`WriteDeadline`]). One timer serves the
+/// connection, re-armed only when a deadline comes earlier than the one
+/// armed (an early wake-up is harmless).
+#[cfg(feature = "handler")]
+#[derive(Debug, Default)]
+pub struct IoStep {
+    need_flush: bool,
+    write_deadline: WriteDeadline,
+    armed: Option<std::time::Instant>,
+}
+
+#[cfg(feature = "handler")]
+impl IoStep {
+    /// Everything written so far was flushed (by the adapter's own flush).
+    pub fn flushed(&mut self) {
+        self.need_flush = false;
+    }
+
+    /// One step. Errors are I/O errors and a write timeout; a failed read
+    /// counts as the end of the stream.
+    pub async fn run(
+        &mut self,
+        stream: &mut impl PollIo,
+        alarm: &mut impl Alarm,
+        session: &mut Session,
+        mut stop: Option<&mut StopWatch>,
+        seen: Stop,
+    ) -> std::io::Result<()> {
+        use std::task::Poll;
+        let pending = session.wants_write() || self.need_flush;
+        let wake = self
+            .write_deadline
+            .arm(pending, session, std::time::Instant::now());
+        if let Some(w) = wake {
+            if self.armed.is_none_or(|a| w < a) {
+                alarm.set(w);
+                self.armed = Some(w);
+            }
+        }
+        let done = std::future::poll_fn(|cx| {
+            if session.wants_write() {
+                match stream.poll_write(cx, session.transmit()) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => return Poll::Ready(Ok(IoDone::Wrote(n))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            } else if self.need_flush {
+                match stream.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.need_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if session.wants_read() {
+                let buf = session.read_buf();
+                if !buf.is_empty() {
+                    match stream.poll_read(cx, buf) {
+                        Poll::Ready(Ok(n)) => return Poll::Ready(Ok(IoDone::Read(n))),
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "read failed");
+                            return Poll::Ready(Ok(IoDone::Read(0)));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if let Some(w) = stop.as_mut() {
+                if w.poll_until(cx, |s| s != seen).is_ready() {
+                    return Poll::Ready(Ok(IoDone::Stop));
+                }
+            }
+            if self.armed.is_some() && alarm.poll_alarm(cx).is_ready() {
+                return Poll::Ready(Ok(IoDone::Timer));
+            }
+            Poll::Pending
+        })
+        .await?;
+        match done {
+            IoDone::Wrote(n) => {
+                session.transmitted(n);
+                self.need_flush = true;
+                self.write_deadline.progressed();
+            }
+            IoDone::Read(0) => session.receive_eof(),
+            IoDone::Read(n) => session.filled(n, std::time::Instant::now()),
+            IoDone::Stop => {}
+            IoDone::Timer => {
+                self.armed = None;
+                let now = std::time::Instant::now();
+                // Output still unwritten past its deadline: the client does
+                // not read. (A flush that completed meanwhile is no timeout.)
+                let pending = self.need_flush || session.wants_write();
+                if self.write_deadline.expired(pending, now) {
+                    tracing::info!("write timed out; closing");
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                session.handle_timeout(now);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The names of a rustls connection's TLS version and cipher suite
 /// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
 #[cfg(feature = "rustls")]
