@@ -1,8 +1,6 @@
 //! The cases. Each starts its own server process with `smtpd` flags.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,18 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Ctx, TestCert, all_files, assert_stored, delivered, have};
-
-type Case = fn(Ctx) -> Pin<Box<dyn Future<Output = ()>>>;
-
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        /// Every case, by name.
-        pub(crate) const ALL: &[(&str, Case)] = &[
-            $((stringify!($name), |ctx| Box::pin($name(ctx)))),*
-        ];
-    };
-}
+use crate::support::{Ctx, cases, TestCert, all_files, assert_stored, delivered, have};
 
 cases!(
     greeting_ehlo_quit,
@@ -72,11 +59,11 @@ cases!(
     relay_tls_verify,
 );
 
-fn tmp() -> tempfile::TempDir {
+pub(crate) fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temp path")
 }
 
@@ -334,7 +321,7 @@ async fn smtp_smuggling_variants_deliver_nothing(ctx: Ctx) {
 }
 
 /// Starts a server with a throwaway certificate; returns it with the cert.
-fn tls_server(ctx: &Ctx, dir: &Path, extra: &[&str]) -> (crate::Smtpd, TestCert) {
+pub(crate) fn tls_server(ctx: &Ctx, dir: &Path, extra: &[&str]) -> (crate::Smtpd, TestCert) {
     let cert = TestCert::new();
     let (c, k) = cert.write_pem(dir);
     let mut args = vec!["--tls-cert", p(&c), "--tls-key", p(&k)];
@@ -1034,7 +1021,7 @@ async fn curl_smtp_and_smtps(ctx: Ctx) {
 
 /// Sends one message through `c` (greeted) and returns the replies to the
 /// RCPTs; the message is sent only if one was accepted.
-async fn send_through<S>(
+pub(crate) async fn send_through<S>(
     c: &mut crate::Client<S>,
     from: &str,
     rcpts: &[&str],
@@ -1057,7 +1044,7 @@ where
 }
 
 /// The body (after our trace headers) of the one message for `rcpt` under `root`.
-fn stored_body(root: &Path, rcpt: &str) -> String {
+pub(crate) fn stored_body(root: &Path, rcpt: &str) -> String {
     let files = delivered(root, rcpt);
     assert_eq!(files.len(), 1, "{rcpt}: {:?}", all_files(root));
     String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8")
@@ -1457,7 +1444,7 @@ async fn relay_to_postfix_smtp_sink(ctx: Ctx) {
 }
 
 /// Whether Postfix's smtp-sink is installed (loud skip outside CI).
-fn have_sink() -> bool {
+pub(crate) fn have_sink() -> bool {
     let ok = Command::new("sh")
         .args(["-c", "command -v smtp-sink"])
         .stdout(Stdio::null())

@@ -29,6 +29,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cases;
+mod hardening_core;
+mod hardening_net;
+mod hardening_relay;
+mod hardening_store;
 mod support;
 
 use std::process::ExitCode;
@@ -61,7 +65,13 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     for (variant, _) in variants {
-        for (name, case) in cases::ALL {
+        let all = cases::ALL
+            .iter()
+            .chain(hardening_core::ALL)
+            .chain(hardening_net::ALL)
+            .chain(hardening_relay::ALL)
+            .chain(hardening_store::ALL);
+        for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

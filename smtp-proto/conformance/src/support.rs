@@ -398,3 +398,17 @@ pub(crate) fn have(tool: &str) -> bool {
     }
     ok
 }
+
+/// One conformance case: starts its servers, drives them, asserts.
+pub(crate) type Case = fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Declares a module's `ALL`: its cases by name (`lib.rs` runs every module's).
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case of this module, by name.
+        pub(crate) const ALL: &[(&str, $crate::support::Case)] = &[
+            $((stringify!($name), |ctx| Box::pin($name(ctx)))),*
+        ];
+    };
+}
+pub(crate) use cases;

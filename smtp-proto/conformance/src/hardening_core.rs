@@ -1,0 +1,9 @@
+//! Hardening cases: protocol-core regressions (issue 12, items 20-26).
+
+#[allow(unused_imports)]
+use crate::cases::{p, send_through, tmp};
+use crate::support::cases;
+#[allow(unused_imports)]
+use crate::support::{Ctx, all_files, delivered};
+
+cases!();
