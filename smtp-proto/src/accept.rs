@@ -809,6 +809,46 @@ mod tests {
         assert!(l.counts().per_ip.is_empty());
     }
 
+    /// Issue 12 item 11: however a session ends, its handler sees
+    /// `disconnect` exactly once: at `Closing`, or when the dispatcher is
+    /// dropped without one (an adapter that gave up on a failed write).
+    #[cfg(feature = "handler")]
+    #[test]
+    fn disconnect_runs_once_however_the_session_ends() {
+        use crate::handler::{Dispatcher, Handler, SessionInfo};
+        use std::time::Instant;
+
+        #[derive(Default)]
+        struct Ends(Mutex<Vec<CloseReason>>);
+        impl Handler for Ends {
+            fn disconnect(&self, _: &SessionInfo, reason: CloseReason) {
+                self.0.lock().unwrap().push(reason);
+            }
+        }
+        let config = Arc::new(crate::config::Config::new("mx.example"));
+        // Dropped mid-session (a reset, a failed write): ConnectionLost.
+        let h = Arc::new(Ends::default());
+        let mut s = Session::new(config.clone(), Default::default(), Instant::now());
+        let mut d = Dispatcher::new(h.clone(), "a");
+        futures_executor::block_on(d.drive(&mut s));
+        s.receive(b"EHLO x\r\n", Instant::now());
+        futures_executor::block_on(d.drive(&mut s));
+        drop(d);
+        assert_eq!(*h.0.lock().unwrap(), [CloseReason::ConnectionLost]);
+        // Closed by QUIT, then dropped: once, with QUIT.
+        let h = Arc::new(Ends::default());
+        let mut s = Session::new(config, Default::default(), Instant::now());
+        let mut d = Dispatcher::new(h.clone(), "b");
+        futures_executor::block_on(d.drive(&mut s));
+        s.receive(b"QUIT\r\n", Instant::now());
+        assert_eq!(
+            futures_executor::block_on(d.drive(&mut s)),
+            crate::handler::Drive::Closed
+        );
+        drop(d);
+        assert_eq!(*h.0.lock().unwrap(), [CloseReason::Quit]);
+    }
+
     #[test]
     fn ids_are_unique() {
         let ids = SessionIds::new(0xABC);

@@ -327,6 +327,33 @@ pub struct Dispatcher<H> {
     envelope: Envelope,
     body: Vec<u8>,
     closed: bool,
+    /// [`Handler::disconnect`], kept so that `Drop` (which cannot require
+    /// `H: Handler`) can call it.
+    end: fn(&H, &SessionInfo, CloseReason),
+}
+
+/// The one cleanup path (issue 12 item 11): however a session ends (QUIT,
+/// timeout, reset, a failed read or write, a TLS failure, shutdown, a
+/// panic, a dropped task), the handler sees [`Handler::disconnect`] exactly
+/// once. Without a [`Event::Closing`] first, the reason is
+/// [`CloseReason::ConnectionLost`].
+impl<H> Drop for Dispatcher<H> {
+    fn drop(&mut self) {
+        self.end_once(CloseReason::ConnectionLost);
+    }
+}
+
+impl<H> Dispatcher<H> {
+    /// Calls [`Handler::disconnect`] unless it was called already.
+    fn end_once(&mut self, reason: CloseReason) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let (end, h, info) = (self.end, &*self.handler, &self.info);
+        if std::panic::catch_unwind(AssertUnwindSafe(|| end(h, info, reason))).is_err() {
+            tracing::error!("handler panicked in disconnect");
+        }
+    }
 }
 
 impl<H: Handler> Dispatcher<H> {
@@ -341,6 +368,7 @@ impl<H: Handler> Dispatcher<H> {
             envelope: Envelope::default(),
             body: Vec::new(),
             closed: false,
+            end: |h, info, reason| h.disconnect(info, reason),
         }
     }
 
@@ -475,15 +503,8 @@ impl<H: Handler> Dispatcher<H> {
                 Event::Closing(reason) => {
                     tracing::debug!(?reason, "session closing");
                     if !self.closed {
-                        self.closed = true;
                         self.info.refresh(s);
-                        let h = &self.handler;
-                        let info = &self.info;
-                        if std::panic::catch_unwind(AssertUnwindSafe(|| h.disconnect(info, reason)))
-                            .is_err()
-                        {
-                            tracing::error!("handler panicked in disconnect");
-                        }
+                        self.end_once(reason);
                     }
                 }
             }

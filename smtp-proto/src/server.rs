@@ -190,6 +190,9 @@ pub enum CloseReason {
     TlsFailed,
     /// The application aborted the session (e.g. a handler panicked).
     Aborted,
+    /// The connection failed or was dropped before the session closed
+    /// (a reset, a failed write, a write timeout, an aborted task).
+    ConnectionLost,
 }
 
 /// A single-use token for an event that needs a decision.
