@@ -127,12 +127,21 @@ pub struct Args {
     pub proxy_protocol: bool,
     /// Relay to this upstream SMTP server (`host:port`): every recipient
     /// without a local store, or outside the served domains with one.
+    /// No open relay: recipients outside the --domain list (`*` counts as
+    /// none here) are relayed only for loopback and Unix-socket clients,
+    /// --relay-from-network networks and authenticated sessions (the PROXY
+    /// protocol's source address is the client's); others get 550 5.7.1.
+    /// STARTTLS to the upstream is used whenever it is offered.
     #[arg(long, value_name = "HOST:PORT")]
     pub relay: Option<String>,
     /// Require STARTTLS to the upstream (no clear-text fallback; the
     /// certificate is not checked unless --relay-tls-verify).
     #[arg(long, requires = "relay")]
     pub relay_starttls: bool,
+    /// Never use STARTTLS to the upstream (by default it is used whenever
+    /// the upstream offers it).
+    #[arg(long, requires = "relay", conflicts_with_all = ["relay_starttls", "relay_tls_verify"])]
+    pub relay_no_starttls: bool,
     /// Check the upstream's certificate (against the CA PEM file given, or
     /// the Mozilla roots). Implies --relay-starttls.
     #[arg(long, value_name = "CA", num_args = 0..=1, requires = "relay")]
@@ -151,6 +160,11 @@ pub struct Args {
         conflicts_with = "relay_auth"
     )]
     pub relay_auth_file: Option<PathBuf>,
+    /// Send the upstream credentials even on a connection without TLS
+    /// (by default they go only inside TLS, and --relay-auth with
+    /// --relay-no-starttls is refused).
+    #[arg(long, requires = "relay")]
+    pub relay_auth_insecure: bool,
     /// Clients in this network may relay to any domain (repeatable; CIDR,
     /// e.g. 10.0.0.0/8). Authenticated clients always may.
     #[arg(long, value_name = "CIDR", requires = "relay")]
@@ -248,8 +262,10 @@ fn relay_upstream(
         Some(ca) => UpstreamTls::verify(ca.as_deref())
             .map_err(|e| err(format!("--relay-tls-verify: {e}")))?,
         None if a.relay_starttls => UpstreamTls::Encrypt,
-        None => UpstreamTls::None,
+        None if a.relay_no_starttls => UpstreamTls::None,
+        None => UpstreamTls::Opportunistic,
     };
+    up.auth_insecure = a.relay_auth_insecure;
     let auth = match (&a.relay_auth, &a.relay_auth_file) {
         (Some(auth), _) => Some(("--relay-auth", auth.clone())),
         (None, Some(path)) => {
@@ -265,6 +281,12 @@ fn relay_upstream(
             return Err(err(format!("{flag}: expected USER:PASS")));
         };
         up.auth = Some(ClientAuth::new(user, pass));
+        if a.relay_no_starttls && !a.relay_auth_insecure {
+            return Err(err(format!(
+                "{flag} with --relay-no-starttls would send the credentials in clear text: \
+                 drop --relay-no-starttls, or add --relay-auth-insecure"
+            )));
+        }
     }
     Ok(Some(up))
 }
@@ -343,19 +365,6 @@ impl Setup {
             (Some(_), Store::Debug(_) | Store::Sink(_)) => None,
             _ => Some(store),
         };
-        if upstream.is_some() && a.domain.is_empty() && !a.require_auth {
-            let public = a
-                .listen
-                .iter()
-                .chain(&a.listen_tls)
-                .any(|l| !l.ip().is_loopback());
-            if public {
-                tracing::warn!(
-                    "--relay without --domain relays any recipient for any client: an open relay \
-                     on a non-loopback address (add --domain, or --require-auth)"
-                );
-            }
-        }
         let router = Router::new(
             a.domain.clone(),
             local,
@@ -516,6 +525,41 @@ mod tests {
         )
         .unwrap();
         assert!(relay_upstream(&a, "mx.example", Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn relay_credentials_only_inside_tls() {
+        let base = [
+            "smtpd",
+            "--sink",
+            "--relay",
+            "127.0.0.1:25",
+            "--relay-auth",
+            "u:p",
+        ];
+        let a = Args::try_parse_from(base).unwrap();
+        let up = relay_upstream(&a, "mx.example", Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(up.tls, UpstreamTls::Opportunistic));
+        assert!(!up.auth_insecure);
+        let a = Args::try_parse_from(base.into_iter().chain(["--relay-no-starttls"])).unwrap();
+        let e = Setup::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("--relay-auth-insecure"), "{e}");
+        let a = Args::try_parse_from(
+            base.into_iter()
+                .chain(["--relay-no-starttls", "--relay-auth-insecure"]),
+        )
+        .unwrap();
+        let up = relay_upstream(&a, "mx.example", Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(up.tls, UpstreamTls::None));
+        assert!(up.auth_insecure);
+        assert!(
+            Args::try_parse_from(base.into_iter().chain(["--relay-no-starttls", "--relay-starttls"]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! local store or the relay (Python smtpd's `PureProxy` and
 //! `MailmanProxy`, Pike's `*` domain).
 //!
-//! [`Router`] is a [`Handler`]: put it in front of any local handler. The
-//! upstream session runs on the `blocking` thread pool over `std::net` (and
-//! rustls for STARTTLS), so the relay works unchanged on every adapter.
+//! [`Router`] is a [`Handler`]: put it in front of any local handler. Each
+//! session's upstream connection runs on a thread of its own over
+//! `std::net` (and rustls for STARTTLS), so the relay works unchanged on
+//! every adapter, and a slow upstream never holds up the thread pool the
+//! local stores write on.
 //!
 //! What the client sees is what the upstream said:
 //! - each relayed `RCPT` is proxied as it arrives: the upstream's refusal is
@@ -13,24 +15,37 @@
 //!   covered by a later `250`;
 //! - the body goes upstream byte for byte (our `Received:` header
 //!   prepended, never `Return-Path:` or `Delivered-To:`), with
-//!   `SMTPUTF8`, `BODY=` and the DSN parameters passed on;
+//!   `SMTPUTF8`, `BODY=` and the DSN parameters passed on (`ENVID` and
+//!   `ORCPT` decoded once and encoded once);
 //! - an unreachable upstream, a `4xx`, a timeout or a lost connection gives
 //!   `451 4.4.1`, and then nothing is delivered: local recipients of the
-//!   same transaction get no copy either (all or nothing). The upstream
-//!   goes first; if it accepts and a local delivery then fails, the client
-//!   is told to retry the whole message (a duplicate upstream, never a
-//!   loss).
+//!   same transaction get no copy either (all or nothing). Once a relayed
+//!   recipient was accepted, losing the upstream transaction fails the
+//!   rest of it (later `RCPT`s and the body get `451 4.4.1`): a `250`
+//!   never covers a recipient that was not handed on. The upstream goes
+//!   first; if it accepts and a local delivery then fails, the client is
+//!   told to retry the whole message (a duplicate upstream, never a loss);
+//! - what the upstream can never take is refused for good: a message that
+//!   needs `SMTPUTF8` (`553 5.6.7`), `8BITMIME`/`BINARYMIME` (`554 5.6.3`)
+//!   or is over its `SIZE` (`552 5.3.4`).
 //!
-//! No open relay: a recipient outside the served domains is relayed only
-//! when no domain is configured at all (relay everything), the session
-//! authenticated, or the client's address (the PROXY-protocol one when
-//! that is on) is in an allowed network; otherwise `550 5.7.1`.
+//! TLS to the upstream is opportunistic by default (STARTTLS whenever it is
+//! offered, Postfix's `may`); credentials are sent only inside TLS unless
+//! [`Upstream::auth_insecure`] says otherwise.
+//!
+//! No open relay: a recipient outside the served domains (a `*` serves no
+//! domain for this purpose) is relayed only when the client is trusted:
+//! authenticated, on a loopback address or a Unix socket, or in an allowed
+//! network ([`Router::new`]); the client's address is the PROXY-protocol
+//! one when that is on. Others get `550 5.7.1`, and so does sender-specified
+//! routing (`%`, `!` or a quoted `@` in the local part) from an untrusted
+//! client. `postmaster` is ours only bare or at a served domain.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -39,7 +54,7 @@ use rustls::{ClientConnection, RootCertStore, StreamOwned};
 
 use crate::client::{
     Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope as UpEnvelope,
-    Recipient as UpRecipient, TlsPolicy,
+    Recipient as UpRecipient, TlsPolicy, UsageError,
 };
 use crate::command::BodyType;
 use crate::handler::{
@@ -53,9 +68,15 @@ use crate::store::DomainPolicy;
 /// How to secure the connection to the upstream.
 #[derive(Clone, Default)]
 pub enum UpstreamTls {
-    /// No STARTTLS (plaintext).
-    #[default]
+    /// No STARTTLS (plaintext). Credentials are then sent only with
+    /// [`Upstream::auth_insecure`].
     None,
+    /// STARTTLS whenever the upstream offers it (Postfix's `may`), the
+    /// certificate not checked; clear text when it is not offered, or
+    /// after a failed handshake on a new connection (never with
+    /// credentials, unless [`Upstream::auth_insecure`]).
+    #[default]
+    Opportunistic,
     /// STARTTLS is mandatory, the certificate is not checked (Postfix's
     /// `encrypt` level): no STARTTLS offered or a failed handshake is a
     /// temporary failure, never a clear-text fallback.
@@ -69,6 +90,7 @@ impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             UpstreamTls::None => "None",
+            UpstreamTls::Opportunistic => "Opportunistic",
             UpstreamTls::Encrypt => "Encrypt",
             UpstreamTls::Verify(_) => "Verify",
         })
@@ -107,36 +129,45 @@ pub struct Upstream {
     pub address: String,
     /// Our name in EHLO.
     pub hello_name: String,
-    /// STARTTLS policy.
+    /// STARTTLS policy (opportunistic by default).
     pub tls: UpstreamTls,
-    /// AUTH PLAIN/LOGIN credentials (sent only under TLS).
+    /// AUTH PLAIN/LOGIN credentials (sent only under TLS unless
+    /// [`Upstream::auth_insecure`]).
     pub auth: Option<ClientAuth>,
+    /// Send the credentials on a connection without TLS too (the operator
+    /// accepts that they cross the network in clear text).
+    pub auth_insecure: bool,
     /// Bound on every wait: connecting, each reply, each write.
     pub timeout: Duration,
 }
 
 impl Upstream {
-    /// `address` (`host:port`) in plaintext, without AUTH, with a 5-minute bound per wait.
+    /// `address` (`host:port`) with opportunistic STARTTLS, without AUTH,
+    /// with a 5-minute bound per wait.
     pub fn new(address: impl Into<String>, hello_name: impl Into<String>) -> Self {
         Upstream {
             address: address.into(),
             hello_name: hello_name.into(),
-            tls: UpstreamTls::None,
+            tls: UpstreamTls::Opportunistic,
             auth: None,
+            auth_insecure: false,
             timeout: Duration::from_secs(300),
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// The client's settings; `plain` turns STARTTLS off (the clear-text
+    /// retry after a failed opportunistic handshake).
+    fn client_config(&self, plain: bool) -> ClientConfig {
         let mut c = ClientConfig::new(self.hello_name.clone());
         c.tls = match self.tls {
+            _ if plain => TlsPolicy::None,
             UpstreamTls::None => TlsPolicy::None,
-            _ => TlsPolicy::Required,
+            UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
+            UpstreamTls::Encrypt | UpstreamTls::Verify(_) => TlsPolicy::Required,
         };
         c.auth = self.auth.clone();
-        // The client refuses AUTH without TLS unless told otherwise; with
-        // `UpstreamTls::None` and credentials, the operator chose plaintext.
-        c.allow_plaintext_auth = matches!(self.tls, UpstreamTls::None);
+        // The client refuses AUTH without TLS unless told otherwise.
+        c.allow_plaintext_auth = self.auth_insecure;
         let t = self.timeout;
         c.timeouts.greeting = t;
         c.timeouts.command = t;
@@ -156,7 +187,7 @@ impl Upstream {
             UpstreamTls::Verify(roots) => builder
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth(),
-            UpstreamTls::Encrypt => builder
+            UpstreamTls::Encrypt | UpstreamTls::Opportunistic => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth(),
@@ -219,7 +250,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 #[derive(Debug)]
 enum Failure {
     Io(io::Error),
+    /// The TLS handshake failed (an opportunistic session retries in clear text).
+    Tls(io::Error),
     Protocol(ClientError),
+    /// Our request does not fit what the upstream offers (nothing was sent;
+    /// the connection is still usable).
+    Usage(UsageError),
     Misuse(String),
 }
 
@@ -227,7 +263,9 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Io(e) => write!(f, "{e}"),
+            Failure::Tls(e) => write!(f, "TLS handshake: {e}"),
             Failure::Protocol(e) => write!(f, "{e}"),
+            Failure::Usage(e) => write!(f, "{e}"),
             Failure::Misuse(e) => f.write_str(e),
         }
     }
@@ -255,6 +293,48 @@ fn unavailable() -> Reply {
         EnhancedCode::new(4, 4, 1),
         "Upstream server unavailable, try again later",
     )
+}
+
+/// The permanent refusal for a transaction the upstream can never take
+/// (it lacks an extension the message needs, or the message is over its
+/// SIZE); `None` when the mismatch is ours to retry (`451 4.4.1`).
+fn mismatch_reply(e: &UsageError) -> Option<Reply> {
+    Some(match e {
+        UsageError::Unsupported("SMTPUTF8") => Reply::new(
+            553,
+            EnhancedCode::new(5, 6, 7),
+            "The upstream server does not support SMTPUTF8",
+        ),
+        UsageError::Unsupported(ext @ ("8BITMIME" | "BINARYMIME")) => Reply::new(
+            554,
+            EnhancedCode::new(5, 6, 3),
+            format!("The upstream server does not support {ext}"),
+        ),
+        UsageError::Unsupported("REQUIRETLS") => Reply::new(
+            550,
+            EnhancedCode::new(5, 7, 30),
+            "REQUIRETLS support required by the message is not available upstream",
+        ),
+        UsageError::Unsupported(ext) => Reply::new(
+            554,
+            EnhancedCode::new(5, 5, 1),
+            format!("The upstream server does not support {ext}"),
+        ),
+        UsageError::TooBig { limit } => Reply::new(
+            552,
+            EnhancedCode::new(5, 3, 4),
+            format!("Message too big for the upstream server (limit {limit})"),
+        ),
+        UsageError::InvalidAddress(_) => {
+            Reply::new(553, EnhancedCode::new(5, 1, 3), "Address cannot be relayed")
+        }
+        UsageError::InvalidParameter(p) => Reply::new(
+            501,
+            EnhancedCode::new(5, 5, 4),
+            format!("{p} cannot be relayed"),
+        ),
+        _ => return None,
+    })
 }
 
 enum Io {
@@ -306,8 +386,24 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connects and waits until the client is ready for a transaction.
+    /// Connects and waits until the client is ready for a transaction. An
+    /// opportunistic TLS session whose handshake fails is retried once on a
+    /// new connection in clear text, when that sends no credentials in clear.
     fn open(up: &Upstream) -> Result<Conn, Failure> {
+        match Conn::open_with(up, up.client_config(false)) {
+            Err(Failure::Tls(e))
+                if matches!(up.tls, UpstreamTls::Opportunistic)
+                    && (up.auth.is_none() || up.auth_insecure) =>
+            {
+                tracing::info!(error = %e, upstream = %up.address,
+                    "opportunistic TLS to the upstream failed; retrying in clear text");
+                Conn::open_with(up, up.client_config(true))
+            }
+            other => other,
+        }
+    }
+
+    fn open_with(up: &Upstream, config: ClientConfig) -> Result<Conn, Failure> {
         let addrs = up.address.to_socket_addrs().map_err(Failure::Io)?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         let mut tcp = None;
@@ -333,14 +429,20 @@ impl Conn {
             .to_owned();
         let mut conn = Conn {
             io: Some(Io::Plain(tcp)),
-            client: Client::new(up.client_config(), Instant::now()),
+            client: Client::new(config, Instant::now()),
             timeout: up.timeout,
             tls: up.tls_config(),
             host,
         };
-        match conn.event()? {
-            ClientEvent::Ready { .. } => Ok(conn),
-            other => Err(Failure::Misuse(format!("unexpected {other:?}"))),
+        loop {
+            match conn.event()? {
+                ClientEvent::Ready { .. } => return Ok(conn),
+                // Informational on the way to Ready (AUTH before the first
+                // transaction).
+                ClientEvent::Authenticated => {}
+                ClientEvent::Closed => return Err(Failure::Protocol(ClientError::UnexpectedEof)),
+                other => return Err(Failure::Misuse(format!("unexpected {other:?}"))),
+            }
         }
     }
 
@@ -376,6 +478,8 @@ impl Conn {
                         continue;
                     }
                     ClientEvent::Error(e) => {
+                        // Writes the QUIT the client queued when the
+                        // protocol is still in step.
                         let _ = self.flush();
                         return Err(Failure::Protocol(e));
                     }
@@ -439,12 +543,12 @@ impl Conn {
         while tls.is_handshaking() {
             if Instant::now() >= deadline {
                 self.client.tls_failed();
-                return Err(Failure::Io(io::ErrorKind::TimedOut.into()));
+                return Err(Failure::Tls(io::ErrorKind::TimedOut.into()));
             }
             if let Err(e) = tls.complete_io(&mut tcp) {
                 tracing::info!(error = %e, "upstream TLS handshake failed");
                 self.client.tls_failed();
-                return Err(Failure::Io(e));
+                return Err(Failure::Tls(e));
             }
         }
         self.io = Some(Io::Tls(Box::new(StreamOwned::new(tls, tcp))));
@@ -453,28 +557,128 @@ impl Conn {
             .map_err(|e| Failure::Misuse(e.to_string()))
     }
 
-    /// Ends the session politely (best effort).
+    /// Ends the session politely where it is still in step (QUIT, then the
+    /// reply awaited briefly); a broken connection is just closed.
     fn quit(mut self) {
+        self.timeout = self.timeout.min(Duration::from_secs(5));
         if self.client.quit(Instant::now()).is_ok() {
             let _ = self.event();
         }
     }
 }
 
-/// Per-session routing state.
+/// The thread that does one session's upstream I/O. Relay I/O never runs
+/// on the pool the local stores write on, so a slow upstream cannot hold up
+/// local deliveries (nor one slow upstream session another). The thread
+/// ends when the worker is dropped (with the session's state).
+struct Worker {
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Worker {
+    fn spawn() -> io::Result<Worker> {
+        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("smtp-relay".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Runs `f` on the worker's thread; `None` if it panicked or the
+    /// thread is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job = Box::new(move || {
+            if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(v);
+            }
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// The upstream side of one session: moved to its worker for each step.
 #[derive(Default)]
-struct SessionState {
+struct UpState {
     /// The upstream session, once a recipient was relayed.
-    upstream: Option<Box<Conn>>,
+    conn: Option<Box<Conn>>,
     /// Whether MAIL went upstream for the current transaction.
     mail_sent: bool,
-    /// The upstream refused MAIL: every relayed recipient gets this.
+    /// The upstream refused MAIL (or can never take this transaction):
+    /// every relayed recipient gets this.
     mail_refused: Option<Reply>,
+    /// Relayed recipients the upstream accepted in this transaction.
+    accepted: usize,
+    /// The upstream transaction was lost after a relayed recipient was
+    /// accepted: the rest of the transaction fails (`451 4.4.1`).
+    lost: bool,
+}
+
+impl UpState {
+    /// A new transaction: an open upstream one is abandoned (RSET).
+    fn reset(&mut self) {
+        if self.mail_sent {
+            if let Some(mut conn) = self.conn.take() {
+                // Nothing to reset when the upstream already ended it.
+                let _ = conn.client.reset(Instant::now());
+                if conn.flush().is_ok() {
+                    self.conn = Some(conn);
+                }
+            }
+        }
+        self.mail_sent = false;
+        self.mail_refused = None;
+        self.accepted = 0;
+        self.lost = false;
+    }
+
+    /// The upstream session failed: it is closed (with QUIT where it is
+    /// still in step), and if a relayed recipient was already accepted,
+    /// the transaction is lost.
+    fn fail(&mut self, e: &Failure, up: &Upstream, when: &str) {
+        tracing::info!(error = %e, upstream = %up.address, "relay {when} failed");
+        if let Some(conn) = self.conn.take() {
+            if !conn.client.is_closed() && !matches!(e, Failure::Io(_)) {
+                conn.quit();
+            }
+        }
+        self.mail_sent = false;
+        self.lost |= self.accepted > 0;
+    }
+}
+
+/// Per-session routing state.
+struct SessionState {
+    /// The thread for upstream I/O, once a recipient was relayed.
+    worker: Option<Arc<Worker>>,
+    /// The upstream side (taken while the worker has it).
+    up: UpState,
     /// The sender and parameters of the current transaction.
     from: String,
     options: MailOptions,
     /// Route of each recipient accepted in this transaction, in order.
     routes: Vec<Route>,
+    /// When a hook last used this state (stale states are swept).
+    touched: Instant,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            worker: None,
+            up: UpState::default(),
+            from: String::new(),
+            options: MailOptions::default(),
+            routes: Vec::new(),
+            touched: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,15 +691,19 @@ enum Route {
 /// permissions (see the [module docs](self)).
 ///
 /// Local means: a local handler is given **and** the recipient is in a
-/// served domain (`postmaster` always is). Everything else is relayed when
-/// an upstream is given and relaying is allowed, else refused with `550
-/// 5.7.1`. Without an upstream, `Router` behaves like [`DomainPolicy`].
+/// served domain (`postmaster` bare or at a served domain). Everything
+/// else is relayed when an upstream is given and the recipient is in a
+/// served domain or the client is trusted, else refused with `550 5.7.1`.
+/// Without an upstream, `Router` behaves like [`DomainPolicy`].
 pub struct Router<L> {
     domains: DomainPolicy<()>,
     local: Option<L>,
     upstream: Option<Arc<Upstream>>,
     networks: Vec<ipnet::IpNet>,
     sessions: Mutex<HashMap<String, SessionState>>,
+    /// A session state unused this long belongs to a session that is gone
+    /// (its `disconnect` never came): it is dropped, its upstream closed.
+    stale_after: Duration,
 }
 
 impl<L> std::fmt::Debug for Router<L> {
@@ -510,22 +718,40 @@ impl<L> std::fmt::Debug for Router<L> {
 }
 
 impl<L: Handler> Router<L> {
-    /// Serves `domains` (none or `*`: any) with `local` (if any), relays
-    /// through `upstream` (if any) for clients in `networks` (and
-    /// authenticated ones).
+    /// Serves `domains` (none or `*`: any, for local delivery) with `local`
+    /// (if any), relays through `upstream` (if any) to served domains for
+    /// anyone and to other domains for trusted clients: authenticated
+    /// ones, loopback and Unix-socket ones, and those in `networks`.
     pub fn new(
         domains: Vec<String>,
         local: Option<L>,
         upstream: Option<Upstream>,
         networks: Vec<ipnet::IpNet>,
     ) -> Self {
+        // Longer than any session can stay idle with the default timeouts
+        // (RFC 5321: 5 minutes per command), and than the upstream's bound.
+        let stale_after = upstream
+            .as_ref()
+            .map_or(Duration::ZERO, |u| u.timeout)
+            .max(Duration::from_secs(300))
+            * 2;
         Router {
             domains: DomainPolicy::new(domains, ()),
             local,
             upstream: upstream.map(Arc::new),
             networks,
             sessions: Mutex::new(HashMap::new()),
+            stale_after,
         }
+    }
+
+    /// How long an unused session state is kept before it is taken for
+    /// the state of a session that ended without `disconnect` (default:
+    /// twice the longer of 5 minutes and the upstream's timeout). Set it
+    /// above the server's command and data timeouts.
+    pub fn stale_after(mut self, d: Duration) -> Self {
+        self.stale_after = d;
+        self
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, SessionState>> {
@@ -536,87 +762,160 @@ impl<L: Handler> Router<L> {
         self.sessions().remove(id).unwrap_or_default()
     }
 
-    fn put_state(&self, id: &str, state: SessionState) {
-        self.sessions().insert(id.to_owned(), state);
+    fn put_state(&self, id: &str, mut state: SessionState) {
+        let now = Instant::now();
+        state.touched = now;
+        let stale: Vec<SessionState> = {
+            let mut sessions = self.sessions();
+            sessions.insert(id.to_owned(), state);
+            let gone: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| now.saturating_duration_since(s.touched) > self.stale_after)
+                .map(|(k, _)| k.clone())
+                .collect();
+            gone.iter().filter_map(|k| sessions.remove(k)).collect()
+        };
+        for s in stale {
+            tracing::warn!("dropping the relay state of a session that ended without disconnect");
+            close_state(s);
+        }
+    }
+
+    /// Whether the client may relay to domains we do not serve.
+    fn trusted(&self, session: &SessionInfo) -> bool {
+        if session.authenticated.is_some() {
+            return true;
+        }
+        match session.peer.remote.map(|a| a.ip()) {
+            // A Unix-domain socket: a local client.
+            None => true,
+            Some(ip) => {
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                ip.is_loopback() || self.networks.iter().any(|n| n.contains(&ip))
+            }
+        }
     }
 
     /// Where `address` goes, or the refusal.
     fn route(&self, session: &SessionInfo, address: &str) -> Result<Route, Reply> {
         let configured = !self.domains.domains.is_empty();
-        let served = self.domains.serves(address);
-        if self.local.is_some() && served && (configured || self.upstream.is_none()) {
+        if self.local.is_some()
+            && self.domains.serves(address)
+            && (configured || self.upstream.is_none())
+        {
             return Ok(Route::Local);
         }
         if self.upstream.is_none() {
             return Err(Reply::RELAY_DENIED);
         }
-        let in_network = session
-            .peer
-            .remote
-            .map(|a| a.ip())
-            .is_some_and(|ip: IpAddr| self.networks.iter().any(|n| n.contains(&ip)));
-        if !configured || served || session.authenticated.is_some() || in_network {
+        if self.trusted(session) {
+            return Ok(Route::Relay);
+        }
+        // Untrusted: only to a domain we serve by name (never `*`), and
+        // without sender-specified routing (Postfix's
+        // `allow_untrusted_routing = no`).
+        let (local, _) = address.rsplit_once('@').unwrap_or((address, ""));
+        let routing = local.contains(['%', '!', '@']);
+        if self.domains.serves_by_name(address) && !routing {
             Ok(Route::Relay)
         } else {
             Err(Reply::RELAY_DENIED)
         }
     }
 
-    /// Proxies one RCPT: connects and sends MAIL first if needed.
+    /// Proxies one RCPT on the session's worker: connects and sends MAIL
+    /// first if needed.
     async fn relay_rcpt(&self, id: &str, to: &Recipient) -> Decision {
-        let Some(up) = self.upstream.clone() else {
+        let Some(upstream) = self.upstream.clone() else {
             return Reply::RELAY_DENIED.into();
         };
         let mut state = self.take_state(id);
-        let to = to.clone();
-        let (state, decision) = blocking::unblock(move || {
-            let d = rcpt_upstream(&up, &mut state, &to);
-            (state, d)
-        })
-        .await;
+        let worker = match &state.worker {
+            Some(w) => w.clone(),
+            None => match Worker::spawn() {
+                Ok(w) => state.worker.insert(Arc::new(w)).clone(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a relay thread");
+                    self.put_state(id, state);
+                    return Decision::Reply(unavailable());
+                }
+            },
+        };
+        let mut up = std::mem::take(&mut state.up);
+        let (from, options, to) = (state.from.clone(), state.options.clone(), to.clone());
+        let result = worker
+            .run(move || {
+                let d = rcpt_upstream(&upstream, &mut up, &from, &options, &to);
+                (up, d)
+            })
+            .await;
+        let decision = match result {
+            Some((up, d)) => {
+                state.up = up;
+                d
+            }
+            None => {
+                // The step panicked: its connection is gone with it.
+                state.up.lost = true;
+                Decision::Reply(unavailable())
+            }
+        };
         self.put_state(id, state);
         decision
     }
 }
 
-/// Blocking: MAIL (once) and this RCPT upstream; the upstream's reply.
-fn rcpt_upstream(up: &Upstream, state: &mut SessionState, to: &Recipient) -> Decision {
-    if let Some(r) = &state.mail_refused {
+/// Closes a state's upstream session (QUIT) on its own worker thread.
+fn close_state(state: SessionState) {
+    let SessionState { worker, up, .. } = state;
+    if let (Some(worker), Some(conn)) = (worker, up.conn) {
+        let _ = worker.jobs.send(Box::new(move || conn.quit()));
+    }
+}
+
+/// On the worker: MAIL (once) and this RCPT upstream; the upstream's reply.
+fn rcpt_upstream(
+    up: &Upstream,
+    st: &mut UpState,
+    from: &str,
+    options: &MailOptions,
+    to: &Recipient,
+) -> Decision {
+    if st.lost {
+        return Decision::Reply(unavailable());
+    }
+    if let Some(r) = &st.mail_refused {
         return Decision::Reply(r.clone());
     }
     let result = (|| -> Result<Reply, Failure> {
-        if state.upstream.is_none() {
-            state.upstream = Some(Box::new(Conn::open(up)?));
-            state.mail_sent = false;
+        if st.conn.is_none() {
+            st.conn = Some(Box::new(Conn::open(up)?));
+            st.mail_sent = false;
         }
-        let conn = state
-            .upstream
+        let conn = st
+            .conn
             .as_mut()
             .ok_or_else(|| Failure::Misuse("no upstream".into()))?;
         let now = Instant::now();
-        if !state.mail_sent {
+        if !st.mail_sent {
             conn.client
-                .begin_mail(&up_envelope(&state.from, &state.options), now)
-                .map_err(|e| Failure::Misuse(e.to_string()))?;
-            state.mail_sent = true;
+                .begin_mail(&up_envelope(from, options), now)
+                .map_err(Failure::Usage)?;
+            st.mail_sent = true;
         }
         let index = conn
             .client
-            .add_recipient(
-                &UpRecipient {
-                    address: to.address.clone(),
-                    notify: to.notify,
-                    orcpt: to.orcpt.clone(),
-                },
-                now,
-            )
-            .map_err(|e| Failure::Misuse(e.to_string()))?;
+            .add_recipient(&up_recipient(to), now)
+            .map_err(Failure::Usage)?;
         loop {
             match conn.event()? {
                 ClientEvent::Recipient { index: i, reply } if i == index => return Ok(reply),
                 // MAIL refused: every recipient of this transaction gets its reply.
                 ClientEvent::MessageRejected { reply, .. } => {
-                    state.mail_refused = Some(with_enhanced(reply.clone()));
+                    st.mail_refused = Some(with_enhanced(reply.clone()));
                     return Ok(reply);
                 }
                 ClientEvent::Closed => {
@@ -627,31 +926,98 @@ fn rcpt_upstream(up: &Upstream, state: &mut SessionState, to: &Recipient) -> Dec
         }
     })();
     match result {
-        Ok(reply) if reply.is_positive() => Decision::Accept,
+        Ok(reply) if reply.is_positive() => {
+            st.accepted += 1;
+            Decision::Accept
+        }
+        // The upstream is closing: ours is a temporary failure, not a 421
+        // that would tell our client we are closing.
+        Ok(reply) if reply.code() == 421 => {
+            st.fail(
+                &Failure::Protocol(ClientError::ServiceClosing(reply)),
+                up,
+                "RCPT",
+            );
+            Decision::Reply(unavailable())
+        }
         Ok(reply) => Decision::Reply(with_enhanced(reply)),
-        Err(e) => {
-            tracing::info!(error = %e, upstream = %up.address, "relay RCPT failed");
-            if let Some(c) = state.upstream.take() {
-                drop(c);
+        Err(Failure::Usage(e)) => match mismatch_reply(&e) {
+            Some(reply) => {
+                // Nothing was sent: the connection stays, and if MAIL could
+                // not go, no recipient of this transaction can.
+                tracing::info!(error = %e, upstream = %up.address, "relay refused: the upstream cannot take it");
+                if !st.mail_sent {
+                    st.mail_refused = Some(reply.clone());
+                }
+                Decision::Reply(reply)
             }
+            None => {
+                st.fail(&Failure::Usage(e), up, "RCPT");
+                Decision::Reply(unavailable())
+            }
+        },
+        Err(e) => {
+            st.fail(&e, up, "RCPT");
             Decision::Reply(unavailable())
         }
     }
 }
 
-/// The upstream envelope for our transaction's sender and parameters.
+/// The upstream envelope for our transaction's sender and parameters
+/// (`ENVID` decoded from xtext: the client encodes it once).
 fn up_envelope(from: &str, o: &MailOptions) -> UpEnvelope {
     let mut e = UpEnvelope::new((!from.is_empty()).then_some(from), Vec::<String>::new());
     e.size = o.size;
     e.body = (o.body != BodyType::SevenBit).then_some(o.body);
     e.smtputf8 = o.smtputf8;
     e.ret = o.ret;
-    e.envid = o.envid.clone();
+    e.envid = o.envid.as_deref().and_then(crate::parse::decode_xtext);
     e.requiretls = o.requiretls;
     e
 }
 
-/// Blocking: sends the body upstream; the upstream's final reply, or why it failed.
+/// The upstream recipient: `ORCPT` as the client wants it, the original
+/// address (decoded from `rfc822;` xtext or `utf-8;` unitext); another
+/// address type cannot be passed on by our client and is left out.
+fn up_recipient(to: &Recipient) -> UpRecipient {
+    let orcpt = to.orcpt.as_deref().and_then(|o| {
+        let (kind, value) = o.split_once(';')?;
+        let decoded = if kind.eq_ignore_ascii_case("rfc822") {
+            crate::parse::decode_xtext(value)
+        } else if kind.eq_ignore_ascii_case("utf-8") {
+            decode_unitext(value)
+        } else {
+            None
+        };
+        if decoded.is_none() {
+            tracing::debug!(orcpt = o, "ORCPT not passed upstream");
+        }
+        decoded
+    });
+    UpRecipient {
+        address: to.address.clone(),
+        notify: to.notify,
+        orcpt,
+    }
+}
+
+/// RFC 6533 unitext: UTF-8 with `\x{HEX}` escapes.
+fn decode_unitext(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\\x{") {
+        out.push_str(rest.get(..i)?);
+        let tail = rest.get(i + 3..)?;
+        let end = tail.find('}')?;
+        let code = u32::from_str_radix(tail.get(..end)?, 16).ok()?;
+        out.push(char::from_u32(code)?);
+        rest = tail.get(end + 1..)?;
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// On the worker: sends the body upstream; the upstream's final reply, or why it failed.
 fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
     let now = Instant::now();
     conn.client
@@ -699,6 +1065,45 @@ fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
     }
 }
 
+/// On the worker: the body of a transaction whose relayed recipients were
+/// accepted: `Ok` when it went upstream, else our reply.
+fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Result<(), Reply> {
+    if st.lost || !st.mail_sent || st.accepted == 0 {
+        st.fail(
+            &Failure::Misuse("upstream transaction lost".into()),
+            up,
+            "DATA",
+        );
+        st.mail_sent = false;
+        return Err(unavailable());
+    }
+    let Some(conn) = st.conn.as_mut() else {
+        return Err(unavailable());
+    };
+    let result = data_upstream(conn, message);
+    st.mail_sent = false;
+    st.accepted = 0;
+    match result {
+        Ok(reply) if reply.is_positive() => Ok(()),
+        Ok(reply) if reply.code() >= 500 => Err(with_enhanced(reply)),
+        Ok(reply) => {
+            tracing::info!(code = reply.code(), upstream = %up.address, "upstream deferred the message");
+            if reply.code() == 421 {
+                st.fail(
+                    &Failure::Protocol(ClientError::ServiceClosing(reply)),
+                    up,
+                    "DATA",
+                );
+            }
+            Err(unavailable())
+        }
+        Err(e) => {
+            st.fail(&e, up, "DATA");
+            Err(unavailable())
+        }
+    }
+}
+
 impl<L: Handler> Handler for Router<L> {
     fn wants_trace(&self) -> bool {
         // A relayed message carries our Received: header upstream.
@@ -730,21 +1135,23 @@ impl<L: Handler> Handler for Router<L> {
             // Local delivery only: no per-session state to keep.
             return Decision::Accept;
         }
-        // A new transaction: an open upstream one is abandoned (RSET).
         let mut state = self.take_state(&session.id);
-        if state.mail_sent {
-            if let Some(mut conn) = state.upstream.take() {
-                state.upstream = blocking::unblock(move || {
-                    // Nothing to reset when the upstream already ended it.
-                    let _ = conn.client.reset(Instant::now());
-                    conn.flush().ok()?;
-                    Some(conn)
+        let up = std::mem::take(&mut state.up);
+        state.up = match &state.worker {
+            Some(w) if up.mail_sent => w
+                .run(move || {
+                    let mut up = up;
+                    up.reset();
+                    up
                 })
-                .await;
+                .await
+                .unwrap_or_default(),
+            _ => {
+                let mut up = up;
+                up.reset();
+                up
             }
-        }
-        state.mail_sent = false;
-        state.mail_refused = None;
+        };
         state.from = from.to_owned();
         state.options = options.clone();
         state.routes.clear();
@@ -753,16 +1160,18 @@ impl<L: Handler> Handler for Router<L> {
     }
 
     async fn rcpt(&self, session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision {
-        let decision = match self.route(session, &to.address) {
+        let route = match self.route(session, &to.address) {
             Err(reply) => return reply.into(),
-            Ok(Route::Local) => match &self.local {
+            Ok(route) => route,
+        };
+        let decision = match route {
+            Route::Local => match &self.local {
                 Some(l) => l.rcpt(session, envelope, to).await,
                 None => Reply::RELAY_DENIED.into(),
             },
-            Ok(Route::Relay) => self.relay_rcpt(&session.id, to).await,
+            Route::Relay => self.relay_rcpt(&session.id, to).await,
         };
         if matches!(decision, Decision::Accept) && self.upstream.is_some() {
-            let route = self.route(session, &to.address).unwrap_or(Route::Local);
             let mut sessions = self.sessions();
             let state = sessions.entry(session.id.clone()).or_default();
             state.routes.truncate(envelope.recipients.len());
@@ -791,52 +1200,57 @@ impl<L: Handler> Handler for Router<L> {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        if self.upstream.is_none() {
+        let Some(upstream) = self.upstream.clone() else {
             // Every accepted recipient is local.
             return match &self.local {
                 Some(l) => l.message(session, envelope, message).await,
                 None => MessageDecision::All(Decision::Accept),
             };
-        }
+        };
         let mut state = self.take_state(&session.id);
-        let routes = std::mem::take(&mut state.routes);
+        let mut routes = std::mem::take(&mut state.routes);
+        if routes.len() != envelope.recipients.len() {
+            // The state was lost (swept): route again; a relayed recipient
+            // then finds no upstream transaction and the message fails.
+            routes = envelope
+                .recipients
+                .iter()
+                .map(|r| self.route(session, &r.address).unwrap_or(Route::Relay))
+                .collect();
+        }
         let relayed = routes.contains(&Route::Relay);
         if relayed {
-            let msg = message.clone();
-            let conn = state.upstream.take();
-            let (conn, result) = blocking::unblock(move || match conn {
-                Some(mut c) => {
-                    let r = data_upstream(&mut c, &msg);
-                    (r.is_ok().then_some(c), r)
+            let up = std::mem::take(&mut state.up);
+            let result = match &state.worker {
+                Some(w) => {
+                    let msg = message.clone();
+                    w.run(move || {
+                        let mut up = up;
+                        let r = message_upstream(&upstream, &mut up, &msg);
+                        (up, r)
+                    })
+                    .await
                 }
-                None => (None, Err(Failure::Misuse("no upstream session".into()))),
-            })
-            .await;
-            state.upstream = conn;
-            state.mail_sent = false;
-            match result {
-                Ok(reply) if reply.is_positive() => {}
-                Ok(reply) if reply.code() >= 500 => {
-                    self.put_state(&session.id, state);
-                    return MessageDecision::All(Decision::Reply(with_enhanced(reply)));
+                None => None,
+            };
+            let verdict = match result {
+                Some((up, r)) => {
+                    state.up = up;
+                    r
                 }
-                Ok(reply) => {
-                    tracing::info!(code = reply.code(), "upstream deferred the message");
-                    self.put_state(&session.id, state);
-                    return MessageDecision::All(Decision::Reply(unavailable()));
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "relaying the message failed");
-                    self.put_state(&session.id, state);
-                    return MessageDecision::All(Decision::Reply(unavailable()));
-                }
+                None => Err(unavailable()),
+            };
+            self.put_state(&session.id, state);
+            if let Err(reply) = verdict {
+                return MessageDecision::All(Decision::Reply(reply));
             }
+        } else {
+            self.put_state(&session.id, state);
         }
-        self.put_state(&session.id, state);
         let local: Vec<Recipient> = envelope
             .recipients
             .iter()
-            .zip(routes.iter().chain(std::iter::repeat(&Route::Local)))
+            .zip(routes.iter())
             .filter(|(_, r)| **r == Route::Local)
             .map(|(rcpt, _)| rcpt.clone())
             .collect();
@@ -879,9 +1293,6 @@ impl<L: Handler> Handler for Router<L> {
         if self.upstream.is_none() {
             return;
         }
-        let state = self.take_state(&session.id);
-        if let Some(conn) = state.upstream {
-            blocking::unblock(move || conn.quit()).detach();
-        }
+        close_state(self.take_state(&session.id));
     }
 }

@@ -386,8 +386,9 @@ impl Handler for MboxHandler {
 /// Restricts recipients to served domains, then delegates to `inner`.
 ///
 /// Recipients in other domains get `550 5.7.1` ([`Reply::RELAY_DENIED`]);
-/// `postmaster` (any case, bare or at any domain) is always let through
-/// (RFC 5321 §4.5.1). An empty list, or a list containing `*`, serves any
+/// the bare `postmaster` (any case) is always let through, and
+/// `postmaster@` a served domain like any address there (RFC 5321 §4.5.1;
+/// `postmaster@` another domain is not ours). An empty list, or a list containing `*`, serves any
 /// domain. The first domain names the server's own mail domain (the one
 /// `MAILER-DAEMON` and `postmaster` belong to).
 #[derive(Debug, Clone)]
@@ -412,23 +413,24 @@ impl<H> DomainPolicy<H> {
             .filter(|d| *d != "*")
     }
 
-    /// Whether mail for `address` is accepted by the domain check.
+    /// Whether mail for `address` is accepted by the domain check: any
+    /// address when no domain or `*` is listed, else
+    /// [`DomainPolicy::serves_by_name`].
     pub fn serves(&self, address: &str) -> bool {
-        let (local, domain) = match address.rsplit_once('@') {
-            Some((l, d)) => (l, Some(d)),
-            None => (address, None),
-        };
-        if local.eq_ignore_ascii_case("postmaster") {
-            return true;
-        }
-        if self.domains.is_empty() || self.domains.iter().any(|d| d == "*") {
-            return true;
-        }
-        let Some(domain) = domain else {
-            return false;
+        self.domains.is_empty() || self.domains.iter().any(|d| d == "*") || self.serves_by_name(address)
+    }
+
+    /// Whether `address` is the bare `postmaster` or in a domain listed by
+    /// name (`*` names none). The postmaster exception of RFC 5321 §4.5.1
+    /// is for our own domains only: `postmaster@elsewhere` is not ours.
+    pub fn serves_by_name(&self, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return address.eq_ignore_ascii_case("postmaster");
         };
         let domain = domain.trim_start_matches('[').trim_end_matches(']');
-        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.domains
+            .iter()
+            .any(|d| d != "*" && d.eq_ignore_ascii_case(domain))
     }
 }
 

@@ -484,14 +484,17 @@ async fn domains_and_postmaster(ctx: Ctx) {
     c.expect("RCPT TO:<b@Example.NET>\r\n", "250").await;
     c.expect("RCPT TO:<c@example.org>\r\n", "250").await;
     c.expect("RCPT TO:<PostMaster>\r\n", "250").await;
-    c.expect("RCPT TO:<postmaster@elsewhere.example>\r\n", "250")
+    c.expect("RCPT TO:<postmaster@Example.ORG>\r\n", "250")
+        .await;
+    // RFC 5321 §4.5.1: postmaster at our own domains only.
+    c.expect("RCPT TO:<postmaster@elsewhere.example>\r\n", "550 5.7.1")
         .await;
     c.expect("DATA\r\n", "354").await;
     c.expect("Subject: d\r\n\r\nhi\r\n.\r\n", "250").await;
     assert!(
         all_files(dir.path())
             .iter()
-            .all(|f| !p(f).contains("elsewhere.example") || p(f).contains("postmaster"))
+            .all(|f| !p(f).contains("elsewhere.example"))
     );
     assert_eq!(delivered(dir.path(), "b@example.net").len(), 1);
 }
@@ -1175,8 +1178,15 @@ async fn relay_is_not_open(ctx: Ctx) {
     let up = ctx.spawn(["--maildir", p(dir.path())]);
     let upstream = up.addr().to_string();
     // Served domain relayed; anything else refused without an allowed network.
-    let relay = ctx.spawn(["--relay", &upstream, "--domain", "example.net"]);
-    let mut c = relay.greeted().await;
+    // Loopback clients are trusted: these claim another address (PROXY).
+    let relay = ctx.spawn([
+        "--relay",
+        &upstream,
+        "--domain",
+        "example.net",
+        "--proxy-protocol",
+    ]);
+    let mut c = crate::hardening_relay::via_proxy(&relay, "192.0.2.1").await;
     let r = send_through(
         &mut c,
         "a@x.example",
@@ -1195,9 +1205,10 @@ async fn relay_is_not_open(ctx: Ctx) {
         "--domain",
         "example.net",
         "--relay-from-network",
-        "127.0.0.0/8",
+        "192.0.2.0/24",
+        "--proxy-protocol",
     ]);
-    let mut c = trusted.greeted().await;
+    let mut c = crate::hardening_relay::via_proxy(&trusted, "192.0.2.1").await;
     let r = send_through(
         &mut c,
         "a@x.example",
@@ -1215,8 +1226,9 @@ async fn relay_is_not_open(ctx: Ctx) {
         "example.net",
         "--relay-from-network",
         "10.0.0.0/8",
+        "--proxy-protocol",
     ]);
-    let mut c = other.greeted().await;
+    let mut c = crate::hardening_relay::via_proxy(&other, "192.0.2.1").await;
     let r = send_through(&mut c, "a@x.example", &["d@elsewhere.example"], "").await;
     assert!(r[0].starts_with("550 5.7.1"), "{r:?}");
 }

@@ -68,6 +68,15 @@ impl Ctx {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.spawn_env(args, stdout, &[])
+    }
+
+    /// Like [`Ctx::spawn_with`], with environment variables set for the server.
+    pub fn spawn_env<I, S>(&self, args: I, stdout: Stdio, env: &[(&str, &str)]) -> Smtpd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         fn count(args: &[OsString], flag: &str) -> usize {
             args.iter().filter(|a| *a == flag).count()
@@ -81,6 +90,7 @@ impl Ctx {
         let listeners = count(&args, "--listen") + count(&args, "--listen-tls");
         let mut child = self
             .command(&args)
+            .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
@@ -366,11 +376,15 @@ pub fn all_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Checks one stored Maildir message: trace headers first, `tail` last.
+/// Checks one stored Maildir message: LF line ends (no CR at all), trace
+/// headers first, `tail` last; `tail` and the text returned are in wire
+/// form (CRLF line ends).
 pub(crate) fn assert_stored(root: &Path, rcpt: &str, from: &str, tail: &str) -> String {
     let files = delivered(root, rcpt);
     assert_eq!(files.len(), 1, "{rcpt}: {:?}", all_files(root));
     let text = String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8");
+    assert!(!text.contains('\r'), "Maildir files have LF line ends: {text:?}");
+    let text = text.replace('\n', "\r\n");
     assert!(
         text.starts_with(&format!(
             "Return-Path: <{from}>\r\nDelivered-To: {rcpt}\r\nReceived: "
