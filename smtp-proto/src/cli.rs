@@ -351,7 +351,9 @@ impl Setup {
             config.auth.required = a.require_auth;
         }
         let store = if let Some(dir) = &a.maildir {
-            Store::Maildir(MaildirHandler::new(dir))
+            // LMTP answers each recipient after the body: one whose mailbox
+            // cannot be written fails alone (SMTP stays all or nothing).
+            Store::Maildir(MaildirHandler::new(dir).per_recipient(a.lmtp))
         } else if let Some(file) = &a.mbox {
             Store::Mbox(MboxHandler::new(file))
         } else if a.sink {

@@ -4,8 +4,10 @@
 //! These are [`Handler`]s that every adapter can use. They are
 //! runtime-agnostic: file I/O runs on the [`blocking`] crate's thread pool,
 //! so it never blocks an async worker thread. Storage handlers answer `250`
-//! only after the data is on disk (`fsync`), and `451 4.3.0` when anything
-//! fails, leaving nothing half-delivered.
+//! only after the data is on disk (`fsync` of the file, and of every
+//! directory whose entries changed), and a 4xx when anything fails (`452`
+//! for a full disk or quota, `451 4.3.0` otherwise), leaving nothing
+//! half-delivered.
 //!
 //! This module touches the file system; the pure core never calls it.
 //!
@@ -18,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,117 @@ const BAD_MAILBOX_NAME: Reply = Reply::constant(
     "Recipient address not valid for local delivery",
 );
 
+/// `452 4.2.2` when a mailbox's quota is exceeded.
+const MAILBOX_FULL: Reply = Reply::constant(452, EnhancedCode::new(4, 2, 2), "Mailbox full");
+
+/// `452 4.3.1` when the file system is full.
+const STORAGE_FULL: Reply = Reply::constant(
+    452,
+    EnhancedCode::new(4, 3, 1),
+    "Insufficient system storage",
+);
+
+/// The reply for a store that could not write: `452` for a full disk or
+/// quota, `451 4.3.0` for anything else.
+fn write_failure(e: &io::Error) -> Reply {
+    match e.kind() {
+        io::ErrorKind::StorageFull => STORAGE_FULL,
+        io::ErrorKind::QuotaExceeded => MAILBOX_FULL,
+        _ => Reply::TEMPORARY_FAILURE,
+    }
+}
+
+/// Makes a directory's entries (created, renamed or removed files)
+/// durable: `fsync` of the directory. Replaceable so tests can watch it.
+#[derive(Clone)]
+struct DirSync(Arc<SyncFn>);
+
+/// The function behind a [`DirSync`].
+type SyncFn = dyn Fn(&Path) -> io::Result<()> + Send + Sync;
+
+impl Default for DirSync {
+    fn default() -> Self {
+        DirSync(Arc::new(|dir: &Path| File::open(dir)?.sync_all()))
+    }
+}
+
+impl std::fmt::Debug for DirSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirSync")
+    }
+}
+
+impl DirSync {
+    fn sync(&self, dir: &Path) -> io::Result<()> {
+        (self.0)(dir)
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates whichever of `dirs` are missing, with their missing parents,
+/// and syncs every directory whose entries changed: each one found missing
+/// and the directory it was made in. A directory another session created
+/// meanwhile is synced too, so no answer relies on a sync still to come.
+fn create_dirs_synced(dirs: &[PathBuf], sync: &DirSync) -> io::Result<()> {
+    let mut changed: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let mut missing: Vec<&Path> = Vec::new();
+        let mut cur = dir.as_path();
+        loop {
+            match fs::metadata(cur) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    missing.push(cur);
+                    match cur.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => cur = p,
+                        _ => break,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(top) = missing.last() else {
+            continue;
+        };
+        for d in [parent_dir(top)].into_iter().chain(missing.iter().copied()) {
+            if !changed.iter().any(|c| c == d) {
+                changed.push(d.to_path_buf());
+            }
+        }
+        for d in missing.iter().rev() {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for d in &changed {
+        sync.sync(d)?;
+    }
+    Ok(())
+}
+
+/// Writes `data` with every CRLF turned into LF (a lone CR stays).
+fn write_lf(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    let mut start = 0;
+    for i in memchr::memchr_iter(b'\n', data) {
+        if i > start && data[i - 1] == b'\r' {
+            w.write_all(&data[start..i - 1])?;
+            w.write_all(b"\n")?;
+            start = i + 1;
+        }
+    }
+    w.write_all(&data[start..])
+}
+
 /// This machine's host name (for Maildir file names and default identities).
 pub fn local_hostname() -> String {
     let name = gethostname::gethostname().to_string_lossy().into_owned();
@@ -51,7 +164,9 @@ pub fn local_hostname() -> String {
 /// A writer shared by the sessions of a [`DebugHandler`].
 pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
 
-/// Prints each message, like Python's `smtpd.DebuggingServer`, and accepts it.
+/// Prints each message, like Python's `smtpd.DebuggingServer`, and accepts
+/// it once printed: a failed write (closed stdout, full disk) answers
+/// `451 4.3.0`.
 ///
 /// The output looks like this (the message's CRLF line ends become LF):
 ///
@@ -131,10 +246,13 @@ impl Handler for DebugHandler {
             w.flush()
         })
         .await;
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "debug handler could not print a message");
+        match res {
+            Ok(()) => Decision::Accept.into(),
+            Err(e) => {
+                tracing::error!(session = %session.id, error = %e, "debug handler could not print a message");
+                Reply::TEMPORARY_FAILURE.into()
+            }
         }
-        Decision::Accept.into()
     }
 }
 
@@ -169,15 +287,24 @@ pub fn mailbox_folder(address: &str) -> Option<String> {
 /// Stores each message in a Maildir per recipient: `ROOT/<recipient>/{tmp,new,cur}`.
 ///
 /// Each copy starts with `Return-Path:` and `Delivered-To:` headers and the
-/// `Received:` header. It is written to `tmp/`, synced, moved into `new/`,
-/// and the directory is synced before the message is accepted. Recipients
-/// whose address could escape `ROOT` are refused at RCPT with `550 5.1.3`.
-/// All copies are delivered or none: any failure answers `451 4.3.0`.
+/// `Received:` header, and has LF line ends (as Unix Maildir readers
+/// expect). It is written to `tmp/`, synced, moved into `new/`, and `new/`
+/// is synced before the message is accepted; directories it creates (the
+/// mailbox, its `tmp`, `new` and `cur`, a missing root) are synced with the
+/// directory they were made in. Recipients whose address could escape
+/// `ROOT` are refused at RCPT with `550 5.1.3`.
+///
+/// By default all copies are delivered or none: any failure answers every
+/// recipient alike (`452 4.3.1` for a full disk, `452 4.2.2` for a quota,
+/// `451 4.3.0` otherwise). With [`MaildirHandler::per_recipient`] (for
+/// LMTP) each recipient gets the outcome of its own mailbox.
 #[derive(Debug)]
 pub struct MaildirHandler {
     root: PathBuf,
     hostname: String,
     counter: AtomicU64,
+    per_recipient: bool,
+    sync: DirSync,
 }
 
 impl MaildirHandler {
@@ -188,7 +315,20 @@ impl MaildirHandler {
             root: root.into(),
             hostname: host,
             counter: AtomicU64::new(0),
+            per_recipient: false,
+            sync: DirSync::default(),
         }
+    }
+
+    /// Answers each recipient with the outcome of its own mailbox (one
+    /// that cannot be written gets its 4xx, the others are delivered), as
+    /// an LMTP server should (RFC 2033). Only for LMTP: an SMTP session has
+    /// one reply per message, so a refusal there would refuse the message
+    /// for recipients already delivered. Off by default (all or nothing).
+    #[must_use]
+    pub fn per_recipient(mut self, yes: bool) -> Self {
+        self.per_recipient = yes;
+        self
     }
 
     /// The root directory.
@@ -212,47 +352,101 @@ impl MaildirHandler {
     }
 }
 
-/// One copy to deliver: the folder and the file contents' head.
+/// One copy to deliver: the mailbox folder, the file's name and the
+/// trace head that precedes the `Received:` header.
 struct Copy {
     dir: PathBuf,
+    name: String,
     head: Vec<u8>,
 }
 
-fn deliver_maildir(copies: &[Copy], names: &[String], message: &Message) -> io::Result<()> {
-    let mut tmps: Vec<PathBuf> = Vec::new();
-    let mut result = (|| {
-        for (c, name) in copies.iter().zip(names) {
-            for sub in ["tmp", "new", "cur"] {
-                fs::create_dir_all(c.dir.join(sub))?;
-            }
-            let tmp = c.dir.join("tmp").join(name);
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            tmps.push(tmp);
-            f.write_all(&c.head)?;
-            f.write_all(&message.trace)?;
-            f.write_all(&message.data)?;
-            f.sync_all()?;
-        }
-        Ok(())
+/// Writes `c` into its `tmp/` (creating the mailbox as needed) and syncs
+/// it; returns the file. On failure nothing is left in `tmp/`.
+fn write_tmp(c: &Copy, message: &Message, sync: &DirSync) -> io::Result<PathBuf> {
+    let subs = ["tmp", "new", "cur"].map(|sub| c.dir.join(sub));
+    create_dirs_synced(&subs, sync)?;
+    let tmp = c.dir.join("tmp").join(&c.name);
+    let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let res = (|| {
+        let mut w = BufWriter::with_capacity(64 * 1024, &f);
+        w.write_all(&c.head)?;
+        write_lf(&mut w, &message.trace)?;
+        write_lf(&mut w, &message.data)?;
+        w.flush()?;
+        drop(w);
+        f.sync_all()
     })();
-    let mut moved: Vec<PathBuf> = Vec::new();
-    if result.is_ok() {
-        result = (|| {
-            for ((c, name), tmp) in copies.iter().zip(names).zip(&tmps) {
-                let new = c.dir.join("new").join(name);
-                fs::rename(tmp, &new)?;
-                moved.push(new);
-                File::open(c.dir.join("new"))?.sync_all()?;
-            }
-            Ok(())
-        })();
+    if let Err(e) = res {
+        drop(f);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    if result.is_err() {
-        for p in tmps.iter().chain(&moved) {
-            let _ = fs::remove_file(p);
+    Ok(tmp)
+}
+
+/// Moves a synced `tmp` file into `new/` and syncs `new/`; returns the
+/// delivered file. On failure the message is neither in `tmp/` nor `new/`.
+fn publish(c: &Copy, tmp: &Path, sync: &DirSync) -> io::Result<PathBuf> {
+    let new_dir = c.dir.join("new");
+    let new = new_dir.join(&c.name);
+    if let Err(e) = fs::rename(tmp, &new) {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
+    if let Err(e) = sync.sync(&new_dir) {
+        unpublish(&new, sync);
+        return Err(e);
+    }
+    Ok(new)
+}
+
+/// Takes a delivered file back (best effort, for a failed transaction).
+fn unpublish(new: &Path, sync: &DirSync) {
+    let _ = fs::remove_file(new);
+    let _ = sync.sync(parent_dir(new));
+}
+
+/// Delivers every copy or none (SMTP: one answer for the message).
+fn deliver_all(copies: &[Copy], message: &Message, sync: &DirSync) -> io::Result<()> {
+    let mut tmps: Vec<PathBuf> = Vec::with_capacity(copies.len());
+    for c in copies {
+        match write_tmp(c, message, sync) {
+            Ok(t) => tmps.push(t),
+            Err(e) => {
+                for t in &tmps {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
         }
     }
-    result
+    let mut moved: Vec<PathBuf> = Vec::with_capacity(copies.len());
+    for (i, (c, tmp)) in copies.iter().zip(&tmps).enumerate() {
+        match publish(c, tmp, sync) {
+            Ok(new) => moved.push(new),
+            Err(e) => {
+                for t in &tmps[i + 1..] {
+                    let _ = fs::remove_file(t);
+                }
+                for new in &moved {
+                    unpublish(new, sync);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delivers each copy on its own (LMTP): one outcome per copy.
+fn deliver_each(copies: &[Copy], message: &Message, sync: &DirSync) -> Vec<io::Result<PathBuf>> {
+    copies
+        .iter()
+        .map(|c| {
+            let tmp = write_tmp(c, message, sync)?;
+            publish(c, &tmp, sync)
+        })
+        .collect()
 }
 
 impl Handler for MaildirHandler {
@@ -269,35 +463,73 @@ impl Handler for MaildirHandler {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
+        // The copy each recipient gets (one per distinct mailbox); `None`
+        // for an address that cannot be stored (refused at RCPT, unless a
+        // wrapper let it through).
         let mut copies: Vec<Copy> = Vec::new();
+        let mut which: Vec<Option<usize>> = Vec::with_capacity(envelope.recipients.len());
         for r in &envelope.recipients {
             let Some(folder) = mailbox_folder(&r.address) else {
-                return Reply::TEMPORARY_FAILURE.into();
+                if !self.per_recipient {
+                    return Reply::TEMPORARY_FAILURE.into();
+                }
+                which.push(None);
+                continue;
             };
             let dir = self.root.join(folder);
-            if copies.iter().any(|c| c.dir == dir) {
+            if let Some(i) = copies.iter().position(|c| c.dir == dir) {
+                which.push(Some(i));
                 continue;
             }
             let head = format!(
-                "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+                "Return-Path: <{}>\nDelivered-To: {}\n",
                 envelope.from, r.address
             );
             copies.push(Copy {
                 dir,
+                name: self.unique_name(),
                 head: head.into_bytes(),
             });
+            which.push(Some(copies.len() - 1));
         }
-        let names: Vec<String> = copies.iter().map(|_| self.unique_name()).collect();
         // Shared with the blocking thread without copying the body.
         let message = Arc::clone(message);
-        let res = blocking::unblock(move || deliver_maildir(&copies, &names, &message)).await;
-        match res {
-            Ok(()) => Decision::Accept.into(),
-            Err(e) => {
-                tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
-                Reply::TEMPORARY_FAILURE.into()
+        let sync = self.sync.clone();
+        if !self.per_recipient {
+            let res = blocking::unblock(move || deliver_all(&copies, &message, &sync)).await;
+            return match res {
+                Ok(()) => Decision::Accept.into(),
+                Err(e) => {
+                    tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
+                    write_failure(&e).into()
+                }
+            };
+        }
+        let (copies, results) = blocking::unblock(move || {
+            let results = deliver_each(&copies, &message, &sync);
+            (copies, results)
+        })
+        .await;
+        for (c, r) in copies.iter().zip(&results) {
+            if let Err(e) = r {
+                tracing::error!(
+                    session = %session.id,
+                    mailbox = %c.dir.display(),
+                    error = %e,
+                    "maildir delivery failed"
+                );
             }
         }
+        MessageDecision::PerRecipient(
+            which
+                .iter()
+                .map(|w| match w.and_then(|i| results.get(i)) {
+                    Some(Ok(_)) => Decision::Accept,
+                    Some(Err(e)) => write_failure(e).into(),
+                    None => Reply::TEMPORARY_FAILURE.into(),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -305,17 +537,23 @@ impl Handler for MaildirHandler {
 ///
 /// Each message starts with a `From sender date` line, lines matching
 /// `^>*From ` get one more `>`, line ends are LF, and a blank line follows.
-/// The file is synced before the message is accepted; on failure it is cut
-/// back to its previous length and the answer is `451 4.3.0`.
+/// The file is synced before the message is accepted (and its directory
+/// too when the file is new); on failure it is cut back to its previous
+/// length and the answer is a 4xx (`452` for a full disk or quota, `451
+/// 4.3.0` otherwise).
 #[derive(Debug, Clone)]
 pub struct MboxHandler {
     path: PathBuf,
+    sync: DirSync,
 }
 
 impl MboxHandler {
     /// An mbox store at `path` (created when needed).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        MboxHandler { path: path.into() }
+        MboxHandler {
+            path: path.into(),
+            sync: DirSync::default(),
+        }
     }
 
     /// The mbox file.
@@ -343,14 +581,28 @@ impl MboxHandler {
     }
 }
 
-fn append_mbox(path: &Path, text: &[u8]) -> io::Result<()> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
+fn append_mbox(path: &Path, text: &[u8], sync: &DirSync) -> io::Result<()> {
+    let (f, created) = match OpenOptions::new().append(true).open(path) {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (
+            OpenOptions::new().create(true).append(true).open(path)?,
+            true,
+        ),
+        Err(e) => return Err(e),
+    };
     fs4::FileExt::lock(&f)?;
     let len = f.metadata()?.len();
     let res = (|| {
         let mut w = &f;
         w.write_all(text)?;
-        f.sync_all()
+        f.sync_all()?;
+        // A new file's name is durable only once its directory is synced.
+        // An empty file may have been created by a session that has not
+        // synced it yet: sync it here, under the lock, to be sure.
+        if created || len == 0 {
+            sync.sync(parent_dir(path))?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = f.set_len(len);
@@ -373,11 +625,12 @@ impl Handler for MboxHandler {
             .unwrap_or(0);
         let text = MboxHandler::format(&envelope.from, now, message);
         let path = self.path.clone();
-        match blocking::unblock(move || append_mbox(&path, &text)).await {
+        let sync = self.sync.clone();
+        match blocking::unblock(move || append_mbox(&path, &text, &sync)).await {
             Ok(()) => Decision::Accept.into(),
             Err(e) => {
                 tracing::error!(session = %session.id, error = %e, "mbox delivery failed");
-                Reply::TEMPORARY_FAILURE.into()
+                write_failure(&e).into()
             }
         }
     }
@@ -721,10 +974,13 @@ mod tests {
         assert_eq!(new.len(), 1, "one copy per distinct mailbox");
         assert!(files(&bob.join("tmp")).is_empty());
         let text = fs::read_to_string(&new[0]).unwrap();
-        assert!(text.starts_with(
-            "Return-Path: <alice@example.org>\r\nDelivered-To: Bob@Example.NET\r\nReceived: from x"
-        ));
-        assert!(text.ends_with("\r\n\r\nbody\r\n"));
+        // LF line ends, trace headers included (issue 12 item 17).
+        assert_eq!(
+            text,
+            "Return-Path: <alice@example.org>\nDelivered-To: Bob@Example.NET\n\
+             Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\n\
+             Subject: hi\n\nbody\n"
+        );
         let name = new[0].file_name().unwrap().to_str().unwrap().to_owned();
         assert!(name.contains(&format!("P{}", std::process::id())), "{name}");
         assert_eq!(files(&root.path().join("postmaster").join("new")).len(), 1);
@@ -779,6 +1035,183 @@ mod tests {
         assert_eq!(d, Reply::TEMPORARY_FAILURE.into());
         assert!(files(&root.path().join("a@x").join("new")).is_empty());
         assert!(files(&root.path().join("a@x").join("tmp")).is_empty());
+        // Also when the failing mailbox comes first, and when it is not
+        // the mailbox but its `new/` that cannot be written.
+        fs::create_dir_all(root.path().join("c@x").join("tmp")).unwrap();
+        fs::write(root.path().join("c@x").join("new"), b"").unwrap();
+        for rcpts in [["b@x", "a@x"], ["a@x", "c@x"]] {
+            let d = block_on(h.message(
+                &SessionInfo::default(),
+                &envelope("", &rcpts),
+                &message(b"x\r\n"),
+            ));
+            assert_eq!(d, Reply::TEMPORARY_FAILURE.into(), "{rcpts:?}");
+            assert!(files(&root.path().join("a@x").join("new")).is_empty());
+            assert!(files(&root.path().join("a@x").join("tmp")).is_empty());
+            assert!(files(&root.path().join("c@x").join("tmp")).is_empty());
+        }
+    }
+
+    /// Issue 12 item 16: per recipient (LMTP), a mailbox that cannot be
+    /// written fails alone; the others are delivered.
+    #[test]
+    fn maildir_per_recipient_outcomes() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("b@x"), b"").unwrap();
+        let h = MaildirHandler::new(root.path()).per_recipient(true);
+        let d = block_on(h.message(
+            &SessionInfo::default(),
+            &envelope("", &["a@x", "b@x", "A@X", "../bad", "c@x"]),
+            &message(b"x\r\n"),
+        ));
+        let fail = Decision::Reply(Reply::TEMPORARY_FAILURE);
+        assert_eq!(
+            d,
+            MessageDecision::PerRecipient(vec![
+                Decision::Accept,
+                fail.clone(),
+                Decision::Accept,
+                fail,
+                Decision::Accept,
+            ])
+        );
+        assert_eq!(files(&root.path().join("a@x").join("new")).len(), 1);
+        assert_eq!(files(&root.path().join("c@x").join("new")).len(), 1);
+        assert!(files(&root.path().join("a@x").join("tmp")).is_empty());
+        // All good: every recipient accepted.
+        let d = block_on(h.message(
+            &SessionInfo::default(),
+            &envelope("", &["a@x", "c@x"]),
+            &message(b"x\r\n"),
+        ));
+        assert_eq!(
+            d,
+            MessageDecision::PerRecipient(vec![Decision::Accept, Decision::Accept])
+        );
+    }
+
+    #[test]
+    fn write_failure_codes() {
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        assert_eq!(write_failure(&full), STORAGE_FULL);
+        assert_eq!(STORAGE_FULL.code(), 452);
+        let quota = io::Error::from(io::ErrorKind::QuotaExceeded);
+        assert_eq!(write_failure(&quota), MAILBOX_FULL);
+        let other = io::Error::from(io::ErrorKind::NotADirectory);
+        assert_eq!(write_failure(&other), Reply::TEMPORARY_FAILURE);
+    }
+
+    #[test]
+    fn lf_conversion() {
+        for (input, want) in [
+            (&b""[..], &b""[..]),
+            (b"a\r\nb\r\n", b"a\nb\n"),
+            (b"\r\n\r\n", b"\n\n"),
+            (b"no end", b"no end"),
+            (b"lone\rCR\r", b"lone\rCR\r"),
+            (b"bare\nLF\r\r\n", b"bare\nLF\r\n"),
+            (b"\n\r\n", b"\n\n"),
+        ] {
+            let mut out = Vec::new();
+            write_lf(&mut out, input).unwrap();
+            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    /// Each directory synced, with how many entries it had then.
+    type SyncLog = Arc<Mutex<Vec<(PathBuf, usize)>>>;
+
+    /// A [`DirSync`] that records each directory synced and syncs it for real.
+    fn recording_sync() -> (DirSync, SyncLog) {
+        let log: SyncLog = Arc::default();
+        let l = log.clone();
+        let sync = DirSync(Arc::new(move |dir: &Path| {
+            let n = fs::read_dir(dir)?.count();
+            l.lock().unwrap().push((dir.to_owned(), n));
+            DirSync::default().sync(dir)
+        }));
+        (sync, log)
+    }
+
+    fn synced(log: &Mutex<Vec<(PathBuf, usize)>>) -> Vec<(PathBuf, usize)> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    /// Issue 12 item 19: every directory created or whose entries changed
+    /// is synced before the answer.
+    #[test]
+    fn maildir_syncs_every_changed_directory() {
+        let top = tempfile::tempdir().unwrap();
+        let spool = top.path().join("spool");
+        let root = spool.join("mail");
+        let (sync, log) = recording_sync();
+        for per_recipient in [false, true] {
+            let mut h = MaildirHandler::new(&root).per_recipient(per_recipient);
+            h.sync = sync.clone();
+            let bob = root.join(format!("bob{per_recipient}@x"));
+            let carol = root.join(format!("carol{per_recipient}@x"));
+            let rcpt = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_owned();
+            // A new mailbox (and, the first time, a new root and spool).
+            let env = envelope("", &[&rcpt(&bob)]);
+            let d = block_on(h.message(&SessionInfo::default(), &env, &message(b"x\r\n")));
+            assert!(
+                matches!(&d, MessageDecision::All(Decision::Accept))
+                    || d == MessageDecision::PerRecipient(vec![Decision::Accept])
+            );
+            let got = synced(&log);
+            let paths: Vec<&Path> = got.iter().map(|(p, _)| p.as_path()).collect();
+            let mut want = vec![root.clone(), bob.clone()];
+            if !per_recipient {
+                want.extend([top.path().to_owned(), spool.clone()]);
+            }
+            want.extend(["tmp", "new", "cur"].map(|s| bob.join(s)));
+            for w in &want {
+                assert!(paths.contains(&w.as_path()), "{w:?} not synced: {paths:?}");
+            }
+            // `new/` is synced last, after the rename: holding the message.
+            assert_eq!(got.last(), Some(&(bob.join("new"), 1)), "{got:?}");
+            assert_eq!(got.len(), want.len() + 1, "{got:?}");
+            // An existing mailbox: only `new/` changes; a second new one
+            // beside it: the root and the new mailbox.
+            let env = envelope("", &[&rcpt(&bob), &rcpt(&carol)]);
+            let d = block_on(h.message(&SessionInfo::default(), &env, &message(b"x\r\n")));
+            assert!(
+                matches!(&d, MessageDecision::All(Decision::Accept))
+                    || d == MessageDecision::PerRecipient(vec![Decision::Accept; 2])
+            );
+            let mut got: Vec<PathBuf> = synced(&log).into_iter().map(|(p, _)| p).collect();
+            got.sort();
+            let mut want = vec![
+                root.clone(),
+                carol.clone(),
+                bob.join("new"),
+                carol.join("new"),
+            ];
+            want.extend(["tmp", "new", "cur"].map(|s| carol.join(s)));
+            want.sort();
+            assert_eq!(got, want);
+        }
+    }
+
+    /// Issue 12 item 19: a new mbox file's directory is synced.
+    #[test]
+    fn mbox_syncs_the_directory_of_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mbox");
+        let (sync, log) = recording_sync();
+        let mut h = MboxHandler::new(&path);
+        h.sync = sync;
+        let s = SessionInfo::default();
+        let d = block_on(h.message(&s, &envelope("a@b", &["c@d"]), &message(b"x\r\n")));
+        assert_eq!(d, Decision::Accept.into());
+        assert_eq!(synced(&log), vec![(dir.path().to_owned(), 1)]);
+        let d = block_on(h.message(&s, &envelope("a@b", &["c@d"]), &message(b"x\r\n")));
+        assert_eq!(d, Decision::Accept.into());
+        assert_eq!(
+            synced(&log),
+            Vec::new(),
+            "an existing file's directory is unchanged"
+        );
     }
 
     #[test]
@@ -869,6 +1302,35 @@ mod tests {
             out,
             "---------- MESSAGE FOLLOWS ----------\nX-Peer: 192.0.2.1\nX-MailFrom: a@b\nX-RcptTo: c@d, e@f\n\nSubject: x\n\nhi\n------------ END MESSAGE ------------\n"
         );
+    }
+
+    /// Issue 12 item 18: a message that could not be printed is not accepted.
+    #[test]
+    fn debug_write_failure_451() {
+        struct Failing(io::ErrorKind, bool);
+        impl Write for Failing {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if self.1 {
+                    Ok(b.len())
+                } else {
+                    Err(self.0.into())
+                }
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(self.0.into())
+            }
+        }
+        let s = SessionInfo::default();
+        let env = envelope("a@b", &["c@d"]);
+        for (kind, writes) in [
+            (io::ErrorKind::BrokenPipe, false),
+            (io::ErrorKind::StorageFull, false),
+            (io::ErrorKind::StorageFull, true),
+        ] {
+            let h = DebugHandler::new(Box::new(Failing(kind, writes)));
+            let d = block_on(h.message(&s, &env, &message(b"x\r\n")));
+            assert_eq!(d, Reply::TEMPORARY_FAILURE.into(), "{kind:?} {writes}");
+        }
     }
 
     #[test]

@@ -914,7 +914,11 @@ async fn lettre_twenty_mib(ctx: Ctx) {
     assert_eq!(files.len(), 1);
     let stored = std::fs::read(&files[0]).expect("read");
     raw.extend_from_slice(b"\r\n");
-    assert!(stored.ends_with(&raw), "the body is stored unchanged");
+    let lf = String::from_utf8(raw).expect("ASCII").replace("\r\n", "\n");
+    assert!(
+        stored.ends_with(lf.as_bytes()),
+        "the body is stored with LF line ends"
+    );
 }
 
 const PY_SCRIPT: &str = r#"
@@ -1046,11 +1050,17 @@ where
     replies
 }
 
-/// The body (after our trace headers) of the one message for `rcpt` under `root`.
+/// The one message for `rcpt` under `root`, trace headers included, in wire
+/// form (CRLF); checks it is stored with LF line ends and no CR.
 pub(crate) fn stored_body(root: &Path, rcpt: &str) -> String {
     let files = delivered(root, rcpt);
     assert_eq!(files.len(), 1, "{rcpt}: {:?}", all_files(root));
-    String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8")
+    let text = String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8");
+    assert!(
+        !text.contains('\r'),
+        "Maildir files have LF line ends: {text:?}"
+    );
+    text.replace('\n', "\r\n")
 }
 
 async fn relay_chain_is_byte_identical(ctx: Ctx) {

@@ -38,7 +38,12 @@ async fn hardening_store_lmtp_maildir_per_recipient_status(ctx: Ctx) {
     assert_eq!(delivered(dir.path(), "b@y").len(), 1);
     assert_eq!(delivered(dir.path(), "d@y").len(), 1);
     // The two copies and the file in the way: no temporary file left.
-    assert_eq!(all_files(dir.path()).len(), 3, "{:?}", all_files(dir.path()));
+    assert_eq!(
+        all_files(dir.path()).len(),
+        3,
+        "{:?}",
+        all_files(dir.path())
+    );
 }
 
 /// Item 16, SMTP side: one reply per message, so one recipient that cannot
@@ -57,7 +62,12 @@ async fn hardening_store_smtp_maildir_all_or_nothing(ctx: Ctx) {
     }
     c.expect("Subject: s\r\n\r\nhi\r\n.\r\n", "451 4.3.0").await;
     c.expect("QUIT\r\n", "221").await;
-    assert_eq!(all_files(dir.path()).len(), 1, "{:?}", all_files(dir.path()));
+    assert_eq!(
+        all_files(dir.path()).len(),
+        1,
+        "{:?}",
+        all_files(dir.path())
+    );
 }
 
 /// Item 17: Maildir files use LF line ends, trace headers included, as

@@ -383,7 +383,10 @@ pub(crate) fn assert_stored(root: &Path, rcpt: &str, from: &str, tail: &str) -> 
     let files = delivered(root, rcpt);
     assert_eq!(files.len(), 1, "{rcpt}: {:?}", all_files(root));
     let text = String::from_utf8(std::fs::read(&files[0]).expect("read")).expect("UTF-8");
-    assert!(!text.contains('\r'), "Maildir files have LF line ends: {text:?}");
+    assert!(
+        !text.contains('\r'),
+        "Maildir files have LF line ends: {text:?}"
+    );
     let text = text.replace('\n', "\r\n");
     assert!(
         text.starts_with(&format!(
