@@ -670,7 +670,9 @@ impl<H> DomainPolicy<H> {
     /// address when no domain or `*` is listed, else
     /// [`DomainPolicy::serves_by_name`].
     pub fn serves(&self, address: &str) -> bool {
-        self.domains.is_empty() || self.domains.iter().any(|d| d == "*") || self.serves_by_name(address)
+        self.domains.is_empty()
+            || self.domains.iter().any(|d| d == "*")
+            || self.serves_by_name(address)
     }
 
     /// Whether `address` is the bare `postmaster` or in a domain listed by
@@ -1259,7 +1261,8 @@ mod tests {
             ("bob@example.org", true),
             ("bob@EXAMPLE.NET", true),
             ("bob@evil.example", false),
-            ("PostMaster@evil.example", true),
+            ("PostMaster@evil.example", false),
+            ("PostMaster@EXAMPLE.org", true),
             ("Postmaster", true),
             ("bob", false),
         ] {
