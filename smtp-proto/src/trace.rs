@@ -47,6 +47,12 @@ pub struct TlsInfo<'a> {
 pub enum WithProtocol {
     /// `SMTP`: HELO.
     Smtp,
+    /// `SMTPA`: HELO, authenticated.
+    Smtpa,
+    /// `SMTPS`: HELO over TLS (implicit TLS, or STARTTLS then HELO).
+    Smtps,
+    /// `SMTPSA`: HELO over TLS, authenticated.
+    Smtpsa,
     /// `ESMTP`: EHLO.
     Esmtp,
     /// `ESMTPA`: EHLO, authenticated.
@@ -84,14 +90,18 @@ pub enum WithProtocol {
 impl WithProtocol {
     /// Picks the keyword for a session.
     ///
-    /// `extended` tells EHLO (or LHLO) from HELO. A plain HELO session is
-    /// always `SMTP`, as TLS (STARTTLS) and AUTH need EHLO; `utf8` (the
-    /// message was sent with SMTPUTF8) implies EHLO and wins over `extended`.
-    /// With `lmtp`, `extended` is ignored.
+    /// `extended` tells EHLO (or LHLO) from HELO. The `S` and `A` suffixes
+    /// say exactly whether TLS and AUTH were used (RFC 3848), after HELO
+    /// too (`SMTPS`, `SMTPA`, `SMTPSA`: TLS may be implicit, and AUTH works
+    /// after HELO); `utf8` (the message was sent with SMTPUTF8) implies
+    /// EHLO and wins over `extended`. With `lmtp`, `extended` is ignored.
     pub fn new(lmtp: bool, extended: bool, tls: bool, authenticated: bool, utf8: bool) -> Self {
         use WithProtocol::*;
         match (lmtp, utf8, tls, authenticated) {
-            (false, false, _, _) if !extended => Smtp,
+            (false, false, false, false) if !extended => Smtp,
+            (false, false, false, true) if !extended => Smtpa,
+            (false, false, true, false) if !extended => Smtps,
+            (false, false, true, true) if !extended => Smtpsa,
             (false, false, false, false) => Esmtp,
             (false, false, false, true) => Esmtpa,
             (false, false, true, false) => Esmtps,
@@ -115,6 +125,9 @@ impl WithProtocol {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Smtp => "SMTP",
+            Self::Smtpa => "SMTPA",
+            Self::Smtps => "SMTPS",
+            Self::Smtpsa => "SMTPSA",
             Self::Esmtp => "ESMTP",
             Self::Esmtpa => "ESMTPA",
             Self::Esmtps => "ESMTPS",
@@ -721,7 +734,9 @@ mod tests {
         use WithProtocol as W;
         let cases = [
             ((false, false, false, false, false), W::Smtp, "SMTP"),
-            ((false, false, true, true, false), W::Smtp, "SMTP"),
+            ((false, false, false, true, false), W::Smtpa, "SMTPA"),
+            ((false, false, true, false, false), W::Smtps, "SMTPS"),
+            ((false, false, true, true, false), W::Smtpsa, "SMTPSA"),
             ((false, true, false, false, false), W::Esmtp, "ESMTP"),
             ((false, true, false, true, false), W::Esmtpa, "ESMTPA"),
             ((false, true, true, false, false), W::Esmtps, "ESMTPS"),
