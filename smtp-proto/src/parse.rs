@@ -61,7 +61,7 @@
 //! [`ParseError::BadParameterValue`]; a token that is not even
 //! `keyword[=value]` is [`ParseError::Syntax`].
 //!
-//! * MAIL: `SIZE=` 1 to 20 digits (RFC 1870), `BODY=7BIT|8BITMIME|BINARYMIME`
+//! * MAIL: `SIZE=` 1 to 20 digits (RFC 1870; past `u64::MAX` reads as `u64::MAX`), `BODY=7BIT|8BITMIME|BINARYMIME`
 //!   (RFC 6152, RFC 3030), `SMTPUTF8` (RFC 6531), `RET=FULL|HDRS` and
 //!   `ENVID=` xtext of at most 100 characters (RFC 3461), `AUTH=` xtext or
 //!   `<>` (RFC 4954), `REQUIRETLS` (RFC 8689).
@@ -709,6 +709,15 @@ fn parse_u64(s: &str) -> Option<u64> {
     })
 }
 
+/// Parses SIZE's 1 to 20 ASCII digits (RFC 1870 `size-value`); a value
+/// past `u64::MAX` is `u64::MAX` (too big for any server, not bad syntax).
+fn parse_size(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(parse_u64(s).unwrap_or(u64::MAX))
+}
+
 fn mail_params(s: &str) -> Result<MailParams<'_>, ParseError> {
     use ParseError::{BadParameterValue as Bad, UnknownParameter as Unknown};
     let mut p = MailParams::default();
@@ -718,7 +727,7 @@ fn mail_params(s: &str) -> Result<MailParams<'_>, ParseError> {
             if p.size.is_some() {
                 return Err(Unknown);
             }
-            p.size = Some(v.and_then(parse_u64).ok_or(Bad)?);
+            p.size = Some(v.and_then(parse_size).ok_or(Bad)?);
         } else if eq("BODY") {
             if p.body.is_some() {
                 return Err(Unknown);
