@@ -305,6 +305,11 @@ impl Handler for () {
     }
 }
 
+/// The body buffer a dispatcher keeps between messages, at most: enough
+/// for most small messages without reallocating, never a large message's
+/// worth (idle sessions would hold it until they close).
+const KEEP_BODY_CAPACITY: usize = 64 * 1024;
+
 /// What [`Dispatcher::drive`] stopped for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {
@@ -326,6 +331,9 @@ pub struct Dispatcher<H> {
     info: SessionInfo,
     envelope: Envelope,
     body: Vec<u8>,
+    /// Messages that reached their end in this session (for the
+    /// per-message `Received:` id).
+    messages: u64,
     closed: bool,
     /// [`Handler::disconnect`], kept so that `Drop` (which cannot require
     /// `H: Handler`) can call it.
@@ -367,6 +375,7 @@ impl<H: Handler> Dispatcher<H> {
             },
             envelope: Envelope::default(),
             body: Vec::new(),
+            messages: 0,
             closed: false,
             end: |h, info, reason| h.disconnect(info, reason),
         }
@@ -437,6 +446,7 @@ impl<H: Handler> Dispatcher<H> {
                     expand,
                 } => {
                     let arg = arg.to_owned();
+                    self.info.refresh(s);
                     let d = guarded(self.handler.verify(&self.info, &arg, expand)).await;
                     self.answer(s, ticket, d);
                 }
@@ -448,7 +458,7 @@ impl<H: Handler> Dispatcher<H> {
                     let d = guarded(self.handler.auth(&self.info, &credentials)).await;
                     self.answer(s, ticket, d);
                 }
-                Event::BodyStart { .. } => self.body.clear(),
+                Event::BodyStart { .. } => self.recycle_body(),
                 Event::Body(chunk) => self.body.extend_from_slice(chunk),
                 Event::MessageEnd { ticket, .. } => {
                     self.info.refresh(s);
@@ -457,8 +467,11 @@ impl<H: Handler> Dispatcher<H> {
                         [one] => Some(one.address.as_str()),
                         _ => None,
                     };
+                    self.messages += 1;
                     let trace = if self.handler.wants_trace() {
-                        s.received_header(Some(&self.info.id), only, ts, 0)
+                        // Per message: the session id and the message's number.
+                        let id = format!("{}-{}", self.info.id, self.messages);
+                        s.received_header(Some(&id), only, ts, 0)
                     } else {
                         Vec::new()
                     };
@@ -468,11 +481,13 @@ impl<H: Handler> Dispatcher<H> {
                     });
                     let envelope = std::mem::take(&mut self.envelope);
                     let d = guarded(self.handler.message(&self.info, &envelope, &message)).await;
-                    // Reuse the body buffer when the handler kept no reference.
-                    if let Ok(mut m) = Arc::try_unwrap(message) {
-                        m.data.clear();
+                    // Reuse a small body buffer when the handler kept no
+                    // reference; a large one is freed now, not when the
+                    // session ends.
+                    if let Ok(m) = Arc::try_unwrap(message) {
                         self.body = m.data;
                     }
+                    self.recycle_body();
                     match d {
                         None => {
                             s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
@@ -490,11 +505,11 @@ impl<H: Handler> Dispatcher<H> {
                 }
                 Event::MessageAborted(reason) => {
                     tracing::debug!(?reason, "message aborted");
-                    self.body.clear();
+                    self.recycle_body();
                     self.envelope = Envelope::default();
                 }
                 Event::Reset => {
-                    self.body.clear();
+                    self.recycle_body();
                     self.envelope = Envelope::default();
                 }
                 Event::StartTls => return Drive::StartTls,
@@ -508,6 +523,17 @@ impl<H: Handler> Dispatcher<H> {
                     }
                 }
             }
+        }
+    }
+
+    /// Empties the body buffer, keeping its allocation only if it is small
+    /// (`KEEP_BODY_CAPACITY`): no session holds a message's worth of
+    /// memory once the message is answered.
+    fn recycle_body(&mut self) {
+        if self.body.capacity() > KEEP_BODY_CAPACITY {
+            self.body = Vec::new();
+        } else {
+            self.body.clear();
         }
     }
 
@@ -583,4 +609,88 @@ fn unix_now() -> (i64, i16) {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     (secs, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::Config;
+    use std::time::Instant;
+
+    /// Feeds `input` through a dispatcher over the do-nothing handler;
+    /// returns the dispatcher for inspection and the replies.
+    fn run(input: &[u8]) -> (Dispatcher<()>, String) {
+        let mut s = Session::new(
+            Arc::new(Config::new("mx.example")),
+            PeerInfo::default(),
+            Instant::now(),
+        );
+        let mut d = Dispatcher::new(Arc::new(()), "t");
+        let mut out = Vec::new();
+        let mut rest = input;
+        loop {
+            futures_executor::block_on(d.drive(&mut s));
+            out.extend_from_slice(s.transmit());
+            let n = s.transmit().len();
+            s.transmitted(n);
+            if rest.is_empty() {
+                break;
+            }
+            let n = s.receive(rest, Instant::now());
+            rest = &rest[n..];
+        }
+        (d, String::from_utf8(out).unwrap())
+    }
+
+    fn big_message(body_len: usize, end: &[u8]) -> Vec<u8> {
+        let mut input =
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n".to_vec();
+        let line = [b'x'; 78];
+        while input.len() < body_len {
+            input.extend_from_slice(&line);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(end);
+        input
+    }
+
+    /// Issue 12, item 12: an idle session holds no message-sized buffer
+    /// once the message is answered (delivered, refused or aborted).
+    #[test]
+    fn no_message_sized_buffer_after_the_answer() {
+        let (d, out) = run(&big_message(4 << 20, b".\r\n"));
+        assert!(
+            out.ends_with("250 2.0.0 Message accepted for delivery\r\n"),
+            "{out}"
+        );
+        assert!(
+            d.body.capacity() <= KEEP_BODY_CAPACITY,
+            "{}",
+            d.body.capacity()
+        );
+        // Refused after the body (bare LF): the buffer goes too.
+        let (d, out) = run(&big_message(4 << 20, b"bare\n\r\n.\r\n"));
+        assert!(
+            out.ends_with(
+                "550 5.5.2 Message rejected: bare LF or CR received; lines must end with CRLF\r\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            d.body.capacity() <= KEEP_BODY_CAPACITY,
+            "{}",
+            d.body.capacity()
+        );
+        // RSET after a big message keeps nothing either.
+        let mut input = big_message(2 << 20, b".\r\n");
+        input.extend_from_slice(b"RSET\r\n");
+        let (d, _) = run(&input);
+        assert!(
+            d.body.capacity() <= KEEP_BODY_CAPACITY,
+            "{}",
+            d.body.capacity()
+        );
+    }
 }

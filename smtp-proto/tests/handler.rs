@@ -203,3 +203,126 @@ fn auth_default_refuses() {
         "{out}"
     );
 }
+
+/// What a handler saw of the session in each hook (issue 12, item 26).
+#[derive(Default)]
+struct Watcher {
+    seen: Mutex<Vec<String>>,
+    traces: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Watcher {
+    fn note(&self, hook: &str, s: &SessionInfo) {
+        self.seen.lock().unwrap().push(format!(
+            "{hook} helo={} tls={} auth={}",
+            s.helo.as_deref().unwrap_or("-"),
+            s.tls,
+            s.authenticated.as_deref().unwrap_or("-")
+        ));
+    }
+}
+
+impl Handler for Watcher {
+    async fn verify(&self, s: &SessionInfo, _arg: &str, _expand: bool) -> Decision {
+        self.note("verify", s);
+        Decision::Accept
+    }
+
+    async fn auth(&self, s: &SessionInfo, _c: &smtp_proto::sasl::Credentials) -> Decision {
+        self.note("auth", s);
+        Decision::Accept
+    }
+
+    async fn message(
+        &self,
+        s: &SessionInfo,
+        _env: &Envelope,
+        msg: &Arc<Message>,
+    ) -> MessageDecision {
+        self.note("message", s);
+        self.traces.lock().unwrap().push(msg.trace.clone());
+        Decision::Accept.into()
+    }
+
+    fn disconnect(&self, s: &SessionInfo, _reason: smtp_proto::server::CloseReason) {
+        self.note("disconnect", s);
+    }
+}
+
+fn drive_all(config: Config, handler: Arc<Watcher>, input: &[u8]) -> String {
+    let mut s = Session::new(
+        Arc::new(config),
+        PeerInfo::new("192.0.2.9:2000".parse().unwrap()),
+        Instant::now(),
+    );
+    let mut d = Dispatcher::new(handler, "s1");
+    s.receive(input, Instant::now());
+    let mut out = Vec::new();
+    loop {
+        let r = block_on(d.drive(&mut s));
+        out.extend_from_slice(s.transmit());
+        let n = s.transmit().len();
+        s.transmitted(n);
+        match r {
+            Drive::Closed => break,
+            _ => s.receive_eof(),
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn every_hook_sees_the_current_session() {
+    let mut c = Config::new("mx.example");
+    c.auth.mechanisms = vec![Mechanism::Plain];
+    c.auth.allow_plaintext = true;
+    let h = Arc::new(Watcher::default());
+    let out = drive_all(
+        c,
+        h.clone(),
+        b"EHLO first\r\nVRFY bob\r\nEHLO second\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nVRFY bob\r\nQUIT\r\n",
+    );
+    assert!(out.ends_with("221 2.0.0 Bye\r\n"), "{out}");
+    assert_eq!(
+        *h.seen.lock().unwrap(),
+        vec![
+            "verify helo=first tls=false auth=-",
+            "auth helo=second tls=false auth=-",
+            "verify helo=second tls=false auth=bob",
+            "disconnect helo=second tls=false auth=bob",
+        ]
+    );
+}
+
+/// The `id` of a Received header.
+fn trace_id(trace: &[u8]) -> String {
+    let t = String::from_utf8_lossy(trace);
+    let at = t.find(" id ").expect("an id") + 4;
+    t[at..]
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn received_id_is_per_message() {
+    let h = Arc::new(Watcher::default());
+    let msg = "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\nhi\r\n.\r\n";
+    let input = format!("EHLO c\r\n{msg}{msg}{msg}QUIT\r\n");
+    let out = drive_all(Config::new("mx.example"), h.clone(), input.as_bytes());
+    assert!(out.ends_with("221 2.0.0 Bye\r\n"), "{out}");
+    let ids: Vec<String> = h
+        .traces
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| trace_id(t))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| id.starts_with("s1")), "{ids:?}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+}
