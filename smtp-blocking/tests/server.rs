@@ -62,15 +62,12 @@ fn pipelined_multi_recipient_into_maildir() {
         let files = delivered(dir.path(), rcpt);
         assert_eq!(files.len(), 1, "{rcpt}");
         let text = std::fs::read_to_string(&files[0]).unwrap();
-        assert!(text.starts_with("Return-Path: <a@x>\r\n"), "{text}");
+        assert!(text.starts_with("Return-Path: <a@x>\n"), "{text}");
         assert!(
-            text.contains(&format!("Delivered-To: {rcpt}\r\nReceived: ")),
+            text.contains(&format!("Delivered-To: {rcpt}\nReceived: ")),
             "{text}"
         );
-        assert!(
-            text.ends_with("Subject: multi\r\n\r\n.dotted\r\n"),
-            "{text}"
-        );
+        assert!(text.ends_with("Subject: multi\n\n.dotted\n"), "{text}");
     }
     server.stop();
 }
