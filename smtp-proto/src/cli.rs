@@ -98,9 +98,15 @@ pub struct Args {
     /// thread per session, and an async-std build ignore it.
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
-    /// Command timeout in seconds (also bounds TLS handshakes).
+    /// Seconds to wait for the client, at every wait: each command, TLS
+    /// handshakes, and inside DATA/BDAT too unless --data-timeout is given
+    /// (default: RFC 5321's 300, and 180 in DATA).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Seconds to wait for the next line of a DATA body or the next BDAT
+    /// octets, apart from --timeout (default: --timeout's, else 180).
+    #[arg(long, value_name = "SECS")]
+    pub data_timeout: Option<u64>,
     /// TLS certificate chain (PEM); enables STARTTLS.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -327,7 +333,15 @@ impl Setup {
             if t == 0 {
                 return Err(err("--timeout must be at least 1 second"));
             }
+            // Every wait for the client, DATA included (issue 12 item 21).
             config.timeouts.command = Duration::from_secs(t);
+            config.timeouts.data = Duration::from_secs(t);
+        }
+        if let Some(t) = a.data_timeout {
+            if t == 0 {
+                return Err(err("--data-timeout must be at least 1 second"));
+            }
+            config.timeouts.data = Duration::from_secs(t);
         }
         let tls = match (&a.tls_cert, &a.tls_key) {
             (Some(c), Some(k)) => Some(load_tls(c, k)?),
@@ -562,6 +576,25 @@ mod tests {
             Args::try_parse_from(base.into_iter().chain(["--relay-no-starttls", "--relay-starttls"]))
                 .is_err()
         );
+    }
+
+    /// Issue 12 item 21: --timeout bounds DATA too; --data-timeout apart.
+    #[test]
+    fn timeouts() {
+        let setup = |args: &[&str]| {
+            let a = Args::try_parse_from(["smtpd", "--sink"].iter().chain(args)).unwrap();
+            Setup::from_args(&a).map(|s| s.options.config.timeouts.clone())
+        };
+        let secs = |c, d| (Duration::from_secs(c), Duration::from_secs(d));
+        let t = setup(&[]).unwrap();
+        assert_eq!((t.command, t.data), secs(300, 180));
+        let t = setup(&["--timeout", "2"]).unwrap();
+        assert_eq!((t.command, t.data), secs(2, 2));
+        let t = setup(&["--timeout", "2", "--data-timeout", "9"]).unwrap();
+        assert_eq!((t.command, t.data), secs(2, 9));
+        let t = setup(&["--data-timeout", "9"]).unwrap();
+        assert_eq!((t.command, t.data), secs(300, 9));
+        assert!(setup(&["--data-timeout", "0"]).is_err());
     }
 
     #[test]
