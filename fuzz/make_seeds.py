@@ -38,6 +38,12 @@ STARTTLS = (EHLO + b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n"
 AUTH_LOGIN = EHLO + b"AUTH LOGIN\r\nYm9i\r\nc2VjcmV0\r\nAUTH LOGIN Ym9i\r\n*\r\nQUIT\r\n"
 SMUGGLING = (EHLO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
              b"one\n.\ntwo\r\n.\rthree\r\n\n.\r\nMAIL FROM:<smuggled@evil.example>\r\n.\r\nQUIT\r\n")
+NUL_SMUGGLING = (EHLO + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                 b"one\r\n\0.\r\nMAIL FROM:<smuggled@evil.example>\r\n.\r\nQUIT\r\n")
+BARE_LF_NETCAT = b"EHLO x\nMAIL FROM:<a@b.example>\n\r\nEHLO y\r\nQUIT\n\r\nQUIT\r\n"
+LONG_DSN = (EHLO + b"MAIL FROM:<a@b.example> RET=HDRS ENVID=" + b"e" * 100 + b"\r\nRCPT TO:<"
+            + b"a" * 64 + b"@" + b"d" * 60 + b".example.net> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;"
+            + b"o" * 480 + b"@example.net\r\nQUIT\r\n")
 LMTP = (b"LHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n"
         b"RCPT TO:<z@y.example>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n")
 ERRORS = (b"MAIL FROM:<a@b.example>\r\nFOO bar\r\nEHLO c\r\nVRFY bob\r\nEXPN list\r\nHELP\r\n"
@@ -55,6 +61,9 @@ def server_session():
     write("server_session", "auth_login", session([], AUTH_LOGIN))
     write("server_session", "smuggling", session([], SMUGGLING))
     write("server_session", "lmtp", session([0x01], LMTP))
+    write("server_session", "nul_smuggling", session([], NUL_SMUGGLING))
+    write("server_session", "bare_lf_netcat", session([], BARE_LF_NETCAT))
+    write("server_session", "long_dsn_rcpt", session([], LONG_DSN))
     write("server_session", "proxy_v1",
           session([0x02], b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 25\r\n" + BASIC))
     v2 = (b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 198, 51, 100, 1])
@@ -83,6 +92,8 @@ def bdat():
     write("bdat", "two_chunks", seed(0, [b"hello ", b"world\r\n"]))
     write("bdat", "binarymime_bare_lf", seed(2, [b"a\nb", b"\r", b"\n"]))
     write("bdat", "bare_lf_refused", seed(0, [b"a\nb\r\n"]))
+    write("bdat", "nul_refused", seed(0, [b"a\0b\r\n", b"\0.\r\n"]))
+    write("bdat", "nul_allowed", seed(64, [b"a\0b\r\n"]))
     write("bdat", "lmtp_noop", seed(1 | 8, [b"x\r\n", b"", b"y\r\n"], splits=b"\x03\x01\x07"))
     write("bdat", "too_big", seed(16, [b"x" * 80, b"y" * 80], extra=b"\x64"))
     write("bdat", "long_line", seed(32, [b"z" * 40 + b"\r\n"], extra=b"\0\x14"))

@@ -95,8 +95,11 @@ pub enum ViolationPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512). AUTH
-    /// response lines may be up to 12288 octets (RFC 4954 §4).
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512). MAIL
+    /// and RCPT lines may be longer by what the advertised extensions'
+    /// parameters add (RFC 1869 §4.1.2: SIZE, BODY, SMTPUTF8, DSN's RET,
+    /// ENVID, NOTIFY and ORCPT, AUTH=, REQUIRETLS); AUTH response lines
+    /// may be up to 12288 octets (RFC 4954 §4).
     pub max_command_line: usize,
     /// Longest text line in a message, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
     pub max_text_line: usize,
@@ -104,6 +107,10 @@ pub struct Limits {
     pub long_lines: ContentPolicy,
     /// What to do with a bare LF or bare CR in a message (SMTP smuggling).
     pub bare_line_endings: ContentPolicy,
+    /// What to do with a NUL octet in a text message (`\r\n\0.\r\n` ends
+    /// the message for a receiver that drops NULs: SMTP smuggling again).
+    /// Refused with `550 5.6.0` by default; BINARYMIME bodies are exempt.
+    pub nul_bytes: ContentPolicy,
     /// Largest message in octets; 0 means no limit (then SIZE is advertised without a figure).
     pub max_message_size: u64,
     /// Most accepted recipients per transaction (RFC 5321 §4.5.3.1.8: at least 100).
@@ -134,6 +141,7 @@ impl Default for Limits {
             max_text_line: 1000,
             long_lines: ContentPolicy::Reject,
             bare_line_endings: ContentPolicy::Reject,
+            nul_bytes: ContentPolicy::Reject,
             max_message_size: 35 * 1024 * 1024,
             max_recipients: 100,
             soft_error_limit: 10,
@@ -183,7 +191,8 @@ impl Default for Timeouts {
 pub struct Config {
     /// Our host name, in the greeting, the EHLO reply and the Received header.
     pub hostname: String,
-    /// Text after the host name in the 220 greeting.
+    /// Text after the host name in the 220 greeting. In LMTP a leading
+    /// `ESMTP` word is sent as `LMTP` (so the default greets as `LMTP ready`).
     pub greeting: String,
     /// LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient after the body.
     pub lmtp: bool,
@@ -191,7 +200,8 @@ pub struct Config {
     pub extensions: Extensions,
     /// AUTH policy.
     pub auth: AuthPolicy,
-    /// MAIL, RCPT, DATA, BDAT and AUTH are refused with `530 5.7.0` before TLS.
+    /// MAIL, RCPT, DATA, BDAT, AUTH, VRFY and EXPN are refused with
+    /// `530 5.7.0` before TLS (RFC 3207 §4).
     pub require_tls: bool,
     /// Expect a HAProxy PROXY protocol (v1 or v2) header before anything else.
     pub proxy_protocol: bool,

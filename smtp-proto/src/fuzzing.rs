@@ -267,6 +267,8 @@ fn session_config(c: [u8; 8]) -> Config {
     } else {
         ContentPolicy::Reject
     };
+    // Every knob bit is taken: NULs follow the bare line ending policy.
+    l.nul_bytes = l.bare_line_endings;
     l.long_lines = if c[2] & 0x02 != 0 {
         ContentPolicy::Accept
     } else {
@@ -327,6 +329,7 @@ struct Driver<'a> {
     max_out: usize,
     max_text_line: usize,
     bare_policy: ContentPolicy,
+    nul_policy: ContentPolicy,
     long_policy: ContentPolicy,
     transcript: Vec<u8>,
     body: Vec<u8>,
@@ -347,6 +350,7 @@ impl<'a> Driver<'a> {
             max_out: config.limits.max_pending_output,
             max_text_line: config.limits.max_text_line,
             bare_policy: config.limits.bare_line_endings,
+            nul_policy: config.limits.nul_bytes,
             long_policy: config.limits.long_lines,
             s: Session::new(Arc::new(config), peer, now),
             knobs: Knobs {
@@ -508,6 +512,9 @@ impl<'a> Driver<'a> {
             }
             if self.long_policy == ContentPolicy::Reject {
                 assert!(!long, "over-long line delivered");
+            }
+            if self.nul_policy == ContentPolicy::Reject {
+                assert!(!body.contains(&0), "NUL delivered");
             }
         }
         self.delivered += 1;
@@ -782,7 +789,7 @@ impl<'a> Driver<'a> {
 /// reading stops above it; no event but notices while a decision is open;
 /// a DATA body is only delivered after the client sent it followed by
 /// CRLF.CRLF, a BDAT body only after `LAST`; a delivered text body obeys
-/// the bare-line-ending and line-length policies; an early timer call
+/// the bare-line-ending, NUL and line-length policies; an early timer call
 /// changes nothing and an expired one closes; nothing sent before a TLS
 /// handshake is executed after it; the session never starves with input
 /// waiting; EOF always closes.
@@ -808,7 +815,7 @@ pub fn server_session(data: &[u8]) {
 /// BDAT chunking through the session, against a model.
 ///
 /// The input chooses a configuration (LMTP, BINARYMIME, small limits, bare
-/// line ending policy), a list of chunks (payload bytes, LAST on the final
+/// line ending and NUL policies), a list of chunks (payload bytes, LAST on the final
 /// one, sometimes a NOOP between chunks), and read splits. The client
 /// stream is `EHLO`, `MAIL`, `RCPT`, the chunks, `QUIT`; every decision
 /// is accepted.
@@ -825,6 +832,7 @@ pub fn bdat(data: &[u8]) {
     let binary = flags & 2 != 0;
     let accept_bare = flags & 4 != 0;
     let noop_between = flags & 8 != 0;
+    let accept_nul = flags & 64 != 0;
     let max_size = if flags & 16 != 0 {
         u64::from(u.u16() % 2048) + 1
     } else {
@@ -840,6 +848,11 @@ pub fn bdat(data: &[u8]) {
     config.limits.max_message_size = max_size;
     config.limits.max_text_line = max_line;
     config.limits.bare_line_endings = if accept_bare {
+        ContentPolicy::Accept
+    } else {
+        ContentPolicy::Reject
+    };
+    config.limits.nul_bytes = if accept_nul {
         ContentPolicy::Accept
     } else {
         ContentPolicy::Reject
@@ -884,7 +897,9 @@ pub fn bdat(data: &[u8]) {
 
     let too_big = body.len() as u64 > max_size;
     let (bare_lf, bare_cr, long) = line_facts(&body, max_line);
-    let bad_text = !binary && ((!accept_bare && (bare_lf || bare_cr)) || long);
+    let nul = body.contains(&0);
+    let bad_text =
+        !binary && ((!accept_bare && (bare_lf || bare_cr)) || (!accept_nul && nul) || long);
     let deliver = !too_big && !bad_text;
 
     let mut s = Session::new(Arc::new(config), PeerInfo::default(), Instant::now());
@@ -979,7 +994,7 @@ pub fn bdat(data: &[u8]) {
     }
     if !too_big {
         let verdict = codes[codes.len() - 2];
-        // Refused content (bare line ending, long line) is 550.
+        // Refused content (bare line ending, NUL, long line) is 550.
         let expect = if deliver { 250 } else { 550 };
         assert_eq!(verdict, expect, "{codes:?}");
         assert_eq!(i, codes.len() - 2, "unexpected replies: {codes:?}");

@@ -25,7 +25,8 @@
 //! |---|---|
 //! | unknown command | `500 5.5.2` |
 //! | command line too long | `500 5.5.2` |
-//! | bare LF / CR in a command line | `500 5.5.2` |
+//! | SASL (AUTH) response line too long | `500 5.5.6` |
+//! | bare LF / CR in a command line (at the first bare LF) | `500 5.5.2` |
 //! | bad arguments | `501 5.5.4` |
 //! | bad sender / recipient address | `501 5.1.7` / `501 5.1.3` |
 //! | unknown or unadvertised parameter | `555 5.5.4` |
@@ -34,10 +35,11 @@
 //! | bad sequence (MAIL before EHLO, RCPT before MAIL, nested MAIL, …) | `503 5.5.1` |
 //! | DATA with no accepted recipient | `554 5.5.1` (LMTP: `503 5.5.1`) |
 //! | too many recipients | `452 4.5.3` |
-//! | message too big (SIZE or body) | `552 5.3.4` |
+//! | message too big (SIZE, even past `u64`, or body) | `552 5.3.4` |
 //! | bare LF / CR in a message (policy) | `550 5.5.2` |
 //! | text line too long (policy) | `550 5.6.0` |
-//! | TLS required | `530 5.7.0` |
+//! | NUL in a message (policy) | `550 5.6.0` |
+//! | TLS required (MAIL, RCPT, DATA, BDAT, AUTH, VRFY, EXPN) | `530 5.7.0` |
 //! | authentication required | `530 5.7.0` |
 //! | AUTH on plaintext when not allowed | `538 5.7.11` |
 //! | unknown AUTH mechanism | `504 5.5.4` |

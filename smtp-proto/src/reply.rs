@@ -370,6 +370,8 @@ replies! {
     UNKNOWN_COMMAND = 500 (5, 5, 2) "Syntax error, command unrecognized";
     /// `500 5.5.2 Line too long`.
     LINE_TOO_LONG = 500 (5, 5, 2) "Line too long";
+    /// `500 5.5.6 Authentication Exchange line is too long` (RFC 4954 §4).
+    AUTH_LINE_TOO_LONG = 500 (5, 5, 6) "Authentication Exchange line is too long";
     /// `500 5.5.2 Bare LF or CR in command line; lines must end with CRLF`.
     BARE_LF_COMMAND = 500 (5, 5, 2) "Bare LF or CR in command line; lines must end with CRLF";
     /// `501 5.5.4 Syntax error in parameters or arguments`.
@@ -410,6 +412,9 @@ replies! {
     MESSAGE_TOO_BIG = 552 (5, 3, 4) "Message size exceeds fixed maximum message size";
     /// `550 5.5.2 Message rejected: bare LF or CR received; lines must end with CRLF`.
     BARE_LF_DATA = 550 (5, 5, 2) "Message rejected: bare LF or CR received; lines must end with CRLF";
+    /// `550 5.6.0 Message rejected: NUL character received` (policy; a NUL
+    /// can end a message for a receiver that drops it).
+    NUL_DATA = 550 (5, 6, 0) "Message rejected: NUL character received";
     /// `550 5.6.0 Message rejected: a text line is too long`.
     DATA_LINE_TOO_LONG = 550 (5, 6, 0) "Message rejected: a text line is longer than allowed";
     /// `530 5.7.0 Must issue a STARTTLS command first`.

@@ -142,6 +142,8 @@ pub enum AbortReason {
     BareLineEnding,
     /// A line was longer than the limit (`550 5.6.0`).
     LongLine,
+    /// It contained a NUL octet (`550 5.6.0`; see `Limits::nul_bytes`).
+    NulByte,
     /// The connection closed before the end of the body.
     Disconnected,
     /// The client stopped sending (`421 4.4.2`).
@@ -467,6 +469,8 @@ struct Transaction {
     body_kind: Option<BodyKind>,
     body_len: u64,
     too_big: bool,
+    /// A NUL octet was seen in the body (only looked for when refused).
+    nul: bool,
 }
 
 /// One SMTP/LMTP server session. See the [module docs](self) for the contract.
@@ -486,8 +490,9 @@ pub struct Session {
     poisoned: bool,
     /// While poisoned: the last discarded byte was a CR.
     scan_cr: bool,
-    /// The line being scanned holds a bare LF.
-    bare_in_line: bool,
+    /// The line being scanned follows a bare LF that was already answered:
+    /// its rest, up to the CRLF, is dropped without a second answer.
+    after_bare_lf: bool,
     /// Bytes at `start` to drop on the next call (the last Body event).
     release: usize,
     /// Length of the command line (with CRLF) waiting for a decision.
@@ -567,7 +572,7 @@ impl Session {
             scan: 0,
             poisoned: false,
             scan_cr: false,
-            bare_in_line: false,
+            after_bare_lf: false,
             release: 0,
             pending_line: 0,
             decided: None,
@@ -1172,7 +1177,7 @@ impl Session {
             Pending::Connect => {
                 let greeting = Reply::plain(
                     220,
-                    format!("{} {}", self.config.hostname, self.config.greeting),
+                    format!("{} {}", self.config.hostname, greeting_text(&self.config)),
                 );
                 match decision {
                     Decision::Accept => self.queue_greeting(&greeting),
@@ -1309,60 +1314,106 @@ impl Session {
         }
     }
 
-    /// Finds the next CRLF-terminated line; `Some(len)` includes the CRLF.
-    /// Handles over-long lines (poisoning) and returns `None` when incomplete.
-    fn next_line(&mut self, max: usize) -> Option<Result<usize, Reply>> {
-        loop {
-            let buf = &self.input[self.start..self.end];
-            let from = self.scan.min(buf.len());
-            match memchr::memchr(b'\n', &buf[from..]) {
-                Some(i) => {
-                    let lf = from + i;
-                    let crlf =
-                        lf > 0 && buf[lf - 1] == b'\r' || lf == 0 && self.poisoned && self.scan_cr;
-                    if !crlf {
-                        // A bare LF never ends a line.
-                        self.bare_in_line = true;
-                        self.scan = lf + 1;
-                        if self.poisoned || self.scan > max {
-                            self.poison(lf + 1);
-                        }
-                        continue;
-                    }
-                    let len = lf + 1;
-                    if self.poisoned {
-                        self.poisoned = false;
-                        self.scan_cr = false;
-                        self.consume(len);
-                        self.scan = 0;
-                        self.bare_in_line = false;
-                        return Some(Err(Reply::LINE_TOO_LONG));
-                    }
-                    if len > max {
-                        self.consume(len);
-                        self.scan = 0;
-                        self.bare_in_line = false;
-                        return Some(Err(Reply::LINE_TOO_LONG));
-                    }
-                    let bare = std::mem::take(&mut self.bare_in_line)
-                        || memchr::memchr(b'\r', &buf[..len - 2]).is_some();
-                    if bare {
-                        self.consume(len);
-                        self.scan = 0;
-                        return Some(Err(Reply::BARE_LF_COMMAND));
-                    }
-                    // The caller consumes this line (now or after its decision).
-                    self.scan = 0;
-                    return Some(Ok(len));
-                }
-                None => {
-                    self.scan = buf.len();
-                    if self.poisoned || buf.len() > max {
-                        self.poison(buf.len());
-                    }
-                    return None;
-                }
+    /// Finds the next line: every LF ends one, but only a line ended by
+    /// CRLF (with no other CR in it) is a command. A line ended by a bare LF
+    /// is answered at once (a netcat user is not left waiting), and what
+    /// follows it up to the next CRLF is dropped without a second answer:
+    /// a bare LF never starts a command (DESIGN rule 1), and a CRLF client
+    /// with a stray LF in a line still gets one answer per line. Over-long
+    /// lines are poisoned (dropped as they arrive, then answered once).
+    /// `None` while no line end is buffered.
+    fn next_line(&mut self, max: usize) -> Option<Line> {
+        let buf = &self.input[self.start..self.end];
+        let from = self.scan.min(buf.len());
+        let Some(i) = memchr::memchr(b'\n', &buf[from..]) else {
+            self.scan = buf.len();
+            if self.poisoned || buf.len() > max {
+                self.poison(buf.len());
             }
+            return None;
+        };
+        let lf = from + i;
+        let len = lf + 1;
+        let crlf = lf > 0 && buf[lf - 1] == b'\r' || lf == 0 && self.poisoned && self.scan_cr;
+        let too_long = std::mem::take(&mut self.poisoned) || len > max;
+        let bare_cr = crlf && !too_long && memchr::memchr(b'\r', &buf[..len - 2]).is_some();
+        let after_bare = std::mem::replace(&mut self.after_bare_lf, !crlf);
+        self.scan_cr = false;
+        self.scan = 0;
+        let line = if !crlf {
+            Line::Refused(if too_long {
+                Reply::LINE_TOO_LONG
+            } else {
+                Reply::BARE_LF_COMMAND
+            })
+        } else if after_bare {
+            Line::Dropped
+        } else if too_long {
+            Line::Refused(Reply::LINE_TOO_LONG)
+        } else if bare_cr {
+            Line::Refused(Reply::BARE_LF_COMMAND)
+        } else {
+            // The caller consumes this line (now or after its decision).
+            return Some(Line::Complete(len));
+        };
+        self.consume(len);
+        Some(line)
+    }
+
+    /// The longest line allowed for the line being read: AUTH responses
+    /// have their own limit (RFC 4954 §4); MAIL and RCPT lines may be longer
+    /// by what the advertised extensions' parameters add (RFC 5321
+    /// §4.5.3.1.4, RFC 1869 §4.1.2).
+    fn line_limit(&self) -> usize {
+        if let Phase::Auth(_) = self.phase {
+            return MAX_AUTH_LINE;
+        }
+        let base = self.config.limits.max_command_line;
+        if self.poisoned {
+            return base;
+        }
+        let end = self.end.min(self.start + 4);
+        let verb = self.input.get(self.start..end).unwrap_or(&[]);
+        if verb.eq_ignore_ascii_case(b"MAIL") {
+            base + self.mail_param_room()
+        } else if verb.eq_ignore_ascii_case(b"RCPT") {
+            base + self.rcpt_param_room()
+        } else {
+            base
+        }
+    }
+
+    /// Octets the advertised MAIL parameters may add to a MAIL line.
+    fn mail_param_room(&self) -> usize {
+        let e = &self.ext;
+        let mut n = 0;
+        if e.size {
+            n += ROOM_SIZE;
+        }
+        if e.eightbitmime || e.binarymime && e.chunking {
+            n += ROOM_BODY;
+        }
+        if e.smtputf8 {
+            n += ROOM_SMTPUTF8;
+        }
+        if e.dsn {
+            n += ROOM_RET + ROOM_ENVID;
+        }
+        if self.auth_offered() {
+            n += ROOM_AUTH;
+        }
+        if e.requiretls && self.is_tls() {
+            n += ROOM_REQUIRETLS;
+        }
+        n
+    }
+
+    /// Octets the advertised RCPT parameters may add to a RCPT line.
+    fn rcpt_param_room(&self) -> usize {
+        if self.ext.dsn {
+            ROOM_NOTIFY + ROOM_ORCPT
+        } else {
+            0
         }
     }
 
@@ -1379,22 +1430,30 @@ impl Session {
     }
 
     fn step_line(&mut self) -> Step {
-        let max = if matches!(self.phase, Phase::Auth(_)) {
-            MAX_AUTH_LINE
-        } else {
-            self.config.limits.max_command_line
-        };
+        let max = self.line_limit();
         let len = match self.next_line(max) {
             None => return Step::Idle,
-            Some(Err(reply)) => {
+            Some(Line::Dropped) => {
                 self.arm(self.config.timeouts.command);
-                if let Phase::Auth(_) = self.phase {
+                return Step::Continue;
+            }
+            Some(Line::Refused(reply)) => {
+                self.arm(self.config.timeouts.command);
+                let reply = if let Phase::Auth(_) = self.phase {
+                    // The refused line ends the SASL exchange.
                     self.phase = Phase::Command;
-                }
+                    if reply == Reply::LINE_TOO_LONG {
+                        Reply::AUTH_LINE_TOO_LONG
+                    } else {
+                        reply
+                    }
+                } else {
+                    reply
+                };
                 self.queue_counted(&reply);
                 return Step::Continue;
             }
-            Some(Ok(len)) => len,
+            Some(Line::Complete(len)) => len,
         };
         self.arm(self.config.timeouts.command);
         if let Phase::Auth(_) = self.phase {
@@ -1597,6 +1656,9 @@ impl Session {
                 self.close(CloseReason::Quit);
                 Outcome::Done
             }
+            Cmd::Verify if self.config.require_tls && !self.is_tls() => {
+                Outcome::Error(Reply::TLS_REQUIRED)
+            }
             Cmd::Verify => Outcome::Decide(Pending::Verify),
             Cmd::Help => {
                 if self.ext.help {
@@ -1669,6 +1731,9 @@ impl Session {
     }
 
     fn start_auth(&mut self, start: Option<(Mechanism, SaslExchange, SaslStep)>) -> Outcome {
+        if self.config.require_tls && !self.is_tls() {
+            return Outcome::Error(Reply::TLS_REQUIRED);
+        }
         if self.config.auth.mechanisms.is_empty() {
             return Outcome::Error(Reply::NOT_IMPLEMENTED);
         }
@@ -1757,6 +1822,9 @@ impl Session {
                 end,
                 consumed,
             } => {
+                if self.looks_for_nul() && memchr::memchr(0, &buf[start..end]).is_some() {
+                    self.txn.nul = true;
+                }
                 let len = (end - start) as u64;
                 self.txn.body_len += len;
                 let max = self.config.limits.max_message_size;
@@ -1788,8 +1856,17 @@ impl Session {
         }
     }
 
+    /// Whether body chunks are searched for NUL octets: a text body under
+    /// the refusing policy, not already refused.
+    fn looks_for_nul(&self) -> bool {
+        self.config.limits.nul_bytes == ContentPolicy::Reject
+            && !self.txn.nul
+            && self.txn.body != BodyType::BinaryMime
+    }
+
     /// Why a complete body must be refused, if it must (size, then the
-    /// line-ending and line-length policies; BINARYMIME is exempt from both).
+    /// line-ending, NUL and line-length policies; BINARYMIME is exempt from
+    /// those three).
     fn content_refusal(&self, bare: bool, long_line: bool) -> Option<AbortReason> {
         let limits = &self.config.limits;
         let text = self.txn.body != BodyType::BinaryMime;
@@ -1797,6 +1874,8 @@ impl Session {
             Some(AbortReason::TooBig)
         } else if text && bare && limits.bare_line_endings == ContentPolicy::Reject {
             Some(AbortReason::BareLineEnding)
+        } else if text && self.txn.nul && limits.nul_bytes == ContentPolicy::Reject {
+            Some(AbortReason::NulByte)
         } else if text && long_line && limits.long_lines == ContentPolicy::Reject {
             Some(AbortReason::LongLine)
         } else {
@@ -1819,6 +1898,7 @@ impl Session {
                 let reply = match reason {
                     AbortReason::TooBig => Reply::MESSAGE_TOO_BIG,
                     AbortReason::BareLineEnding => Reply::BARE_LF_DATA,
+                    AbortReason::NulByte => Reply::NUL_DATA,
                     _ => Reply::DATA_LINE_TOO_LONG,
                 };
                 self.queue_message_refusal(&reply);
@@ -1902,6 +1982,9 @@ impl Session {
             self.consume(n);
             return Step::Continue;
         }
+        if self.looks_for_nul() && memchr::memchr(0, &self.input[range.clone()]).is_some() {
+            self.txn.nul = true;
+        }
         self.checker.feed(&self.input[range.clone()]);
         self.release = n;
         Step::Emit(Emit::Body {
@@ -1915,7 +1998,9 @@ impl Session {
     /// The input buffer's size: never smaller than a maximal line.
     fn input_capacity(&self) -> usize {
         let l = &self.config.limits;
-        l.input_buffer.max(MIN_INPUT).max(l.max_command_line + 2)
+        l.input_buffer
+            .max(MIN_INPUT)
+            .max(l.max_command_line + MAX_PARAM_ROOM + 2)
     }
 
     /// Marks `n` input bytes as processed (nothing once closed: closing
@@ -2112,6 +2197,53 @@ impl Session {
 
 /// The smallest input buffer: a PROXY v2 header or an AUTH line must fit.
 const MIN_INPUT: usize = MAX_AUTH_LINE + 64;
+
+// What each extension's parameter may add to a MAIL or RCPT line
+// (RFC 1869 §4.1.2), leading space included.
+/// ` SIZE=` and 20 digits (RFC 1870 §3: 26).
+const ROOM_SIZE: usize = 26;
+/// ` BODY=BINARYMIME` (RFC 6152, RFC 3030).
+const ROOM_BODY: usize = 16;
+/// ` SMTPUTF8` (RFC 6531 §3.4: 10).
+const ROOM_SMTPUTF8: usize = 10;
+/// ` RET=HDRS` (RFC 3461 §4.3).
+const ROOM_RET: usize = 9;
+/// ` ENVID=` and 100 octets (RFC 3461 §4.4).
+const ROOM_ENVID: usize = 107;
+/// ` AUTH=` value (RFC 4954 §5: 500).
+const ROOM_AUTH: usize = 500;
+/// ` REQUIRETLS` (RFC 8689).
+const ROOM_REQUIRETLS: usize = 11;
+/// ` NOTIFY=SUCCESS,FAILURE,DELAY` (RFC 3461 §4.1).
+const ROOM_NOTIFY: usize = 29;
+/// ` ORCPT=` and 500 octets (RFC 3461 §4.2).
+const ROOM_ORCPT: usize = 507;
+/// The most any MAIL or RCPT line may add.
+const MAX_PARAM_ROOM: usize =
+    ROOM_SIZE + ROOM_BODY + ROOM_SMTPUTF8 + ROOM_RET + ROOM_ENVID + ROOM_AUTH + ROOM_REQUIRETLS;
+
+/// What [`Session::next_line`] found.
+#[derive(Debug)]
+enum Line {
+    /// A command line of this many octets, CRLF included (not consumed).
+    Complete(usize),
+    /// A refused line (consumed): answer this.
+    Refused(Reply),
+    /// The rest of a line answered at its bare LF (consumed): no answer.
+    Dropped,
+}
+
+/// The greeting text after the host name: in LMTP a leading `ESMTP` word
+/// says `LMTP` instead.
+fn greeting_text(config: &Config) -> std::borrow::Cow<'_, str> {
+    let g = config.greeting.as_str();
+    match g.strip_prefix("ESMTP") {
+        Some(rest) if config.lmtp && (rest.is_empty() || rest.starts_with(' ')) => {
+            format!("LMTP{rest}").into()
+        }
+        _ => g.into(),
+    }
+}
 
 /// The input buffer's first size, until a body or a long line needs more.
 const INITIAL_INPUT: usize = 1024;

@@ -33,8 +33,8 @@ struct Setup {
     auth: bool,
     /// STARTTLS offered and required (the handshake is simulated).
     tls: bool,
-    /// Bodies are CRLF-only and the server keeps its strict defaults;
-    /// otherwise the server accepts bare CR/LF and long lines.
+    /// Bodies are CRLF-only without NUL and the server keeps its strict
+    /// defaults; otherwise the server accepts bare CR/LF, NUL and long lines.
     strict: bool,
     chunk_size: usize,
     max_pending_output: usize,
@@ -77,6 +77,7 @@ fn server_config(s: &Setup) -> Config {
     c.extensions.binarymime = s.chunking;
     if !s.strict {
         c.limits.bare_line_endings = ContentPolicy::Accept;
+        c.limits.nul_bytes = ContentPolicy::Accept;
         c.limits.long_lines = ContentPolicy::Accept;
     }
     if s.auth {
@@ -412,12 +413,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(piece, 0..25).prop_map(|v| v.concat())
 }
 
-/// Only CRLF line endings.
+/// Only CRLF line endings, and no NUL (the strict server refuses both).
 fn normalise(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     for &b in body {
         match b {
-            b'\r' => {}
+            b'\r' | 0 => {}
             b'\n' => out.extend_from_slice(b"\r\n"),
             b => out.push(b),
         }
