@@ -500,6 +500,8 @@ async fn relay_slow_upstream_does_not_stall_local_delivery(ctx: Ctx) {
             p(dir.path()),
             "--domain",
             "local.example",
+            "--relay-from-network",
+            "127.0.0.0/8",
             "--timeout",
             "30",
         ],
