@@ -1296,3 +1296,72 @@ impl<L: Handler> Handler for Router<L> {
         close_state(self.take_state(&session.id));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn session(id: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            ..SessionInfo::default()
+        }
+    }
+
+    /// Issue 12 item 11: the router does not rely on `disconnect` alone; a
+    /// state nobody touched for `stale_after` is dropped by the next hook.
+    #[test]
+    fn stale_session_states_are_swept() {
+        let up = Upstream::new("127.0.0.1:9", "relay.test");
+        let router = Router::new(Vec::new(), None::<()>, Some(up), Vec::new())
+            .stale_after(Duration::from_millis(50));
+        let from = MailOptions::default();
+        futures_executor::block_on(router.mail(&session("gone"), "a@x", &from));
+        assert_eq!(router.sessions().len(), 1);
+        std::thread::sleep(Duration::from_millis(100));
+        futures_executor::block_on(router.mail(&session("live"), "a@x", &from));
+        let ids: Vec<String> = router.sessions().keys().cloned().collect();
+        assert_eq!(ids, ["live"]);
+        router.disconnect(&session("live"), CloseReason::Quit);
+        assert!(router.sessions().is_empty());
+    }
+
+    /// Issue 12 items 3, 4 and 8: who may relay where.
+    #[test]
+    fn relay_permission() {
+        let up = Upstream::new("127.0.0.1:9", "relay.test");
+        let router = Router::new(
+            vec!["example.org".into()],
+            None::<()>,
+            Some(up),
+            vec!["192.0.2.0/24".parse().unwrap()],
+        );
+        let from = |ip: &str| SessionInfo {
+            peer: crate::server::PeerInfo {
+                remote: Some(format!("{ip}:4000").parse().unwrap()),
+                ..Default::default()
+            },
+            ..SessionInfo::default()
+        };
+        let stranger = from("198.51.100.1");
+        let ok = |s: &SessionInfo, a: &str| router.route(s, a).is_ok();
+        assert!(ok(&stranger, "a@example.org"));
+        assert!(ok(&stranger, "Postmaster"));
+        assert!(ok(&stranger, "postmaster@EXAMPLE.org"));
+        assert!(!ok(&stranger, "postmaster@victim.example"));
+        assert!(!ok(&stranger, "a@victim.example"));
+        assert!(!ok(&stranger, "a%victim.example@example.org"));
+        assert!(!ok(&stranger, "victim.example!a@example.org"));
+        assert!(!ok(&stranger, "\"a@victim.example\"@example.org"));
+        for trusted in [from("127.0.0.1"), from("[::1]"), from("192.0.2.5")] {
+            assert!(ok(&trusted, "a@victim.example"));
+            assert!(ok(&trusted, "a%b@example.org"));
+        }
+        let mut authed = from("198.51.100.1");
+        authed.authenticated = Some("u".into());
+        assert!(ok(&authed, "a@victim.example"));
+        // A Unix-socket client is local.
+        assert!(ok(&SessionInfo::default(), "a@victim.example"));
+    }
+}
