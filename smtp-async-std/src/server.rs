@@ -16,7 +16,8 @@ use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{FutureExt, future};
 use futures_rustls::TlsAcceptor;
 use smtp_proto::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, implicit_tls_outcome, tls_info,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
+    Stop, implicit_tls_outcome, tls_info,
 };
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
@@ -105,7 +106,7 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
-                    let unix = Async::<std::os::unix::net::UnixListener>::bind(p)?;
+                    let unix = Async::new(smtp_proto::accept::bind_unix(p, o.unix_mode)?)?;
                     listeners.push(Listener::Unix(unix, p.clone()));
                 }
                 #[cfg(not(unix))]
@@ -117,10 +118,12 @@ impl<H: Handler> Server<H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: o.plain_config(),
-                config: o.config,
+                plain: o.tcp_config(false),
+                config: o.tcp_config(true),
+                unix: o.plain_config(),
                 acceptor,
                 limiter,
+                proxy: o.proxy_front(),
                 control: Arc::default(),
             }),
             shutdown: self.shutdown,
@@ -146,12 +149,16 @@ enum Listener {
 
 struct Shared<H> {
     handler: Arc<H>,
-    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    /// The configuration for plain TCP listeners (STARTTLS on when TLS is configured).
     plain: Arc<Config>,
-    /// The configuration as given (for implicit TLS).
+    /// The configuration for implicit TLS.
     config: Arc<Config>,
+    /// The configuration for Unix-domain listeners.
+    unix: Arc<Config>,
     acceptor: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
+    /// The PROXY protocol on TCP listeners, read before the session.
+    proxy: Option<ProxyFront>,
     control: Arc<Control>,
 }
 
@@ -273,40 +280,34 @@ impl<H: Handler> BoundServer<H> {
 
     fn spawn(&self, accepted: Accepted) {
         let ip = match &accepted {
-            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            // Behind the PROXY protocol, the header's source counts per
+            // address, once read (`ProxyFront::read`), not the balancer.
+            Accepted::Tcp(_, a, _) => Some(a.ip()).filter(|_| self.shared.proxy.is_none()),
             #[cfg(unix)]
             Accepted::Unix(_) => None,
         };
-        let Some(slot) = self.shared.limiter.admit(ip) else {
+        let Some(mut slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
-            // A plain or Unix listener gets a 421 (never a silent drop); an
-            // implicit-TLS one just closes (no clear text before the handshake).
             self.spawner.spawn(async move {
-                let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
-                let _ = timeout(LAST_WORDS, async {
-                    match accepted {
-                        Accepted::Tcp(tcp, _, false) => {
-                            let mut tcp = TcpStream::try_from(tcp)?;
-                            tcp.write_all(&bye).await?;
-                            tcp.close().await
+                match accepted {
+                    Accepted::Tcp(tcp, _, tls) => {
+                        if let Ok(tcp) = TcpStream::try_from(tcp) {
+                            too_many(tcp, tls).await;
                         }
-                        #[cfg(unix)]
-                        Accepted::Unix(unix) => {
-                            let mut unix = async_net::unix::UnixStream::try_from(unix)?;
-                            unix.write_all(&bye).await?;
-                            unix.close().await
-                        }
-                        Accepted::Tcp(_, _, true) => Ok(()),
                     }
-                })
-                .await;
+                    #[cfg(unix)]
+                    Accepted::Unix(unix) => {
+                        if let Ok(unix) = async_net::unix::UnixStream::try_from(unix) {
+                            too_many(unix, false).await;
+                        }
+                    }
+                }
             });
             return;
         };
         let shared = self.shared.clone();
         let live = Live::new(&shared.control);
         self.spawner.spawn(async move {
-            let _slot = slot;
             let _live = live;
             let control = shared.control.clone();
             let serve = async {
@@ -316,14 +317,16 @@ impl<H: Handler> BoundServer<H> {
                 // than double every idle session's memory (issue 7, bench (f)).
                 // `serve_tcp` boxes the TLS path; the Unix one is boxed here.
                 match accepted {
-                    Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, tls).await,
+                    Accepted::Tcp(tcp, remote, tls) => {
+                        serve_tcp(&shared, tcp, remote, tls, &mut slot).await
+                    }
                     #[cfg(unix)]
                     Accepted::Unix(s) => {
                         let s = async_net::unix::UnixStream::try_from(s)?;
                         let c = Connection::new(
                             s,
                             PeerInfo::default(),
-                            shared.plain.clone(),
+                            shared.unix.clone(),
                             shared.handler.clone(),
                         );
                         let c = with_acceptor(c, &shared).with_stop(shared.control.watch());
@@ -344,7 +347,35 @@ impl<H: Handler> BoundServer<H> {
                 Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
                 Err(_) => tracing::error!("a connection task panicked; the server goes on"),
             }
+            drop(slot);
         });
+    }
+}
+
+/// Answers an over-limit connection with `421 4.7.0` and closes it; an
+/// implicit-TLS one (`tls`) is just closed (no clear text before the handshake).
+async fn too_many<S: AsyncWrite + Unpin>(mut s: S, tls: bool) {
+    if tls {
+        return;
+    }
+    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+    let _ = timeout(LAST_WORDS, async {
+        s.write_all(&bye).await?;
+        s.close().await
+    })
+    .await;
+}
+
+/// The PROXY header is read off the TCP stream itself ([`PeekRead`]).
+struct Peek<'a>(&'a mut TcpStream);
+
+impl PeekRead for Peek<'_> {
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.peek(buf).await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::io::AsyncReadExt::read(self.0, buf).await
     }
 }
 
@@ -368,15 +399,30 @@ fn tcp_peer(tcp: &std::net::TcpStream, remote: SocketAddr) -> PeerInfo {
     }
 }
 
-/// Serves one TCP connection; `tls`: implicit TLS (the handshake first).
+/// Serves one TCP connection; `tls`: implicit TLS (the handshake first,
+/// after the PROXY header if any).
 async fn serve_tcp<H: Handler>(
     shared: &Shared<H>,
     tcp: std::net::TcpStream,
     remote: SocketAddr,
     tls: bool,
+    slot: &mut Slot,
 ) -> io::Result<()> {
-    let peer = tcp_peer(&tcp, remote);
-    let tcp = TcpStream::try_from(tcp)?;
+    let mut peer = tcp_peer(&tcp, remote);
+    let mut tcp = TcpStream::try_from(tcp)?;
+    if let Some(front) = &shared.proxy {
+        let timer = async {
+            Timer::after(front.timeout()).await;
+        };
+        match Box::pin(front.read(&mut Peek(&mut tcp), peer, slot, timer)).await {
+            Proxied::Peer(p) => peer = p,
+            Proxied::Close => return Ok(()),
+            Proxied::TooMany => {
+                too_many(tcp, tls).await;
+                return Ok(());
+            }
+        }
+    }
     let stop = shared.control.watch();
     if !tls {
         let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());

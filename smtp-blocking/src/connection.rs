@@ -124,7 +124,7 @@ impl<T: Read + Write + ?Sized> ReadWrite for T {}
 
 /// Sets a socket timeout to what is left until `deadline` (at least 1 ms:
 /// a zero timeout means "none" to the OS).
-fn bound(sock: &impl Socket, deadline: Instant, read: bool) -> io::Result<()> {
+pub(crate) fn bound(sock: &impl Socket, deadline: Instant, read: bool) -> io::Result<()> {
     Timeouts::default().bound(sock, Some(deadline), read)
 }
 

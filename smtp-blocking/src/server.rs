@@ -6,17 +6,19 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
-use smtp_proto::accept::{ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop};
+use smtp_proto::accept::{
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot, Stop,
+};
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 
-use crate::connection::{Connection, Socket, handshake};
+use crate::connection::{Connection, Socket, bound, handshake};
 use crate::pool::Pool;
 use crate::stop::{StopBus, Waiter};
 
@@ -81,7 +83,11 @@ impl<H: Handler> Server<H> {
                     Listener::Tcp { tcp, tls }
                 }
                 #[cfg(unix)]
-                Listen::Unix(p) => Listener::Unix(mio::net::UnixListener::bind(p)?, p.clone()),
+                Listen::Unix(p) => {
+                    let unix = smtp_proto::accept::bind_unix(p, o.unix_mode)?;
+                    unix.set_nonblocking(true)?;
+                    Listener::Unix(mio::net::UnixListener::from_std(unix), p.clone())
+                }
                 #[cfg(not(unix))]
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
             };
@@ -103,8 +109,10 @@ impl<H: Handler> Server<H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: o.plain_config(),
-                config: o.config,
+                plain: o.tcp_config(false),
+                config: o.tcp_config(true),
+                unix: o.plain_config(),
+                proxy: o.proxy_front(),
                 tls: o.tls,
                 limiter,
             }),
@@ -160,12 +168,16 @@ impl Listener {
 
 struct Shared<H> {
     handler: Arc<H>,
-    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    /// The configuration for plain TCP listeners (STARTTLS on when TLS is configured).
     plain: Arc<Config>,
-    /// The configuration as given (for implicit TLS).
+    /// The configuration for implicit TLS.
     config: Arc<Config>,
+    /// The configuration for Unix-domain listeners.
+    unix: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     limiter: ConnectionLimiter,
+    /// The PROXY protocol on TCP listeners, read before the session.
+    proxy: Option<ProxyFront>,
 }
 
 /// Stops a [`BoundServer`] gracefully, from any thread. Cheap to clone.
@@ -296,11 +308,13 @@ impl<H: Handler> BoundServer<H> {
 
     fn spawn(&self, accepted: Accepted) {
         let ip = match &accepted {
-            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            // Behind the PROXY protocol, the header's source counts per
+            // address, once read (`ProxyFront::read`), not the balancer.
+            Accepted::Tcp(_, a, _) => Some(a.ip()).filter(|_| self.shared.proxy.is_none()),
             #[cfg(unix)]
             Accepted::Unix(_) => None,
         };
-        let Some(slot) = self.shared.limiter.admit(ip) else {
+        let Some(mut slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
             // A plain or Unix listener gets a 421 (never a silent close); an
             // implicit-TLS one just closes (no clear-text byte).
@@ -315,10 +329,10 @@ impl<H: Handler> BoundServer<H> {
         let shared = self.shared.clone();
         let waiter = Waiter::new(&self.bus);
         let spawned = self.pool.execute(move || {
-            let _slot = slot;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                serve(&shared, accepted, waiter)
+                serve(&shared, accepted, waiter, &mut slot)
             }));
+            drop(slot);
             match run {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -345,22 +359,73 @@ fn with_tls<S: Socket, H: Handler>(c: Connection<S, H>, shared: &Shared<H>) -> C
     }
 }
 
-fn serve<H: Handler>(shared: &Shared<H>, accepted: Accepted, waiter: Waiter) -> io::Result<()> {
+/// The PROXY header is read off the TCP stream itself ([`PeekRead`]),
+/// each wait bounded by what is left until `deadline`; the futures are
+/// ready at once (the I/O blocks).
+struct Peek<'a> {
+    tcp: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Peek<'_> {
+    fn bounded<T>(&self, io: impl FnOnce(&TcpStream) -> io::Result<T>) -> io::Result<T> {
+        if Instant::now() >= self.deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        bound(self.tcp, self.deadline, true)?;
+        io(self.tcp)
+    }
+}
+
+impl PeekRead for Peek<'_> {
+    fn peek(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send {
+        std::future::ready(self.bounded(|t| t.peek(buf)))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send {
+        std::future::ready(self.bounded(|mut t| io::Read::read(&mut t, buf)))
+    }
+}
+
+fn serve<H: Handler>(
+    shared: &Shared<H>,
+    accepted: Accepted,
+    waiter: Waiter,
+    slot: &mut Slot,
+) -> io::Result<()> {
     let handler = shared.handler.clone();
     let (tcp, remote, tls) = match accepted {
         Accepted::Tcp(tcp, remote, tls) => (tcp, remote, tls),
         #[cfg(unix)]
         Accepted::Unix(s) => {
-            let c = Connection::new(s, PeerInfo::default(), shared.plain.clone(), handler);
+            let c = Connection::new(s, PeerInfo::default(), shared.unix.clone(), handler);
             return with_tls(c, shared).with_stop(waiter).run();
         }
     };
     let _ = tcp.set_nodelay(true);
-    let peer = PeerInfo {
+    let mut peer = PeerInfo {
         remote: Some(remote),
         local: tcp.local_addr().ok(),
         tls: None,
     };
+    if let Some(front) = &shared.proxy {
+        let deadline = Instant::now() + front.timeout();
+        let mut peek = Peek {
+            tcp: &tcp,
+            deadline,
+        };
+        let timer = std::future::pending();
+        match futures_executor::block_on(front.read(&mut peek, peer, slot, timer)) {
+            Proxied::Peer(p) => peer = p,
+            Proxied::Close => return Ok(()),
+            Proxied::TooMany => {
+                if !tls {
+                    too_many(tcp);
+                }
+                return Ok(());
+            }
+        }
+    }
     if !tls {
         let c = Connection::new(tcp, peer, shared.plain.clone(), handler);
         return with_tls(c, shared).with_stop(waiter).run();

@@ -22,6 +22,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -107,6 +108,34 @@ impl ConnectionLimiter {
 pub struct Slot {
     limiter: ConnectionLimiter,
     ip: Option<IpAddr>,
+}
+
+impl Slot {
+    /// Counts this connection for `ip` as well, once its address is known
+    /// after the accept (the PROXY header's source, issue 12 item 14);
+    /// `false` when `ip` holds its `max_per_ip` connections already (answer
+    /// [`Reply::TOO_MANY_CONNECTIONS`] and close). A slot counts for one
+    /// address at most: later calls change nothing and return `true`.
+    pub fn claim_ip(&mut self, ip: IpAddr) -> bool {
+        let Some(max) = self.limiter.0.max_per_ip else {
+            return true;
+        };
+        if self.ip.is_some() {
+            return true;
+        }
+        let mut c = self.limiter.counts();
+        let n = c.per_ip.entry(ip).or_default();
+        if *n >= max {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        drop(c);
+        self.ip = Some(ip);
+        true
+    }
 }
 
 impl Drop for Slot {
@@ -653,6 +682,284 @@ pub enum Listen {
     Unix(std::path::PathBuf),
 }
 
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare
+/// address is a `/32` or `/128`), e.g. the peers whose PROXY header is
+/// believed ([`ServerOptions::proxy_from`]).
+///
+/// ```
+/// use smtp_proto::accept::Cidr;
+///
+/// let net: Cidr = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped");
+/// assert!(!net.contains("192.0.2.1".parse().unwrap()));
+/// assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network of `addr`'s first `prefix` bits; `None` if `prefix` is
+    /// longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            match u32::from(prefix) {
+                0 => 0,
+                p => bits >> (width - p.min(width)),
+            }
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let (n, i) = (u32::from(net).into(), u32::from(ip).into());
+                masked(n, 32, self.prefix) == masked(i, 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(net.into(), 128, self.prefix) == masked(ip.into(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?}: expected an IP network such as 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix = match prefix {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Cidr::new(addr, prefix).ok_or_else(bad)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Binds a Unix-domain listener at `path`; with `mode` (e.g. `0o660`),
+/// its socket file has exactly that mode before anyone can connect
+/// (issue 12 item 28: Postfix's LMTP client, not root, must be able to).
+///
+/// How: the socket is bound inside a fresh private directory (mode 0700,
+/// next to `path`, so on the same file system), given its mode there,
+/// then hard-linked to `path` and its private name removed. No one else
+/// can reach it until the link exists, and then it has its mode already.
+/// A `umask` around `bind` would change the mask of every thread of the
+/// process (a library cannot do that safely), and a `chmod` after `bind`
+/// leaves a moment at the umask's mode. The link, like `bind`, fails if
+/// `path` exists. Without `mode`, this is a plain `bind` (the mode then
+/// comes from the umask).
+#[cfg(unix)]
+pub fn bind_unix(
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::net::UnixListener;
+    let Some(mode) = mode else {
+        return UnixListener::bind(path);
+    };
+    static PRIVATE: AtomicU64 = AtomicU64::new(0);
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = parent.join(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        PRIVATE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let private = dir.join("socket");
+    let bound = UnixListener::bind(&private).and_then(|l| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(mode))?;
+        std::fs::hard_link(&private, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&private);
+    let _ = std::fs::remove_dir(&dir);
+    bound
+}
+
+/// A TCP stream the PROXY header can be read from without reading past
+/// it: `peek` (`MSG_PEEK`) shows what arrived, `read` consumes exactly
+/// the header's bytes, so what follows (SMTP, or an implicit-TLS
+/// handshake) stays in the socket. Each adapter implements it for its TCP
+/// stream (a blocking one returns ready futures).
+pub trait PeekRead {
+    /// Copies the bytes waiting into `buf` without consuming them, waiting
+    /// for at least one; `Ok(0)` at the end of the stream.
+    fn peek(&mut self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
+    /// Reads (consumes) up to `buf.len()` bytes; `Ok(0)` at the end of the stream.
+    fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// Reads a PROXY protocol header (v1 or v2) off `stream`, and nothing
+/// after it ([`PeekRead`]); at most [`MAX_HEADER_LEN`] bytes.
+///
+/// [`MAX_HEADER_LEN`]: crate::proxy::MAX_HEADER_LEN
+pub async fn read_proxy_header(
+    stream: &mut impl PeekRead,
+) -> std::io::Result<crate::proxy::ProxyHeader> {
+    use crate::proxy::{MAX_HEADER_LEN, ProxyParse, parse_proxy_header};
+    use std::io::{Error, ErrorKind};
+    let mut buf = vec![0; MAX_HEADER_LEN];
+    let mut have = 0;
+    loop {
+        let free = buf.get_mut(have..).unwrap_or_default();
+        let n = stream.peek(free).await?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        let seen = buf.get(..have + n).unwrap_or_default();
+        // Incomplete: every byte seen is header; read them and peek again.
+        let (header, take) = match parse_proxy_header(seen) {
+            ProxyParse::Done { header, consumed } => (Some(header), consumed - have),
+            ProxyParse::Incomplete => (None, n),
+            ProxyParse::Invalid(e) => return Err(Error::new(ErrorKind::InvalidData, e)),
+        };
+        let end = have + take;
+        while have < end {
+            let got = stream
+                .read(buf.get_mut(have..end).unwrap_or_default())
+                .await?;
+            if got == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            have += got;
+        }
+        if let Some(header) = header {
+            return Ok(header);
+        }
+    }
+}
+
+/// What [`ProxyFront::read`] found before a TCP session.
+#[derive(Debug)]
+pub enum Proxied {
+    /// Serve the session for this peer (the header's addresses).
+    Peer(crate::server::PeerInfo),
+    /// Close without a word, as for a missing or invalid header: the peer
+    /// is not a trusted proxy, or no valid header came in time.
+    Close,
+    /// The header's source holds its connections per address already:
+    /// answer [`Reply::TOO_MANY_CONNECTIONS`] (not on implicit TLS, where
+    /// no clear text is sent) and close.
+    TooMany,
+}
+
+/// The PROXY protocol on a server's TCP listeners, handled by the server
+/// before the session, written once for every adapter (issue 12 items
+/// 13-15): the header comes first on the raw connection, on an implicit-TLS
+/// listener before the handshake too (HAProxy's `send-proxy`); it is read
+/// within the command timeout, only from the trusted peers if any are
+/// configured, and the per-address connection limit then counts its source
+/// address (the balancer's own address is not limited per address). The
+/// session that follows is configured not to expect a header again
+/// ([`ServerOptions::tcp_config`]). Unix-domain listeners keep the
+/// header inside the session ([`Config::proxy_protocol`]).
+///
+/// [`Config::proxy_protocol`]: crate::config::Config::proxy_protocol
+#[derive(Debug, Clone)]
+pub struct ProxyFront {
+    from: Vec<Cidr>,
+    timeout: std::time::Duration,
+}
+
+impl ProxyFront {
+    /// Headers from peers in `from` (any peer when empty), read within `timeout`.
+    pub fn new(from: Vec<Cidr>, timeout: std::time::Duration) -> ProxyFront {
+        ProxyFront { from, timeout }
+    }
+
+    /// How long the header may take: the adapter's `timer` for
+    /// [`ProxyFront::read`] fires after this.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
+    /// Whether `ip` may send a header.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.from.is_empty() || self.from.iter().any(|n| n.contains(ip))
+    }
+
+    /// Reads the header of a connection from `peer` (its TCP addresses),
+    /// unless `timer` (the runtime's, after [`ProxyFront::timeout`]) fires
+    /// first, and claims the per-address `slot` for the header's source.
+    /// Refusals are logged here.
+    #[cfg(feature = "handler")]
+    pub async fn read(
+        &self,
+        stream: &mut impl PeekRead,
+        peer: crate::server::PeerInfo,
+        slot: &mut Slot,
+        timer: impl Future<Output = ()>,
+    ) -> Proxied {
+        use crate::proxy::ProxyCommand;
+        let from = peer.remote;
+        if !from.is_some_and(|a| self.trusts(a.ip())) {
+            tracing::info!(peer = ?from, "PROXY header from an untrusted peer; closing");
+            return Proxied::Close;
+        }
+        let header = {
+            let mut read = std::pin::pin!(read_proxy_header(stream));
+            let mut timer = std::pin::pin!(timer);
+            std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                std::task::Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await
+        };
+        let header = match header {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                tracing::info!(peer = ?from, error = %e, "no valid PROXY header; closing");
+                return Proxied::Close;
+            }
+            None => {
+                tracing::info!(peer = ?from, "no PROXY header in time; closing");
+                return Proxied::Close;
+            }
+        };
+        // LOCAL (the balancer's own health check): its real addresses.
+        if header.command != ProxyCommand::Proxy {
+            return Proxied::Peer(peer);
+        }
+        if let Some(src) = header.source {
+            if !slot.claim_ip(src.ip()) {
+                tracing::info!(peer = %src, via = ?from, "too many connections");
+                return Proxied::TooMany;
+            }
+        }
+        Proxied::Peer(crate::server::PeerInfo {
+            remote: header.source.or(peer.remote),
+            local: header.destination.or(peer.local),
+            ..peer
+        })
+    }
+}
+
 /// Everything an adapter's `Server` builder collects besides the handler
 /// and the runtime's own knobs: one struct, so every adapter (and the
 /// `smtpd` command line, which builds one) means the same thing by each
@@ -673,6 +980,15 @@ pub struct ServerOptions {
     pub max_connections_per_ip: Option<usize>,
     /// How long sessions may finish after a shutdown request.
     pub grace_period: std::time::Duration,
+    /// The mode of Unix-domain listeners' socket files (e.g. `0o660`),
+    /// set before anyone can connect ([`bind_unix`]); `None`: as the
+    /// umask gives.
+    pub unix_mode: Option<u32>,
+    /// With [`Config::proxy_protocol`](crate::config::Config::proxy_protocol):
+    /// the peers whose PROXY header is believed on TCP listeners; from
+    /// any other, the connection is closed as for a missing header. Empty:
+    /// any peer.
+    pub proxy_from: Vec<Cidr>,
 }
 
 #[cfg(feature = "rustls")]
@@ -685,6 +1001,8 @@ impl Default for ServerOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: None,
             grace_period: DEFAULT_GRACE_PERIOD,
+            unix_mode: None,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -704,11 +1022,38 @@ impl ServerOptions {
     }
 
     /// The configuration for plain listeners: STARTTLS offered exactly when
-    /// TLS is configured.
+    /// TLS is configured. (Unix-domain listeners use it as it is; TCP ones
+    /// through [`ServerOptions::tcp_config`].)
     pub fn plain_config(&self) -> Arc<crate::config::Config> {
         let mut plain = (*self.config).clone();
         plain.extensions.starttls = self.tls.is_some();
         Arc::new(plain)
+    }
+
+    /// The configuration for a TCP listener's sessions, from
+    /// [`ServerOptions::plain_config`] (`tls`: false) or the configuration
+    /// as given (implicit TLS): without the PROXY header, which the
+    /// [`ProxyFront`] reads before the session.
+    pub fn tcp_config(&self, tls: bool) -> Arc<crate::config::Config> {
+        let config = if tls {
+            self.config.clone()
+        } else {
+            self.plain_config()
+        };
+        if !config.proxy_protocol {
+            return config;
+        }
+        let mut config = (*config).clone();
+        config.proxy_protocol = false;
+        Arc::new(config)
+    }
+
+    /// The PROXY protocol handling of TCP listeners, when the configuration
+    /// asks for the protocol.
+    pub fn proxy_front(&self) -> Option<ProxyFront> {
+        self.config
+            .proxy_protocol
+            .then(|| ProxyFront::new(self.proxy_from.clone(), self.config.timeouts.command))
     }
 
     /// A limiter for these limits.
@@ -719,7 +1064,8 @@ impl ServerOptions {
 
 /// Generates the builder methods every adapter's `Server` shares (`listen`,
 /// `listen_tls`, `listen_unix`, `config`, `tls`, `max_connections`,
-/// `max_connections_per_ip`, `grace_period`, `options`), inside an `impl`
+/// `max_connections_per_ip`, `grace_period`, `listen_unix_mode`,
+/// `proxy_from`, `options`), inside an `impl`
 /// block of a type with a field `options: ServerOptions`.
 #[cfg(feature = "rustls")]
 #[macro_export]
@@ -778,6 +1124,21 @@ macro_rules! server_builder_methods {
         /// Default: [`DEFAULT_GRACE_PERIOD`]($crate::accept::DEFAULT_GRACE_PERIOD).
         pub fn grace_period(mut self, grace: ::std::time::Duration) -> Self {
             self.options.grace_period = grace;
+            self
+        }
+
+        /// The mode of Unix-domain sockets' files (e.g. `0o660`), set
+        /// before anyone can connect; default: as the umask gives.
+        #[cfg(unix)]
+        pub fn listen_unix_mode(mut self, mode: u32) -> Self {
+            self.options.unix_mode = Some(mode);
+            self
+        }
+
+        /// With the PROXY protocol: believe headers only from peers in
+        /// `net` (repeatable); others are closed as for a missing header.
+        pub fn proxy_from(mut self, net: $crate::accept::Cidr) -> Self {
+            self.options.proxy_from.push(net);
             self
         }
 
@@ -847,6 +1208,122 @@ mod tests {
         );
         drop(d);
         assert_eq!(*h.0.lock().unwrap(), [CloseReason::Quit]);
+    }
+
+    #[test]
+    fn per_ip_slot_claimed_after_the_accept() {
+        let l = ConnectionLimiter::new(10, Some(1));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut a = l.admit(None).unwrap();
+        let mut b = l.admit(None).unwrap();
+        assert!(a.claim_ip(ip));
+        assert!(a.claim_ip(ip), "a second claim changes nothing");
+        assert!(!b.claim_ip(ip), "over the limit for the claimed address");
+        assert!(b.claim_ip("198.51.100.8".parse().unwrap()));
+        drop(a);
+        let mut c = l.admit(None).unwrap();
+        assert!(c.claim_ip(ip), "the first one's claim came back");
+        drop((b, c));
+        assert_eq!(l.active(), 0);
+        assert!(l.counts().per_ip.is_empty());
+    }
+
+    /// A stream that delivers `data` in chunks of `chunk` bytes, peeking
+    /// without consuming.
+    struct Chunks {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+    }
+
+    impl PeekRead for Chunks {
+        async fn peek(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            // What has "arrived": whole chunks from the start.
+            let arrived = (self.pos / self.chunk + 1) * self.chunk;
+            let end = arrived.min(self.data.len());
+            let n = (end - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            Ok(n)
+        }
+
+        async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.peek(buf).await?;
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn proxy_header_read_without_reading_past_it() {
+        let v1 = b"PROXY TCP4 198.51.100.7 203.0.113.1 51000 25\r\n".to_vec();
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        v2.extend_from_slice(&[198, 51, 100, 7, 203, 0, 113, 1, 0xc7, 0x38, 0, 25]);
+        for header in [v1, v2] {
+            for chunk in 1..=header.len() + 3 {
+                let mut data = header.clone();
+                data.extend_from_slice(b"\x16\x03\x01 a ClientHello");
+                let mut s = Chunks {
+                    data,
+                    pos: 0,
+                    chunk,
+                };
+                let h = futures_executor::block_on(read_proxy_header(&mut s)).unwrap();
+                assert_eq!(h.source, Some("198.51.100.7:51000".parse().unwrap()));
+                assert_eq!(s.pos, header.len(), "chunk {chunk}");
+            }
+        }
+        // Not a header, too long, or cut short: errors.
+        for bad in [&b"EHLO x\r\n"[..], &[b'P'; 200], b"PROXY TCP4 1.2"] {
+            let mut s = Chunks {
+                data: bad.to_vec(),
+                pos: 0,
+                chunk: 7,
+            };
+            assert!(futures_executor::block_on(read_proxy_header(&mut s)).is_err());
+        }
+    }
+
+    #[test]
+    fn cidr() {
+        let n: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert!(n.contains("192.0.2.255".parse().unwrap()));
+        assert!(!n.contains("192.0.3.0".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let one: Cidr = "2001:db8::1".parse().unwrap();
+        assert_eq!(one.to_string(), "2001:db8::1/128");
+        assert!(one.contains("2001:db8::1".parse().unwrap()));
+        assert!(!one.contains("2001:db8::2".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "x/8",
+            "10.0.0.0/-1",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unix_socket_gets_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("accept-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _l = bind_unix(&path, Some(0o666)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o666);
+        // Like bind: an existing path is not replaced.
+        assert!(bind_unix(&path, Some(0o600)).is_err());
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "no private directory left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Args {
     /// Unix-domain socket path to listen on (repeatable; e.g. for LMTP).
     #[arg(long, value_name = "PATH")]
     pub listen_unix: Vec<PathBuf>,
+    /// Mode of the --listen-unix socket files, in octal (e.g. 0660, 0666),
+    /// set before anyone can connect (default: from the umask).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode, requires = "listen_unix")]
+    pub listen_unix_mode: Option<u32>,
     /// Address to listen on for implicit TLS (RFC 8314; repeatable). Needs --tls-cert.
     #[arg(long, value_name = "ADDR")]
     pub listen_tls: Vec<SocketAddr>,
@@ -131,6 +135,11 @@ pub struct Args {
     /// Expect a HAProxy PROXY protocol header on every connection.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Believe the PROXY header only from peers in this network
+    /// (repeatable; CIDR, e.g. 10.0.0.5/32); others are closed as for a
+    /// missing header. Default: from any peer.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+    pub proxy_from: Vec<crate::accept::Cidr>,
     /// Relay to this upstream SMTP server (`host:port`): every recipient
     /// without a local store, or outside the served domains with one.
     /// No open relay: recipients outside the --domain list (`*` counts as
@@ -403,6 +412,8 @@ impl Setup {
                 grace_period: a
                     .grace_period
                     .map_or(defaults.grace_period, Duration::from_secs),
+                unix_mode: a.listen_unix_mode,
+                proxy_from: a.proxy_from.clone(),
             },
             threads: a
                 .threads
@@ -422,6 +433,15 @@ impl Setup {
             tracing::error!("smtpd: {e}");
             ExitCode::from(2)
         })
+    }
+}
+
+/// An octal file mode (`0660`, `660`, `0o660`) for --listen-unix-mode.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?}: expected an octal mode such as 0660")),
     }
 }
 

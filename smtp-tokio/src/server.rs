@@ -11,8 +11,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use smtp_proto::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, ServerOptions, Stop, StopSignal, StopWatch,
-    implicit_tls_outcome, tls_info,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
+    Stop, StopSignal, StopWatch, implicit_tls_outcome, tls_info,
 };
 use smtp_proto::config::Config;
 use smtp_proto::handler::Handler;
@@ -92,7 +92,9 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
-                    let unix = tokio::net::UnixListener::bind(p)?;
+                    let unix = smtp_proto::accept::bind_unix(p, o.unix_mode)?;
+                    unix.set_nonblocking(true)?;
+                    let unix = tokio::net::UnixListener::from_std(unix)?;
                     listeners.push(Listener::Unix(unix, p.clone()));
                 }
                 #[cfg(not(unix))]
@@ -105,10 +107,12 @@ impl<H: Handler> Server<H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: o.plain_config(),
-                config: o.config,
+                plain: o.tcp_config(false),
+                config: o.tcp_config(true),
+                unix: o.plain_config(),
                 acceptor,
                 limiter,
+                proxy: o.proxy_front(),
             }),
             stop,
             shutdown: self.shutdown,
@@ -133,12 +137,16 @@ enum Listener {
 
 struct Shared<H> {
     handler: Arc<H>,
-    /// The configuration for plain listeners (STARTTLS on when TLS is configured).
+    /// The configuration for plain TCP listeners (STARTTLS on when TLS is configured).
     plain: Arc<Config>,
-    /// The configuration as given (for implicit TLS).
+    /// The configuration for implicit TLS.
     config: Arc<Config>,
+    /// The configuration for Unix-domain listeners.
+    unix: Arc<Config>,
     acceptor: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
+    /// The PROXY protocol on TCP listeners, read before the session.
+    proxy: Option<ProxyFront>,
 }
 
 /// An accepted stream, before it becomes a [`Connection`].
@@ -259,51 +267,41 @@ impl<H: Handler> BoundServer<H> {
 
     fn spawn(&self, tasks: &mut JoinSet<()>, accepted: Accepted) {
         let ip = match &accepted {
-            Accepted::Tcp(_, a, _) => Some(a.ip()),
+            // Behind the PROXY protocol, the header's source counts per
+            // address, once read (`ProxyFront::read`), not the balancer.
+            Accepted::Tcp(_, a, _) => Some(a.ip()).filter(|_| self.shared.proxy.is_none()),
             #[cfg(unix)]
             Accepted::Unix(_) => None,
         };
-        let Some(slot) = self.shared.limiter.admit(ip) else {
+        let Some(mut slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
-            // A plain or Unix listener gets a 421 (never a silent drop); an
-            // implicit-TLS one just closes (no clear text before the handshake).
             tokio::spawn(async move {
-                let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
-                let _ = timeout(LAST_WORDS, async {
-                    match accepted {
-                        Accepted::Tcp(mut tcp, _, false) => {
-                            tcp.write_all(&bye).await?;
-                            tcp.shutdown().await
-                        }
-                        #[cfg(unix)]
-                        Accepted::Unix(mut unix) => {
-                            unix.write_all(&bye).await?;
-                            unix.shutdown().await
-                        }
-                        Accepted::Tcp(_, _, true) => Ok(()),
-                    }
-                })
-                .await;
+                match accepted {
+                    Accepted::Tcp(tcp, _, tls) => too_many(tcp, tls).await,
+                    #[cfg(unix)]
+                    Accepted::Unix(unix) => too_many(unix, false).await,
+                }
             });
             return;
         };
         let shared = self.shared.clone();
         let stop = self.stop.watch();
         tasks.spawn(async move {
-            let _slot = slot;
             // Only the plain TCP path is held inline: the task's future is
             // as big as its biggest path, and an implicit-TLS connection
             // (rustls state inline) or a Unix one would more than double
             // every idle session's memory (issue 7, bench (f)). `serve_tcp`
             // boxes the TLS path; the Unix one is boxed here.
             let res = match accepted {
-                Accepted::Tcp(tcp, remote, tls) => serve_tcp(&shared, tcp, remote, stop, tls).await,
+                Accepted::Tcp(tcp, remote, tls) => {
+                    serve_tcp(&shared, tcp, remote, stop, tls, &mut slot).await
+                }
                 #[cfg(unix)]
                 Accepted::Unix(s) => {
                     let c = Connection::new(
                         s,
                         PeerInfo::default(),
-                        shared.plain.clone(),
+                        shared.unix.clone(),
                         shared.handler.clone(),
                     );
                     Box::pin(with_acceptor(c, &shared).with_stop(stop).run()).await
@@ -312,7 +310,35 @@ impl<H: Handler> BoundServer<H> {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
+    }
+}
+
+/// Answers an over-limit connection with `421 4.7.0` and closes it; an
+/// implicit-TLS one (`tls`) is just closed (no clear text before the handshake).
+async fn too_many<S: tokio::io::AsyncWrite + Unpin>(mut s: S, tls: bool) {
+    if tls {
+        return;
+    }
+    let bye = Reply::TOO_MANY_CONNECTIONS.to_bytes();
+    let _ = timeout(LAST_WORDS, async {
+        s.write_all(&bye).await?;
+        s.shutdown().await
+    })
+    .await;
+}
+
+/// The PROXY header is read off the TCP stream itself ([`PeekRead`]).
+struct Peek<'a>(&'a mut TcpStream);
+
+impl PeekRead for Peek<'_> {
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.peek(buf).await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::io::AsyncReadExt::read(self.0, buf).await
     }
 }
 
@@ -336,15 +362,28 @@ fn tcp_peer(tcp: &TcpStream, remote: SocketAddr) -> PeerInfo {
     }
 }
 
-/// Serves one TCP connection; `tls`: implicit TLS (the handshake first).
+/// Serves one TCP connection; `tls`: implicit TLS (the handshake first,
+/// after the PROXY header if any).
 async fn serve_tcp<H: Handler>(
     shared: &Shared<H>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     remote: SocketAddr,
     stop: StopWatch,
     tls: bool,
+    slot: &mut Slot,
 ) -> io::Result<()> {
-    let peer = tcp_peer(&tcp, remote);
+    let mut peer = tcp_peer(&tcp, remote);
+    if let Some(front) = &shared.proxy {
+        let timer = tokio::time::sleep(front.timeout());
+        match Box::pin(front.read(&mut Peek(&mut tcp), peer, slot, timer)).await {
+            Proxied::Peer(p) => peer = p,
+            Proxied::Close => return Ok(()),
+            Proxied::TooMany => {
+                too_many(tcp, tls).await;
+                return Ok(());
+            }
+        }
+    }
     if !tls {
         let c = Connection::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
         return with_acceptor(c, shared).with_stop(stop).run().await;

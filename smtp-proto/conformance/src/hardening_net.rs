@@ -2,13 +2,20 @@
 
 use std::time::Duration;
 
-#[allow(unused_imports)]
-use crate::cases::{p, send_through, tmp};
-use crate::support::cases;
-#[allow(unused_imports)]
-use crate::support::{Ctx, Smtpd, all_files, delivered};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-cases!(hardening_reset_sessions_leak_no_fds);
+use crate::cases::{p, send_through, stored_body, tls_server, tmp};
+use crate::support::cases;
+use crate::support::{Ctx, Smtpd, TestCert};
+
+cases!(
+    hardening_reset_sessions_leak_no_fds,
+    hardening_proxy_header_before_implicit_tls,
+    hardening_proxy_per_ip_counts_the_source,
+    hardening_proxy_from_trusted_peers_only,
+    hardening_listen_unix_mode,
+);
 
 /// The server process's open file descriptors (Linux).
 fn open_fds(d: &Smtpd) -> usize {
@@ -101,4 +108,256 @@ async fn hardening_reset_sessions_leak_no_fds(ctx: Ctx) {
         "{after} descriptors after 40 reset sessions, {before} before; log:\n{}",
         relay.log()
     );
+}
+
+/// The `Received:` header of the one message for `rcpt` under `root`.
+fn received(root: &std::path::Path, rcpt: &str) -> String {
+    let text = stored_body(root, rcpt);
+    let r = text.split("Received: ").nth(1).unwrap_or("");
+    r.split("\r\nSubject").next().unwrap_or("").to_owned()
+}
+
+/// A PROXY v1 header for a TCP4 client `src` (port 51000) to 203.0.113.1:`port`.
+fn header(src: &str, port: u16) -> String {
+    format!("PROXY TCP4 {src} 203.0.113.1 51000 {port}\r\n")
+}
+
+/// The same as a PROXY v2 (binary) header.
+fn header_v2(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[203, 0, 113, 1]);
+    h.extend_from_slice(&51000u16.to_be_bytes());
+    h.extend_from_slice(&port.to_be_bytes());
+    h
+}
+
+/// Issue 12 item 13: with --proxy-protocol on an implicit-TLS listener,
+/// the header comes first in clear (HAProxy's `send-proxy`), then the
+/// handshake, and no header is expected inside TLS. On the STARTTLS
+/// listener the header stays first, in clear.
+async fn hardening_proxy_header_before_implicit_tls(ctx: Ctx) {
+    let dir = tmp();
+    let md = dir.path().join("mail");
+    let (d, cert) = tls_server(
+        &ctx,
+        dir.path(),
+        &[
+            "--maildir",
+            p(&md),
+            "--proxy-protocol",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--timeout",
+            "3",
+        ],
+    );
+    // v1 then v2, each written with the ClientHello right behind it (as
+    // a balancer forwards it): the header must be read and nothing more.
+    for (i, wire) in [
+        header("198.51.100.7", 465).into_bytes(),
+        header_v2([198, 51, 100, 8], 465),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut tcp = TcpStream::connect(d.addrs[1]).await.expect("connect");
+        tcp.write_all(&wire).await.expect("header");
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            cert.connector().connect(TestCert::server_name(), tcp),
+        )
+        .await
+        .expect("a handshake within 10 s")
+        .expect("handshake after the PROXY header");
+        let mut t = crate::Client::new(tls);
+        let greeting = t.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting:?}");
+        let rcpt = format!("tls{i}@y");
+        let r = send_through(&mut t, "a@x", &[&rcpt], "Subject: t\r\n\r\nvia proxy\r\n").await;
+        assert!(r[0].starts_with("250"), "{r:?}");
+        t.expect("QUIT\r\n", "221").await;
+        let received = received(&md, &rcpt);
+        let want = ["198.51.100.7", "198.51.100.8"][i];
+        assert!(received.contains(want), "{received}");
+        assert!(!received.contains("127.0.0.1"), "{received}");
+    }
+    // The header is bounded in time and size: silence, or a v1 line
+    // without its end, is closed without a word.
+    let started = std::time::Instant::now();
+    let mut c = crate::Client::connect(d.addrs[1]).await;
+    assert_eq!(c.read_to_end().await, "");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed by the timeout"
+    );
+    let mut c = crate::Client::connect(d.addrs[1]).await;
+    c.send(&format!("PROXY TCP4 {}", "1".repeat(300))).await;
+    assert_eq!(c.read_to_end().await, "");
+    // A TLS client without a header is not served.
+    let tcp = TcpStream::connect(d.addrs[1]).await.expect("connect");
+    let hs = tokio::time::timeout(
+        Duration::from_secs(10),
+        cert.connector().connect(TestCert::server_name(), tcp),
+    )
+    .await
+    .expect("closed within 10 s");
+    assert!(hs.is_err(), "a handshake without a PROXY header");
+    // The STARTTLS listener: the header first, in clear, as before.
+    let mut c = crate::Client::connect(d.addr()).await;
+    c.send(&header("198.51.100.9", 25)).await;
+    assert!(c.reply().await.starts_with("220 "));
+    c.expect("STARTTLS\r\n", "220").await;
+    let tls = cert
+        .connector()
+        .connect(TestCert::server_name(), c.io.into_inner())
+        .await
+        .expect("STARTTLS handshake");
+    let mut t = crate::Client::new(tls);
+    send_through(
+        &mut t,
+        "a@x",
+        &["plain@y"],
+        "Subject: s\r\n\r\nstarttls\r\n",
+    )
+    .await;
+    t.expect("QUIT\r\n", "221").await;
+    assert!(received(&md, "plain@y").contains("198.51.100.9"));
+}
+
+/// Issue 12 item 14: behind --proxy-protocol, --max-connections-per-ip
+/// counts the header's source address, not the balancer's.
+async fn hardening_proxy_per_ip_counts_the_source(ctx: Ctx) {
+    let d = ctx.spawn([
+        "--sink",
+        "--proxy-protocol",
+        "--max-connections-per-ip",
+        "1",
+    ]);
+    let addr = d.addr();
+    let proxied = |src: &'static str| async move {
+        let mut c = crate::Client::connect(addr).await;
+        c.send(&header(src, 25)).await;
+        let r = c.reply().await;
+        (c, r)
+    };
+    let (mut a, r) = proxied("198.51.100.7").await;
+    assert!(r.starts_with("220 "), "first from .7: {r:?}");
+    // The balancer (127.0.0.1) is not limited per address.
+    let (mut b, r) = proxied("198.51.100.8").await;
+    assert!(r.starts_with("220 "), "first from .8: {r:?}");
+    // A second connection from the same claimed source is over the limit.
+    let (mut c, r) = proxied("198.51.100.7").await;
+    assert!(r.starts_with("421 4.7.0"), "second from .7: {r:?}");
+    assert_eq!(c.read_to_end().await, "", "closed after the 421");
+    // Its slot comes back when the first one ends.
+    a.expect("QUIT\r\n", "221").await;
+    drop(a);
+    let mut again = String::new();
+    for _ in 0..50 {
+        let (mut c, r) = proxied("198.51.100.7").await;
+        again = r;
+        if again.starts_with("220 ") {
+            c.expect("QUIT\r\n", "221").await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.starts_with("220 "), "after the first left: {again:?}");
+    b.expect("QUIT\r\n", "221").await;
+}
+
+/// Issue 12 item 15: with --proxy-from, only those peers may send a PROXY
+/// header; any other connection is closed without a word, as for a
+/// missing header.
+async fn hardening_proxy_from_trusted_peers_only(ctx: Ctx) {
+    let dir = tmp();
+    let md = dir.path().join("mail");
+    // The test client (127.0.0.1) is not a trusted proxy here.
+    let d = ctx.spawn([
+        "--maildir",
+        p(&md),
+        "--proxy-protocol",
+        "--proxy-from",
+        "192.0.2.0/24",
+        "--proxy-from",
+        "2001:db8::/32",
+    ]);
+    let mut c = crate::Client::connect(d.addr()).await;
+    c.send(&header("198.51.100.7", 25)).await;
+    assert_eq!(c.read_to_end().await, "", "a header from an untrusted peer");
+    // Nor without a header.
+    let mut c = crate::Client::connect(d.addr()).await;
+    c.send("EHLO x\r\n").await;
+    assert_eq!(c.read_to_end().await, "");
+    // Trusted: served, with the header's address.
+    let d = ctx.spawn([
+        "--maildir",
+        p(&md),
+        "--proxy-protocol",
+        "--proxy-from",
+        "192.0.2.0/24",
+        "--proxy-from",
+        "127.0.0.1/32",
+    ]);
+    let mut c = crate::Client::connect(d.addr()).await;
+    c.send(&header("198.51.100.7", 25)).await;
+    assert!(c.reply().await.starts_with("220 "));
+    send_through(&mut c, "a@x", &["b@y"], "Subject: t\r\n\r\ntrusted\r\n").await;
+    c.expect("QUIT\r\n", "221").await;
+    assert!(received(&md, "b@y").contains("198.51.100.7"));
+}
+
+/// Issue 12 item 28: --listen-unix-mode gives the Unix socket that mode
+/// (Postfix's LMTP client, running as `postfix`, must be able to connect).
+async fn hardening_listen_unix_mode(ctx: Ctx) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    for (i, mode) in ["0666", "0660", "0600"].into_iter().enumerate() {
+        let sock = dir.path().join(format!("lmtp{i}.sock"));
+        let d = ctx.spawn([
+            "--sink",
+            "--lmtp",
+            "--listen-unix",
+            p(&sock),
+            "--listen-unix-mode",
+            mode,
+        ]);
+        let meta = std::fs::metadata(&sock).expect("the socket exists");
+        let want = u32::from_str_radix(mode, 8).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            want,
+            "{mode}: {:o}",
+            meta.permissions().mode()
+        );
+        // It serves, and nothing but the socket was left in the directory.
+        let unix = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("connect");
+        let mut c = crate::Client::new(unix);
+        assert!(c.reply().await.starts_with("220 "));
+        c.expect("LHLO x\r\n", "250").await;
+        c.expect("QUIT\r\n", "221").await;
+        drop(d);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["lmtp0.sock", "lmtp1.sock", "lmtp2.sock"]);
+    // A bad mode is refused at start.
+    let status = ctx
+        .command([
+            "--sink",
+            "--listen-unix",
+            "x.sock",
+            "--listen-unix-mode",
+            "rw",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(2));
 }
