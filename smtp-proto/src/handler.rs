@@ -161,17 +161,62 @@ pub fn forward_path_text(p: &ForwardPath<'_>) -> String {
 }
 
 /// A received message: the raw bytes, the trace header, and a parsed view.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Message {
+    /// The message's id: the session id, a dash, and the message's number
+    /// in the session (the id in our `Received:` header and the log line).
+    pub id: String,
     /// The message exactly as received (dot-unstuffed, CRLF line ends).
     pub data: Vec<u8>,
     /// The `Received:` header this server adds (prepend it when storing or
     /// relaying); empty if the handler said it does not want it
     /// ([`Handler::wants_trace`]).
     pub trace: Vec<u8>,
+    /// Where it went, as recorded by the handlers that took it.
+    deliveries: std::sync::Mutex<Vec<String>>,
+}
+
+impl Clone for Message {
+    fn clone(&self) -> Self {
+        Message {
+            id: self.id.clone(),
+            data: self.data.clone(),
+            trace: self.trace.clone(),
+            deliveries: std::sync::Mutex::new(self.deliveries()),
+        }
+    }
 }
 
 impl Message {
+    /// A message with these bytes and this trace header (and no id).
+    pub fn new(data: Vec<u8>, trace: Vec<u8>) -> Self {
+        Message {
+            id: String::new(),
+            data,
+            trace,
+            deliveries: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Records where (part of) the message went: a Maildir file, an mbox,
+    /// an upstream server and its reply. The dispatcher's one log line per
+    /// message (`info`, target `smtp::message`) lists what was recorded, so
+    /// an operator can follow a message from its envelope to its file.
+    pub fn record_delivery(&self, place: impl Into<String>) {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(place.into());
+    }
+
+    /// What [`Message::record_delivery`] recorded, in order.
+    pub fn deliveries(&self) -> Vec<String> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The MIME structure, parsed by mail-parser; `None` if it is not a message at all.
     pub fn parsed(&self) -> Option<mail_parser::Message<'_>> {
         mail_parser::MessageParser::default().parse(&self.data)
@@ -468,19 +513,20 @@ impl<H: Handler> Dispatcher<H> {
                         _ => None,
                     };
                     self.messages += 1;
+                    // Per message: the session id and the message's number.
+                    let id = format!("{}-{}", self.info.id, self.messages);
                     let trace = if self.handler.wants_trace() {
-                        // Per message: the session id and the message's number.
-                        let id = format!("{}-{}", self.info.id, self.messages);
                         s.received_header(Some(&id), only, ts, 0)
                     } else {
                         Vec::new()
                     };
-                    let message = Arc::new(Message {
-                        data: std::mem::take(&mut self.body),
-                        trace,
-                    });
+                    let mut message = Message::new(std::mem::take(&mut self.body), trace);
+                    message.id = id;
+                    let message = Arc::new(message);
                     let envelope = std::mem::take(&mut self.envelope);
                     let d = guarded(self.handler.message(&self.info, &envelope, &message)).await;
+                    let logged = log_enabled()
+                        .then(|| (message.id.clone(), message.data.len(), message.deliveries()));
                     // Reuse a small body buffer when the handler kept no
                     // reference; a large one is freed now, not when the
                     // session ends.
@@ -490,11 +536,18 @@ impl<H: Handler> Dispatcher<H> {
                     self.recycle_body();
                     match d {
                         None => {
+                            if let Some((id, size, _)) = &logged {
+                                let refusal = [Decision::Reply(Reply::INTERNAL_ERROR)];
+                                log_message(&self.info, id, &envelope, *size, &refusal, &[]);
+                            }
                             s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
                         }
                         Some(d) => {
                             let n = envelope.recipients.len().max(1);
                             let decisions = per_recipient(d, n, s.config().lmtp);
+                            if let Some((id, size, stored)) = &logged {
+                                log_message(&self.info, id, &envelope, *size, &decisions, stored);
+                            }
                             s.set_time(std::time::Instant::now());
                             if let Err(e) = s.respond_each(ticket, decisions) {
                                 tracing::error!(error = %e, "message decision refused");
@@ -504,7 +557,9 @@ impl<H: Handler> Dispatcher<H> {
                     }
                 }
                 Event::MessageAborted(reason) => {
-                    tracing::debug!(?reason, "message aborted");
+                    if log_enabled() {
+                        log_aborted(&self.info, &self.envelope, self.body.len(), reason);
+                    }
                     self.recycle_body();
                     self.envelope = Envelope::default();
                 }
@@ -564,6 +619,97 @@ fn recipient(to: &ForwardPath<'_>, params: &RcptParams<'_>) -> Recipient {
         notify: params.notify,
         orcpt: params.orcpt.map(str::to_owned),
     }
+}
+
+/// The target of the one log line per message.
+const MESSAGE_LOG: &str = "smtp::message";
+
+/// Whether the per-message line is logged (nothing is formatted otherwise).
+fn log_enabled() -> bool {
+    tracing::enabled!(target: MESSAGE_LOG, tracing::Level::INFO)
+}
+
+/// `code x.y.z` of a decision (an acceptance is the session's `250 2.0.0`).
+fn outcome(d: &Decision) -> String {
+    match d {
+        Decision::Accept => "250 2.0.0".to_owned(),
+        Decision::Reply(r) => match r.enhanced() {
+            Some(e) => format!("{} {e}", r.code()),
+            None => r.code().to_string(),
+        },
+    }
+}
+
+/// The client's address for the log (`unix` for a Unix-domain socket).
+fn client(info: &SessionInfo) -> String {
+    info.peer
+        .remote
+        .map_or_else(|| "unix".to_owned(), |a| a.to_string())
+}
+
+/// The one `info` line per answered message, Postfix-style: who sent what
+/// to whom, each recipient's result, and where it went.
+fn log_message(
+    info: &SessionInfo,
+    id: &str,
+    envelope: &Envelope,
+    size: usize,
+    decisions: &[Decision],
+    stored: &[String],
+) {
+    // SMTP has one answer for all recipients; LMTP one each.
+    let each = |i: usize| decisions.get(i).or(decisions.first());
+    let recipients: Vec<String> = envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let result = each(i).map_or_else(|| "-".to_owned(), outcome);
+            format!("<{}> {result}", r.address)
+        })
+        .collect();
+    let accepted = decisions.iter().filter(|d| is_accept(d)).count();
+    let verdict = match accepted {
+        0 => "message refused",
+        n if n == decisions.len() => "message accepted",
+        _ => "message partly accepted",
+    };
+    tracing::info!(
+        target: MESSAGE_LOG,
+        session = %info.id,
+        id = %id,
+        client = %client(info),
+        from = %format_args!("<{}>", envelope.from),
+        size,
+        recipients = %recipients.join(", "),
+        stored = %stored.join(", "),
+        "{verdict}"
+    );
+}
+
+/// The `info` line for a body the session refused or lost (too big, bare
+/// LF, NUL, long line, disconnect, timeout, shutdown).
+fn log_aborted(
+    info: &SessionInfo,
+    envelope: &Envelope,
+    size: usize,
+    reason: crate::server::AbortReason,
+) {
+    let recipients: Vec<String> = envelope
+        .recipients
+        .iter()
+        .map(|r| format!("<{}>", r.address))
+        .collect();
+    tracing::info!(
+        target: MESSAGE_LOG,
+        session = %info.id,
+        client = %client(info),
+        from = %format_args!("<{}>", envelope.from),
+        size,
+        recipients = %recipients.join(", "),
+        ?reason,
+        "message refused"
+    );
 }
 
 /// Turns a message decision into the decisions the session expects.

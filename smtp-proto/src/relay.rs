@@ -868,6 +868,11 @@ impl<L: Handler> Router<L> {
     }
 }
 
+/// The upstream's address, for logs.
+fn upstream_name(up: &Option<Arc<Upstream>>) -> &str {
+    up.as_deref().map_or("", |u| u.address.as_str())
+}
+
 /// Closes a state's upstream session (QUIT) on its own worker thread.
 fn close_state(state: SessionState) {
     let SessionState { worker, up, .. } = state;
@@ -1066,8 +1071,8 @@ fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
 }
 
 /// On the worker: the body of a transaction whose relayed recipients were
-/// accepted: `Ok` when it went upstream, else our reply.
-fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Result<(), Reply> {
+/// accepted: the upstream's acceptance when it went upstream, else our reply.
+fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Result<Reply, Reply> {
     if st.lost || !st.mail_sent || st.accepted == 0 {
         st.fail(
             &Failure::Misuse("upstream transaction lost".into()),
@@ -1084,7 +1089,7 @@ fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Resul
     st.mail_sent = false;
     st.accepted = 0;
     match result {
-        Ok(reply) if reply.is_positive() => Ok(()),
+        Ok(reply) if reply.is_positive() => Ok(reply),
         Ok(reply) if reply.code() >= 500 => Err(with_enhanced(reply)),
         Ok(reply) => {
             tracing::info!(code = reply.code(), upstream = %up.address, "upstream deferred the message");
@@ -1241,8 +1246,18 @@ impl<L: Handler> Handler for Router<L> {
                 None => Err(unavailable()),
             };
             self.put_state(&session.id, state);
-            if let Err(reply) = verdict {
-                return MessageDecision::All(Decision::Reply(reply));
+            match verdict {
+                Ok(reply) => message.record_delivery(format!(
+                    "relay:{} ({} {}{})",
+                    upstream_name(&self.upstream),
+                    reply.code(),
+                    reply
+                        .enhanced()
+                        .map(|e| format!("{e} "))
+                        .unwrap_or_default(),
+                    reply.text().lines().next().unwrap_or("")
+                )),
+                Err(reply) => return MessageDecision::All(Decision::Reply(reply)),
             }
         } else {
             self.put_state(&session.id, state);

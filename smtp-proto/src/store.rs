@@ -247,7 +247,10 @@ impl Handler for DebugHandler {
         })
         .await;
         match res {
-            Ok(()) => Decision::Accept.into(),
+            Ok(()) => {
+                message.record_delivery("printed");
+                Decision::Accept.into()
+            }
             Err(e) => {
                 tracing::error!(session = %session.id, error = %e, "debug handler could not print a message");
                 Reply::TEMPORARY_FAILURE.into()
@@ -358,6 +361,16 @@ struct Copy {
     dir: PathBuf,
     name: String,
     head: Vec<u8>,
+}
+
+impl Copy {
+    /// Where the copy lands, for the per-message log line.
+    fn stored_path(&self) -> String {
+        format!(
+            "maildir:{}",
+            self.dir.join("new").join(&self.name).display()
+        )
+    }
 }
 
 /// Writes `c` into its `tmp/` (creating the mailbox as needed) and syncs
@@ -493,12 +506,21 @@ impl Handler for MaildirHandler {
             which.push(Some(copies.len() - 1));
         }
         // Shared with the blocking thread without copying the body.
-        let message = Arc::clone(message);
+        let shared = Arc::clone(message);
         let sync = self.sync.clone();
         if !self.per_recipient {
-            let res = blocking::unblock(move || deliver_all(&copies, &message, &sync)).await;
+            let (copies, res) = blocking::unblock(move || {
+                let res = deliver_all(&copies, &shared, &sync);
+                (copies, res)
+            })
+            .await;
             return match res {
-                Ok(()) => Decision::Accept.into(),
+                Ok(()) => {
+                    for c in &copies {
+                        message.record_delivery(c.stored_path());
+                    }
+                    Decision::Accept.into()
+                }
                 Err(e) => {
                     tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
                     write_failure(&e).into()
@@ -506,11 +528,14 @@ impl Handler for MaildirHandler {
             };
         }
         let (copies, results) = blocking::unblock(move || {
-            let results = deliver_each(&copies, &message, &sync);
+            let results = deliver_each(&copies, &shared, &sync);
             (copies, results)
         })
         .await;
         for (c, r) in copies.iter().zip(&results) {
+            if r.is_ok() {
+                message.record_delivery(c.stored_path());
+            }
             if let Err(e) = r {
                 tracing::error!(
                     session = %session.id,
@@ -627,7 +652,10 @@ impl Handler for MboxHandler {
         let path = self.path.clone();
         let sync = self.sync.clone();
         match blocking::unblock(move || append_mbox(&path, &text, &sync)).await {
-            Ok(()) => Decision::Accept.into(),
+            Ok(()) => {
+                message.record_delivery(format!("mbox:{}", self.path.display()));
+                Decision::Accept.into()
+            }
             Err(e) => {
                 tracing::error!(session = %session.id, error = %e, "mbox delivery failed");
                 write_failure(&e).into()
@@ -944,10 +972,10 @@ mod tests {
     }
 
     fn message(data: &[u8]) -> Arc<Message> {
-        Arc::new(Message {
-            data: data.to_vec(),
-            trace: b"Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\r\n".to_vec(),
-        })
+        Arc::new(Message::new(
+            data.to_vec(),
+            b"Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\r\n".to_vec(),
+        ))
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

@@ -31,6 +31,7 @@
 mod cases;
 mod hardening_core;
 mod hardening_net;
+mod hardening_ops;
 mod hardening_relay;
 mod hardening_store;
 mod support;
@@ -69,6 +70,7 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .iter()
             .chain(hardening_core::ALL)
             .chain(hardening_net::ALL)
+            .chain(hardening_ops::ALL)
             .chain(hardening_relay::ALL)
             .chain(hardening_store::ALL);
         for (name, case) in all {

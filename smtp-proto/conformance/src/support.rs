@@ -117,9 +117,12 @@ impl Ctx {
         // Keep draining the log so the server never blocks on a full pipe.
         let sink = log.clone();
         std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = err.read_to_string(&mut rest);
-            sink.lock().unwrap().push_str(&rest);
+            // Line by line, so a running server's log can be read.
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
         Smtpd { child, addrs, log }
     }
