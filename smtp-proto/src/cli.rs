@@ -374,9 +374,7 @@ impl Setup {
             config.auth.required = a.require_auth;
         }
         let store = if let Some(dir) = &a.maildir {
-            // LMTP answers each recipient after the body: one whose mailbox
-            // cannot be written fails alone (SMTP stays all or nothing).
-            Store::Maildir(MaildirHandler::new(dir).per_recipient(a.lmtp))
+            Store::Maildir(MaildirHandler::new(dir))
         } else if let Some(file) = &a.mbox {
             Store::Mbox(MboxHandler::new(file))
         } else if a.sink {
@@ -593,8 +591,11 @@ mod tests {
         assert!(matches!(up.tls, UpstreamTls::None));
         assert!(up.auth_insecure);
         assert!(
-            Args::try_parse_from(base.into_iter().chain(["--relay-no-starttls", "--relay-starttls"]))
-                .is_err()
+            Args::try_parse_from(
+                base.into_iter()
+                    .chain(["--relay-no-starttls", "--relay-starttls"])
+            )
+            .is_err()
         );
     }
 

@@ -65,11 +65,15 @@ pub struct SessionInfo {
     pub tls: bool,
     /// The authenticated user, if any.
     pub authenticated: Option<String>,
+    /// The session speaks LMTP: one answer per recipient after the body, so
+    /// a store may fail one recipient alone ([`MessageDecision::PerRecipient`]).
+    pub lmtp: bool,
 }
 
 impl SessionInfo {
     fn refresh(&mut self, s: &Session) {
         self.peer.clone_from(s.peer());
+        self.lmtp = s.config().lmtp;
         self.tls = s.is_tls();
         match (s.helo_name(), &mut self.helo) {
             (Some(n), Some(h)) if h == n => {}

@@ -299,14 +299,16 @@ pub fn mailbox_folder(address: &str) -> Option<String> {
 ///
 /// By default all copies are delivered or none: any failure answers every
 /// recipient alike (`452 4.3.1` for a full disk, `452 4.2.2` for a quota,
-/// `451 4.3.0` otherwise). With [`MaildirHandler::per_recipient`] (for
-/// LMTP) each recipient gets the outcome of its own mailbox.
+/// `451 4.3.0` otherwise). In an LMTP session ([`SessionInfo::lmtp`]) each
+/// recipient gets the outcome of its own mailbox instead (RFC 2033): one
+/// that cannot be written gets its 4xx, the others are delivered. Never in
+/// SMTP, where one reply covers every recipient, so a refusal would refuse
+/// the message for recipients already delivered.
 #[derive(Debug)]
 pub struct MaildirHandler {
     root: PathBuf,
     hostname: String,
     counter: AtomicU64,
-    per_recipient: bool,
     sync: DirSync,
 }
 
@@ -318,20 +320,8 @@ impl MaildirHandler {
             root: root.into(),
             hostname: host,
             counter: AtomicU64::new(0),
-            per_recipient: false,
             sync: DirSync::default(),
         }
-    }
-
-    /// Answers each recipient with the outcome of its own mailbox (one
-    /// that cannot be written gets its 4xx, the others are delivered), as
-    /// an LMTP server should (RFC 2033). Only for LMTP: an SMTP session has
-    /// one reply per message, so a refusal there would refuse the message
-    /// for recipients already delivered. Off by default (all or nothing).
-    #[must_use]
-    pub fn per_recipient(mut self, yes: bool) -> Self {
-        self.per_recipient = yes;
-        self
     }
 
     /// The root directory.
@@ -483,7 +473,7 @@ impl Handler for MaildirHandler {
         let mut which: Vec<Option<usize>> = Vec::with_capacity(envelope.recipients.len());
         for r in &envelope.recipients {
             let Some(folder) = mailbox_folder(&r.address) else {
-                if !self.per_recipient {
+                if !session.lmtp {
                     return Reply::TEMPORARY_FAILURE.into();
                 }
                 which.push(None);
@@ -508,7 +498,7 @@ impl Handler for MaildirHandler {
         // Shared with the blocking thread without copying the body.
         let shared = Arc::clone(message);
         let sync = self.sync.clone();
-        if !self.per_recipient {
+        if !session.lmtp {
             let (copies, res) = blocking::unblock(move || {
                 let res = deliver_all(&copies, &shared, &sync);
                 (copies, res)
@@ -1088,9 +1078,13 @@ mod tests {
     fn maildir_per_recipient_outcomes() {
         let root = tempfile::tempdir().unwrap();
         fs::write(root.path().join("b@x"), b"").unwrap();
-        let h = MaildirHandler::new(root.path()).per_recipient(true);
+        let h = MaildirHandler::new(root.path());
+        let lmtp = SessionInfo {
+            lmtp: true,
+            ..SessionInfo::default()
+        };
         let d = block_on(h.message(
-            &SessionInfo::default(),
+            &lmtp,
             &envelope("", &["a@x", "b@x", "A@X", "../bad", "c@x"]),
             &message(b"x\r\n"),
         ));
@@ -1110,7 +1104,7 @@ mod tests {
         assert!(files(&root.path().join("a@x").join("tmp")).is_empty());
         // All good: every recipient accepted.
         let d = block_on(h.message(
-            &SessionInfo::default(),
+            &lmtp,
             &envelope("", &["a@x", "c@x"]),
             &message(b"x\r\n"),
         ));
@@ -1176,14 +1170,18 @@ mod tests {
         let root = spool.join("mail");
         let (sync, log) = recording_sync();
         for per_recipient in [false, true] {
-            let mut h = MaildirHandler::new(&root).per_recipient(per_recipient);
+            let mut h = MaildirHandler::new(&root);
+            let session = SessionInfo {
+                lmtp: per_recipient,
+                ..SessionInfo::default()
+            };
             h.sync = sync.clone();
             let bob = root.join(format!("bob{per_recipient}@x"));
             let carol = root.join(format!("carol{per_recipient}@x"));
             let rcpt = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_owned();
             // A new mailbox (and, the first time, a new root and spool).
             let env = envelope("", &[&rcpt(&bob)]);
-            let d = block_on(h.message(&SessionInfo::default(), &env, &message(b"x\r\n")));
+            let d = block_on(h.message(&session, &env, &message(b"x\r\n")));
             assert!(
                 matches!(&d, MessageDecision::All(Decision::Accept))
                     || d == MessageDecision::PerRecipient(vec![Decision::Accept])
@@ -1204,7 +1202,7 @@ mod tests {
             // An existing mailbox: only `new/` changes; a second new one
             // beside it: the root and the new mailbox.
             let env = envelope("", &[&rcpt(&bob), &rcpt(&carol)]);
-            let d = block_on(h.message(&SessionInfo::default(), &env, &message(b"x\r\n")));
+            let d = block_on(h.message(&session, &env, &message(b"x\r\n")));
             assert!(
                 matches!(&d, MessageDecision::All(Decision::Accept))
                     || d == MessageDecision::PerRecipient(vec![Decision::Accept; 2])

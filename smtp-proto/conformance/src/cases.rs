@@ -12,7 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Ctx, cases, TestCert, all_files, assert_stored, delivered, have};
+use crate::support::{Ctx, TestCert, all_files, assert_stored, cases, delivered, have};
 
 cases!(
     greeting_ehlo_quit,
