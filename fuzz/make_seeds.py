@@ -179,8 +179,10 @@ def address():
 
 
 if __name__ == "__main__":
-    if os.path.isdir(ROOT):
-        shutil.rmtree(ROOT)
+    # Each function writes the seeds of the target it is named after; only
+    # those directories are rewritten (client_session's seeds are not made
+    # here and must survive).
     for f in (server_session, bdat, command_line, data_decoder, proxy_header, sasl,
               reply_parser, address):
+        shutil.rmtree(os.path.join(ROOT, f.__name__), ignore_errors=True)
         f()
