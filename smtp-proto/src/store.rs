@@ -1103,11 +1103,7 @@ mod tests {
         assert_eq!(files(&root.path().join("c@x").join("new")).len(), 1);
         assert!(files(&root.path().join("a@x").join("tmp")).is_empty());
         // All good: every recipient accepted.
-        let d = block_on(h.message(
-            &lmtp,
-            &envelope("", &["a@x", "c@x"]),
-            &message(b"x\r\n"),
-        ));
+        let d = block_on(h.message(&lmtp, &envelope("", &["a@x", "c@x"]), &message(b"x\r\n")));
         assert_eq!(
             d,
             MessageDecision::PerRecipient(vec![Decision::Accept, Decision::Accept])
