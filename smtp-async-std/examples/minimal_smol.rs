@@ -2,7 +2,7 @@
 
 fn main() -> std::io::Result<()> {
     smol::block_on(
-        smtp_async_std::Server::new(smtp_proto::store::SinkHandler)
+        smtp_async_std::Server::new(smtp_server::store::SinkHandler)
             .config(std::sync::Arc::new(smtp_proto::config::Config::new(
                 "mx.example",
             )))

@@ -1,11 +1,11 @@
 //! The `smtpd` server on smol or async-std (feature `cli`): the flags are
-//! [`smtp_proto::cli`]'s, shared with the other adapters.
+//! [`smtp_server::cli`]'s, shared with the other adapters.
 
 use std::io;
 use std::process::ExitCode;
 
 use futures_lite::{StreamExt, future};
-use smtp_proto::cli::{CliHandler, Setup, exit_code, log_listening};
+use smtp_server::cli::{CliHandler, Setup, exit_code, log_listening};
 
 use crate::Server;
 
@@ -19,7 +19,7 @@ use crate::Server;
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
-///     match smtp_proto::cli::Setup::from_env() {
+///     match smtp_server::cli::Setup::from_env() {
 ///         Ok(setup) => smtp_async_std::cli::smtpd(setup),
 ///         Err(code) => code,
 ///     }

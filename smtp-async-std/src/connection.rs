@@ -11,12 +11,12 @@ use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use smtp_proto::accept::{
+use smtp_proto::config::Config;
+use smtp_proto::server::{Event, PeerInfo, Session};
+use smtp_server::accept::{
     Alarm, IoStep, PollIo, SessionIds, StopSeen, StopWatch, drive_until_abort, tls_info,
 };
-use smtp_proto::config::Config;
-use smtp_proto::handler::{Dispatcher, Drive, Handler};
-use smtp_proto::server::{Event, PeerInfo, Session};
+use smtp_server::handler::{Dispatcher, Drive, Handler};
 use tracing::Instrument;
 
 use crate::rt::timeout;
@@ -119,7 +119,8 @@ impl Alarm for Alarmer {
 /// ```no_run
 /// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
 /// use std::sync::Arc;
-/// use smtp_proto::{config::Config, server::PeerInfo, store::SinkHandler};
+/// use smtp_proto::{config::Config, server::PeerInfo};
+/// use smtp_server::store::SinkHandler;
 ///
 /// let peer = PeerInfo::new(tcp.peer_addr()?);
 /// let config = Arc::new(Config::new("mx.example"));

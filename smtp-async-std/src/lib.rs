@@ -2,7 +2,7 @@
 //! **smol** (default) or **async-std**.
 //!
 //! The core ([`smtp_proto::server::Session`]) is a pure state machine; the
-//! [`smtp_proto::handler::Dispatcher`] runs your [`Handler`] on its events.
+//! [`smtp_server::handler::Dispatcher`] runs your [`Handler`] on its events.
 //! This crate is the glue to any `futures-io` stream (`AsyncRead +
 //! AsyncWrite + Unpin`) on an `async-io` reactor:
 //!
@@ -11,7 +11,7 @@
 //! - [`Connection`]: one stream and one session, for your own accept loop;
 //!   [`serve_stream`] is the shortest way to use it.
 //! - `cli::smtpd` (feature `cli`): the entry of `examples/smtpd.rs`, a
-//!   debugging, Maildir or mbox server with the flags of `smtp_proto::cli`:
+//!   debugging, Maildir or mbox server with the flags of `smtp_server::cli`:
 //!   `cargo run -p smtp-async-std --features cli --example smtpd -- --maildir ./mail`
 //!   (on async-std: `--no-default-features --features async-std,store,cli`).
 //!
@@ -32,7 +32,7 @@
 //! use smol::io::{AsyncReadExt, AsyncWriteExt};
 //! use smtp_async_std::Server;
 //! use smtp_proto::config::Config;
-//! use smtp_proto::store::SinkHandler;
+//! use smtp_server::store::SinkHandler;
 //!
 //! smol::block_on(async {
 //!     let (stop, stopped) = smol::channel::bounded::<()>(1);
@@ -75,7 +75,7 @@
 pub use futures_rustls;
 pub use futures_rustls::rustls;
 pub use smtp_proto;
-pub use smtp_proto::handler::Handler;
+pub use smtp_server::handler::Handler;
 
 mod connection;
 mod rt;

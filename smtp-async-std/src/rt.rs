@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_io::Timer;
 use event_listener::Event;
 use futures_lite::FutureExt;
-use smtp_proto::accept::{Stop, StopSignal, StopWatch};
+use smtp_server::accept::{Stop, StopSignal, StopWatch};
 
 #[cfg(not(any(feature = "smol", feature = "async-std")))]
 compile_error!("smtp-async-std needs a runtime: enable the `smol` or the `async-std` feature");

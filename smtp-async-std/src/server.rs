@@ -15,19 +15,19 @@ use async_net::TcpStream;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{FutureExt, future};
 use futures_rustls::TlsAcceptor;
-use smtp_proto::accept::{
+use smtp_proto::config::Config;
+use smtp_proto::reply::Reply;
+use smtp_proto::server::PeerInfo;
+use smtp_server::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
     Stop, implicit_tls_outcome, tls_info,
 };
-use smtp_proto::config::Config;
-use smtp_proto::handler::Handler;
-use smtp_proto::reply::Reply;
-use smtp_proto::server::PeerInfo;
+use smtp_server::handler::Handler;
 
 use crate::connection::Connection;
 use crate::rt::{Control, Live, Spawner, timeout};
 
-pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
+pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -70,7 +70,7 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    smtp_proto::server_builder_methods!();
+    smtp_server::server_builder_methods!();
 
     /// When `signal` completes, the server stops accepting, asks every
     /// session to finish ([`smtp_proto::server::Session::shutdown`]), waits up to the grace
@@ -106,7 +106,7 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
-                    let unix = Async::new(smtp_proto::accept::bind_unix(p, o.unix_mode)?)?;
+                    let unix = Async::new(smtp_server::accept::bind_unix(p, o.unix_mode)?)?;
                     listeners.push(Listener::Unix(unix, p.clone()));
                 }
                 #[cfg(not(unix))]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use async_net::TcpListener;
 use common::{Client, Rt, localhost, within};
 use smtp_proto::config::Config;
-use smtp_proto::handler::forward_path_text;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, Event, PeerInfo};
+use smtp_server::handler::forward_path_text;
 
 cases!(next_event_low_level);
 

@@ -15,9 +15,9 @@ use futures_lite::FutureExt;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use smtp_async_std::Server;
 use smtp_proto::config::Config;
-use smtp_proto::handler::{Handler, MailOptions, SessionInfo};
 use smtp_proto::server::{Decision, PeerInfo};
-use smtp_proto::store::{MaildirHandler, SinkHandler};
+use smtp_server::handler::{Handler, MailOptions, SessionInfo};
+use smtp_server::store::{MaildirHandler, SinkHandler};
 
 cases!(
     plain_session,

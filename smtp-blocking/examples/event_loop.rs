@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_proto::config::Config;
-use smtp_proto::handler::{forward_path_text, reverse_path_text};
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, Event, PeerInfo, Session};
+use smtp_server::handler::{forward_path_text, reverse_path_text};
 
 /// A message kept by the in-memory sink.
 #[derive(Debug, Clone, PartialEq, Eq)]

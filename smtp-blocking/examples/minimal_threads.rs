@@ -1,8 +1,8 @@
 //! A minimal server (the README's): plain threads, hooks without futures.
 
 use smtp_blocking::{Server, SyncAdapter, SyncHandler};
-use smtp_proto::handler::{Envelope, Message, MessageDecision, SessionInfo};
 use smtp_proto::server::Decision;
+use smtp_server::handler::{Envelope, Message, MessageDecision, SessionInfo};
 
 struct Print;
 impl SyncHandler for Print {

@@ -1,9 +1,9 @@
 //! The `smtpd` server on threads (feature `cli`): the flags are
-//! [`smtp_proto::cli`]'s, shared with the other adapters.
+//! [`smtp_server::cli`]'s, shared with the other adapters.
 
 use std::process::ExitCode;
 
-use smtp_proto::cli::{Setup, exit_code, log_listening};
+use smtp_server::cli::{Setup, exit_code, log_listening};
 
 use crate::{Server, ShutdownHandle};
 
@@ -14,7 +14,7 @@ use crate::{Server, ShutdownHandle};
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
-///     match smtp_proto::cli::Setup::from_env() {
+///     match smtp_server::cli::Setup::from_env() {
 ///         Ok(setup) => smtp_blocking::cli::smtpd(setup),
 ///         Err(code) => code,
 ///     }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use smtp_proto::accept::{SessionIds, Stop, StopSeen, tls_info};
 use smtp_proto::config::Config;
-use smtp_proto::handler::{Dispatcher, Drive, Handler};
 use smtp_proto::server::{Event, PeerInfo, Session, TlsInfo};
+use smtp_server::accept::{SessionIds, Stop, StopSeen, tls_info};
+use smtp_server::handler::{Dispatcher, Drive, Handler};
 
 use crate::stop::Waiter;
 
@@ -231,7 +231,8 @@ pub(crate) fn handshake<S: Socket>(
 /// ```no_run
 /// # fn f(tcp: std::net::TcpStream) -> std::io::Result<()> {
 /// use std::sync::Arc;
-/// use smtp_proto::{config::Config, server::PeerInfo, store::SinkHandler};
+/// use smtp_proto::{config::Config, server::PeerInfo};
+/// use smtp_server::store::SinkHandler;
 ///
 /// let peer = PeerInfo::new(tcp.peer_addr()?);
 /// let config = Arc::new(Config::new("mx.example"));

@@ -2,9 +2,9 @@
 //! `std::net`, a thread per session, no async runtime in the API.
 //!
 //! The core ([`smtp_proto::server::Session`]) is a pure state machine; the
-//! [`smtp_proto::handler::Dispatcher`] runs your [`Handler`] on its events
+//! [`smtp_server::handler::Dispatcher`] runs your [`Handler`] on its events
 //! (driven here with [`futures_executor::block_on`], so the built-in
-//! [`smtp_proto::store`] handlers work as they are). This crate is the glue
+//! [`smtp_server::store`] handlers work as they are). This crate is the glue
 //! to blocking sockets:
 //!
 //! - [`Server`]: listeners (plain with STARTTLS, implicit TLS, Unix),
@@ -25,7 +25,7 @@
 //! use std::io::{Read, Write};
 //! use std::sync::Arc;
 //! use smtp_proto::config::Config;
-//! use smtp_proto::store::SinkHandler;
+//! use smtp_server::store::SinkHandler;
 //! use smtp_blocking::Server;
 //!
 //! # fn main() -> std::io::Result<()> {
@@ -65,8 +65,8 @@
 
 pub use rustls;
 pub use smtp_proto;
-pub use smtp_proto::handler::Handler;
-pub use smtp_proto::sync_handler::{SyncAdapter, SyncHandler};
+pub use smtp_server::handler::Handler;
+pub use smtp_server::sync_handler::{SyncAdapter, SyncHandler};
 
 mod connection;
 mod pool;

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
-use smtp_proto::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot, Stop,
-};
 use smtp_proto::config::Config;
-use smtp_proto::handler::Handler;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
+use smtp_server::accept::{
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot, Stop,
+};
+use smtp_server::handler::Handler;
 
 use crate::connection::{Connection, Socket, bound, handshake};
 use crate::pool::Pool;
@@ -25,7 +25,7 @@ use crate::stop::{StopBus, Waiter};
 /// How long a session thread waits for the next connection before it ends.
 const IDLE_THREAD_KEEP: Duration = Duration::from_secs(10);
 
-pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
+pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
 const WAKE: Token = Token(usize::MAX);
 
@@ -64,7 +64,7 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    smtp_proto::server_builder_methods!();
+    smtp_server::server_builder_methods!();
 
     /// Binds every listener.
     pub fn bind(self) -> io::Result<BoundServer<H>> {
@@ -84,7 +84,7 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
-                    let unix = smtp_proto::accept::bind_unix(p, o.unix_mode)?;
+                    let unix = smtp_server::accept::bind_unix(p, o.unix_mode)?;
                     unix.set_nonblocking(true)?;
                     Listener::Unix(mio::net::UnixListener::from_std(unix), p.clone())
                 }

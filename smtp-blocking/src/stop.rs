@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use smtp_proto::accept::Stop;
+use smtp_server::accept::Stop;
 
 #[derive(Default)]
 struct Inner {

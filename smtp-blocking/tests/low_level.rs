@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use common::{Client, localhost};
 use smtp_proto::config::Config;
-use smtp_proto::handler::forward_path_text;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, Event, PeerInfo};
+use smtp_server::handler::forward_path_text;
 
 #[test]
 fn next_event_low_level() {

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use common::{Client, delivered, localhost, start};
 use smtp_blocking::{Server, SyncAdapter, SyncHandler};
 use smtp_proto::config::Config;
-use smtp_proto::handler::{
-    Envelope, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
-};
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, PeerInfo};
-use smtp_proto::store::{MaildirHandler, SinkHandler};
+use smtp_server::handler::{
+    Envelope, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
+};
+use smtp_server::store::{MaildirHandler, SinkHandler};
 
 #[test]
 fn plain_session() {
@@ -413,7 +413,7 @@ fn graceful_shutdown() {
 /// Never answers MAIL (until the server aborts the hook).
 struct Hangs;
 
-impl smtp_proto::handler::Handler for Hangs {
+impl smtp_server::handler::Handler for Hangs {
     async fn mail(&self, _s: &SessionInfo, _f: &str, _o: &MailOptions) -> Decision {
         std::future::pending().await
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     if std::env::var_os("SMTPD_CHILD").is_some() {
-        return match smtp_proto::cli::Setup::from_env() {
+        return match smtp_server::cli::Setup::from_env() {
             Ok(setup) => smtp_blocking::cli::smtpd(setup),
             Err(code) => code,
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Client, TestCert, connect, delivered, localhost, start};
 use smtp_blocking::Server;
 use smtp_proto::config::Config;
-use smtp_proto::store::{MaildirHandler, SinkHandler};
+use smtp_server::store::{MaildirHandler, SinkHandler};
 
 #[test]
 fn starttls_then_mail_and_injection_is_discarded() {

@@ -1,11 +1,21 @@
-//! A sans-IO SMTP and LMTP server core.
+//! A sans-IO SMTP and LMTP core: the protocol, and nothing else.
 //!
 //! `smtp-proto` is a pure state machine: bytes in, replies and events out.
-//! It has no sockets, no runtime, no clock and no threads, so it can be
-//! fuzzed, property-tested, and embedded in any event loop. The adapters
-//! (`smtp-tokio`, `smtp-async-std`, `smtp-blocking`) move bytes between a
-//! socket and a [`server::Session`].
+//! It has no sockets, no files, no runtime, no clock and no threads (time is
+//! an input), and depends on nom, memchr and base64 only, so it can be
+//! fuzzed, property-tested, and embedded in any event loop.
 //!
+//! Which layer you want:
+//! - **your own event loop**: this crate's [`server::Session`] (and
+//!   [`client::Client`] for the other side): feed bytes, drain events,
+//!   answer decisions, write what it transmits;
+//! - **your own runtime**: the `smtp-server` kit drives sessions for any
+//!   runtime (handlers, dispatch, limits, shutdown, TLS settings, stores,
+//!   relay, the `smtpd` command line);
+//! - **a server**: an adapter's `Server` (`smtp-tokio`, `smtp-async-std`
+//!   for smol and async-std, `smtp-blocking` for threads).
+//!
+//! The modules:
 //! - [`server`]: the session state machine (the calling contract is on its module page).
 //! - [`command`], [`parse`]: the command grammar (RFC 5321, 2033, 3207, 3030, 4954, 6531, 1870, 3461).
 //! - [`reply`]: typed replies with enhanced status codes (RFC 3463), and a reply parser.
@@ -13,11 +23,8 @@
 //! - [`proxy`]: HAProxy PROXY protocol v1/v2 headers.
 //! - [`sasl`]: AUTH PLAIN and LOGIN exchanges.
 //! - [`trace`]: the `Received:` header.
-//! - [`accept`]: connection limits, session ids and shutdown phases for adapters' accept loops.
 //! - [`client`]: the sans-IO SMTP/LMTP client (the other side of the same grammar).
-//! - `relay` (feature `relay`): forwarding to an upstream server, and local-or-relay routing.
-//! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
-//! - [`handler`]: a runtime-agnostic async `Handler` trait and the dispatch loop every adapter uses.
+//! - [`config`]: what a session needs to know (identity, extensions, limits, timeouts).
 //!
 //! # Replies the core sends by itself
 //!
@@ -99,9 +106,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod accept;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
@@ -110,24 +114,12 @@ mod decided;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(feature = "handler")]
-pub mod handler;
 pub mod parse;
 pub mod proxy;
-#[cfg(feature = "relay")]
-pub mod relay;
 pub mod reply;
 pub mod sasl;
 pub mod server;
-#[cfg(feature = "store")]
-pub mod store;
-#[cfg(feature = "handler")]
-pub mod sync_handler;
 pub mod trace;
-
-/// The rustls crate the adapters' TLS settings use (feature `rustls`).
-#[cfg(feature = "rustls")]
-pub use rustls;
 
 /// The workspace README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,6 +1,7 @@
 //! A minimal server (the README's): tokio.
 
-use smtp_proto::{config::Config, store::MaildirHandler};
+use smtp_proto::config::Config;
+use smtp_server::store::MaildirHandler;
 use std::sync::Arc;
 
 #[tokio::main]

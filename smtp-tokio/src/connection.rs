@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use smtp_proto::accept::{
+use smtp_proto::config::Config;
+use smtp_proto::server::{Event, PeerInfo, Session};
+use smtp_server::accept::{
     Alarm, IoStep, PollIo, SessionIds, StopSeen, StopWatch, drive_until_abort, tls_info,
 };
-use smtp_proto::config::Config;
-use smtp_proto::handler::{Dispatcher, Drive, Handler};
-use smtp_proto::server::{Event, PeerInfo, Session};
+use smtp_server::handler::{Dispatcher, Drive, Handler};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
@@ -115,7 +115,8 @@ impl Alarm for Timer {
 /// ```no_run
 /// # async fn f(tcp: tokio::net::TcpStream) -> std::io::Result<()> {
 /// use std::sync::Arc;
-/// use smtp_proto::{config::Config, server::PeerInfo, store::SinkHandler};
+/// use smtp_proto::{config::Config, server::PeerInfo};
+/// use smtp_server::store::SinkHandler;
 ///
 /// let peer = PeerInfo::new(tcp.peer_addr()?);
 /// let config = Arc::new(Config::new("mx.example"));

@@ -1,7 +1,7 @@
 //! Tokio adapter for the [`smtp_proto`] SMTP/LMTP server core.
 //!
 //! The core ([`smtp_proto::server::Session`]) is a pure state machine; the
-//! [`smtp_proto::handler::Dispatcher`] runs your [`Handler`] on its events.
+//! [`smtp_server::handler::Dispatcher`] runs your [`Handler`] on its events.
 //! This crate is the glue to tokio:
 //!
 //! - [`Server`]: listeners (plain with STARTTLS, implicit TLS, Unix),
@@ -17,7 +17,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use smtp_proto::config::Config;
-//! use smtp_proto::store::SinkHandler;
+//! use smtp_server::store::SinkHandler;
 //! use smtp_tokio::Server;
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
@@ -58,7 +58,7 @@
 //! into `421`).
 
 pub use smtp_proto;
-pub use smtp_proto::handler::Handler;
+pub use smtp_server::handler::Handler;
 pub use tokio_rustls;
 pub use tokio_rustls::rustls;
 

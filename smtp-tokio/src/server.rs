@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use smtp_proto::accept::{
+use smtp_proto::config::Config;
+use smtp_proto::reply::Reply;
+use smtp_proto::server::PeerInfo;
+use smtp_server::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
     Stop, StopSignal, StopWatch, implicit_tls_outcome, tls_info,
 };
-use smtp_proto::config::Config;
-use smtp_proto::handler::Handler;
-use smtp_proto::reply::Reply;
-use smtp_proto::server::PeerInfo;
+use smtp_server::handler::Handler;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connection::Connection;
 
-pub use smtp_proto::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
+pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 
 /// Builds an SMTP server: listeners, configuration, handler, TLS, limits, shutdown.
 ///
@@ -64,7 +64,7 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    smtp_proto::server_builder_methods!();
+    smtp_server::server_builder_methods!();
 
     /// When `signal` completes, the server stops accepting, asks every
     /// session to finish ([`smtp_proto::server::Session::shutdown`]), waits up to the grace
@@ -92,7 +92,7 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
-                    let unix = smtp_proto::accept::bind_unix(p, o.unix_mode)?;
+                    let unix = smtp_server::accept::bind_unix(p, o.unix_mode)?;
                     unix.set_nonblocking(true)?;
                     let unix = tokio::net::UnixListener::from_std(unix)?;
                     listeners.push(Listener::Unix(unix, p.clone()));

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use smtp_conformance::Client;
 use smtp_proto::config::Config;
-use smtp_proto::handler::{Envelope, Handler, MailOptions, Message, MessageDecision, SessionInfo};
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, PeerInfo};
-use smtp_proto::store::SinkHandler;
+use smtp_server::handler::{Envelope, Handler, MailOptions, Message, MessageDecision, SessionInfo};
+use smtp_server::store::SinkHandler;
 use smtp_tokio::{BoundServer, Server};
 use tokio::sync::oneshot;
 

@@ -19,7 +19,7 @@ use futures_rustls::TlsConnector;
 use smtp_async_std::Server;
 use smtp_async_std::rustls::ServerConfig;
 use smtp_async_std::rustls::pki_types::ServerName;
-use smtp_proto::handler::Handler;
+use smtp_server::handler::Handler;
 
 /// A spawned task's result.
 pub type Task<T> = Pin<Box<dyn Future<Output = T> + Send>>;

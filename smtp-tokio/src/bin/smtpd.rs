@@ -1,10 +1,10 @@
 //! `smtpd`: a debugging SMTP server (prints messages), or a Maildir/mbox server.
 //!
 //! Run `smtpd --help` for the flags (shared with the other adapters'
-//! examples: [`smtp_proto::cli`]).
+//! examples: [`smtp_server::cli`]).
 
 fn main() -> std::process::ExitCode {
-    match smtp_proto::cli::Setup::from_env() {
+    match smtp_server::cli::Setup::from_env() {
         Ok(setup) => smtp_tokio::cli::smtpd(setup),
         Err(code) => code,
     }

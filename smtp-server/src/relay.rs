@@ -1,5 +1,5 @@
 //! Relaying (feature `relay`): forward mail to an upstream SMTP server with
-//! [`crate::client`], recipient by recipient, and route each recipient to a
+//! [`smtp_proto::client`], recipient by recipient, and route each recipient to a
 //! local store or the relay (Python smtpd's `PureProxy` and
 //! `MailmanProxy`, Pike's `*` domain).
 //!
@@ -52,18 +52,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConnection, RootCertStore, StreamOwned};
 
-use crate::client::{
-    Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope as UpEnvelope,
-    Recipient as UpRecipient, TlsPolicy, UsageError,
-};
-use crate::command::BodyType;
 use crate::handler::{
     Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
 };
-use crate::reply::{EnhancedCode, Reply};
-use crate::sasl::Credentials;
-use crate::server::{CloseReason, Decision, HeloKind};
 use crate::store::DomainPolicy;
+use smtp_proto::client::{
+    Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope as UpEnvelope,
+    Recipient as UpRecipient, TlsPolicy, UsageError,
+};
+use smtp_proto::command::BodyType;
+use smtp_proto::reply::{EnhancedCode, Reply};
+use smtp_proto::sasl::Credentials;
+use smtp_proto::server::{CloseReason, Decision, HeloKind};
 
 /// How to secure the connection to the upstream.
 #[derive(Clone, Default)]
@@ -976,7 +976,7 @@ fn up_envelope(from: &str, o: &MailOptions) -> UpEnvelope {
     e.body = (o.body != BodyType::SevenBit).then_some(o.body);
     e.smtputf8 = o.smtputf8;
     e.ret = o.ret;
-    e.envid = o.envid.as_deref().and_then(crate::parse::decode_xtext);
+    e.envid = o.envid.as_deref().and_then(smtp_proto::parse::decode_xtext);
     e.requiretls = o.requiretls;
     e
 }
@@ -988,7 +988,7 @@ fn up_recipient(to: &Recipient) -> UpRecipient {
     let orcpt = to.orcpt.as_deref().and_then(|o| {
         let (kind, value) = o.split_once(';')?;
         let decoded = if kind.eq_ignore_ascii_case("rfc822") {
-            crate::parse::decode_xtext(value)
+            smtp_proto::parse::decode_xtext(value)
         } else if kind.eq_ignore_ascii_case("utf-8") {
             decode_unitext(value)
         } else {
@@ -1353,7 +1353,7 @@ mod tests {
             vec!["192.0.2.0/24".parse().unwrap()],
         );
         let from = |ip: &str| SessionInfo {
-            peer: crate::server::PeerInfo {
+            peer: smtp_proto::server::PeerInfo {
                 remote: Some(format!("{ip}:4000").parse().unwrap()),
                 ..Default::default()
             },

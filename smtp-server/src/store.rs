@@ -12,7 +12,7 @@
 //! This module touches the file system; the pure core never calls it.
 //!
 //! ```
-//! use smtp_proto::store::{DomainPolicy, MaildirHandler};
+//! use smtp_server::store::{DomainPolicy, MaildirHandler};
 //!
 //! let handler = DomainPolicy::new(vec!["example.org".into()], MaildirHandler::new("/var/mail/smtpd"));
 //! # let _ = handler;
@@ -29,9 +29,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::handler::{
     Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
 };
-use crate::reply::{EnhancedCode, Reply};
-use crate::sasl::Credentials;
-use crate::server::{CloseReason, Decision, HeloKind};
+use smtp_proto::reply::{EnhancedCode, Reply};
+use smtp_proto::sasl::Credentials;
+use smtp_proto::server::{CloseReason, Decision, HeloKind};
 
 /// `550 5.1.3` for a recipient that cannot be stored safely.
 const BAD_MAILBOX_NAME: Reply = Reply::constant(
@@ -1360,7 +1360,7 @@ mod tests {
 
     #[test]
     fn password_auth_checks_and_hides_passwords() {
-        use crate::sasl::{Mechanism, Secret};
+        use smtp_proto::sasl::{Mechanism, Secret};
         let users = HashMap::from([("bob".to_owned(), "s3cret".to_owned())]);
         let h = PasswordAuth::new(users, SinkHandler);
         let creds = |authzid: Option<&str>, user: &str, pass: &str| Credentials {

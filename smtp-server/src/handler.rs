@@ -3,7 +3,7 @@
 //!
 //! This module is runtime-agnostic (futures only): every adapter runs the
 //! same dispatch, so handlers behave the same on tokio, smol, async-std and
-//! threads. Unlike [`crate::server`], it may read the system clock (for the
+//! threads. Unlike [`smtp_proto::server`], it may read the system clock (for the
 //! `Received:` header's date).
 //!
 //! The handler hooks mirror the classic server APIs: Tcl smtpd's
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use smtp_proto::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+//! use smtp_server::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 //! use smtp_proto::server::Decision;
 //! use smtp_proto::reply::Reply;
 //!
@@ -47,10 +47,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 
-use crate::command::{BodyType, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath};
-use crate::reply::Reply;
-use crate::sasl::Credentials;
-use crate::server::{CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket};
+use smtp_proto::command::{
+    BodyType, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath,
+};
+use smtp_proto::reply::Reply;
+use smtp_proto::sasl::Credentials;
+use smtp_proto::server::{CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket};
 
 /// What a handler knows about the session when a hook runs.
 #[derive(Debug, Clone, Default)]
@@ -697,7 +699,7 @@ fn log_aborted(
     info: &SessionInfo,
     envelope: &Envelope,
     size: usize,
-    reason: crate::server::AbortReason,
+    reason: smtp_proto::server::AbortReason,
 ) {
     let recipients: Vec<String> = envelope
         .recipients
@@ -766,7 +768,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::config::Config;
+    use smtp_proto::config::Config;
     use std::time::Instant;
 
     /// Feeds `input` through a dispatcher over the do-nothing handler;

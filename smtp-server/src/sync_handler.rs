@@ -11,10 +11,10 @@
 //! in a hook ends the session with `421 4.3.0`, as with [`Handler`].
 //!
 //! ```
-//! use smtp_proto::handler::{Envelope, Recipient, SessionInfo};
+//! use smtp_server::handler::{Envelope, Recipient, SessionInfo};
 //! use smtp_proto::reply::Reply;
 //! use smtp_proto::server::Decision;
-//! use smtp_proto::sync_handler::{SyncAdapter, SyncHandler};
+//! use smtp_server::sync_handler::{SyncAdapter, SyncHandler};
 //!
 //! struct OnlyBob;
 //!
@@ -30,7 +30,7 @@
 //!
 //! // A `Handler` for any adapter or for `Dispatcher::new`:
 //! let handler = std::sync::Arc::new(SyncAdapter(OnlyBob));
-//! # let _ = smtp_proto::handler::Dispatcher::new(handler, "id");
+//! # let _ = smtp_server::handler::Dispatcher::new(handler, "id");
 //! ```
 
 use std::sync::Arc;
@@ -38,9 +38,9 @@ use std::sync::Arc;
 use crate::handler::{
     Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
 };
-use crate::reply::Reply;
-use crate::sasl::Credentials;
-use crate::server::{CloseReason, Decision, HeloKind};
+use smtp_proto::reply::Reply;
+use smtp_proto::sasl::Credentials;
+use smtp_proto::server::{CloseReason, Decision, HeloKind};
 
 /// The application's hooks as plain functions; see [`Handler`] for what each
 /// one means. Wrap it in [`SyncAdapter`] to use it as a [`Handler`].
@@ -155,9 +155,9 @@ impl<H: SyncHandler> Handler for SyncAdapter<H> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::Config;
     use crate::handler::{Dispatcher, Drive};
-    use crate::server::{PeerInfo, Session};
+    use smtp_proto::config::Config;
+    use smtp_proto::server::{PeerInfo, Session};
     use std::time::Instant;
 
     struct Picky;

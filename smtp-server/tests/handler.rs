@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use futures_executor::block_on;
 use smtp_proto::config::Config;
-use smtp_proto::handler::{
-    Dispatcher, Drive, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo,
-};
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism;
 use smtp_proto::server::{Decision, PeerInfo, Session};
+use smtp_server::handler::{
+    Dispatcher, Drive, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo,
+};
 
 /// (sender, recipients, raw data, parsed subject, trace header)
 type Delivery = (String, Vec<String>, Vec<u8>, Option<String>, Vec<u8>);

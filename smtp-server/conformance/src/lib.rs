@@ -8,7 +8,7 @@
 //!   output) whose cases start **the test binary itself** as the server
 //!   under test, with `smtpd` flags, on 127.0.0.1 with OS-picked ports;
 //! - started with the environment variable [`SERVE_ENV`], it is that
-//!   server: it parses the flags with [`smtp_proto::cli::Setup::from_env`]
+//!   server: it parses the flags with [`smtp_server::cli::Setup::from_env`]
 //!   and calls the adapter's entry.
 //!
 //! So every case drives a real process through the same flags a user
@@ -23,7 +23,7 @@
 //! fn main() -> std::process::ExitCode {
 //!     smtp_conformance::main(&[("tokio", smtp_tokio_entry)])
 //! }
-//! # fn smtp_tokio_entry(_: smtp_proto::cli::Setup) -> std::process::ExitCode { todo!() }
+//! # fn smtp_tokio_entry(_: smtp_server::cli::Setup) -> std::process::ExitCode { todo!() }
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -39,7 +39,7 @@ mod support;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Trial};
-use smtp_proto::cli::Setup;
+use smtp_server::cli::Setup;
 
 pub use support::{Client, Ctx, Smtpd, TestCert, all_files, delivered};
 

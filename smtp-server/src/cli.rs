@@ -7,13 +7,13 @@
 //!
 //! ```
 //! use clap::Parser;
-//! use smtp_proto::cli::{Args, Setup};
+//! use smtp_server::cli::{Args, Setup};
 //!
 //! let args = Args::try_parse_from(["smtpd", "--sink", "--max-size", "1000", "--lmtp"]).unwrap();
 //! let setup = Setup::from_args(&args).unwrap();
 //! assert!(setup.options.config.lmtp);
 //! assert_eq!(setup.options.config.limits.max_message_size, 1000);
-//! let default = smtp_proto::accept::Listen::Tcp("127.0.0.1:2525".parse().unwrap());
+//! let default = smtp_server::accept::Listen::Tcp("127.0.0.1:2525".parse().unwrap());
 //! assert_eq!(setup.options.listen, [default]);
 //! ```
 
@@ -30,15 +30,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::accept::{Listen, ServerOptions};
-use crate::client::ClientAuth;
-use crate::config::Config;
 use crate::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 use crate::relay::{Router, Upstream, UpstreamTls};
-use crate::sasl::Mechanism;
-use crate::server::Decision;
 use crate::store::{
     DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
 };
+use smtp_proto::client::ClientAuth;
+use smtp_proto::config::Config;
+use smtp_proto::sasl::Mechanism;
+use smtp_proto::server::Decision;
 
 /// A debugging SMTP server: prints each message (default), or stores it
 /// in a Maildir or an mbox file.

@@ -3,12 +3,12 @@
 //!
 //! None of this does I/O. An adapter asks a [`ConnectionLimiter`] for a
 //! [`Slot`] before serving a connection (and answers
-//! [`Reply::TOO_MANY_CONNECTIONS`](crate::reply::Reply::TOO_MANY_CONNECTIONS)
+//! [`Reply::TOO_MANY_CONNECTIONS`](smtp_proto::reply::Reply::TOO_MANY_CONNECTIONS)
 //! when there is none), names each session with [`SessionIds`], and walks
 //! its sessions through the [`Stop`] phases when asked to shut down.
 //!
 //! ```
-//! use smtp_proto::accept::ConnectionLimiter;
+//! use smtp_server::accept::ConnectionLimiter;
 //!
 //! let limiter = ConnectionLimiter::new(2, Some(1));
 //! let ip = "192.0.2.1".parse().ok();
@@ -27,8 +27,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::reply::Reply;
-use crate::server::{CloseReason, Session};
+use smtp_proto::reply::Reply;
+use smtp_proto::server::{CloseReason, Session};
 
 /// Connections allowed at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -217,7 +217,7 @@ pub enum Stop {
 ///
 /// ```
 /// use std::task::{Context, Poll, Waker};
-/// use smtp_proto::accept::{Stop, StopSignal};
+/// use smtp_server::accept::{Stop, StopSignal};
 ///
 /// let signal = StopSignal::new();
 /// let mut watch = signal.watch();
@@ -345,7 +345,6 @@ impl Drop for StopWatch {
 /// adapter's connection calls this.
 ///
 /// [`Dispatcher::drive`]: crate::handler::Dispatcher::drive
-#[cfg(feature = "handler")]
 pub async fn drive_until_abort<H: crate::handler::Handler>(
     dispatcher: &mut crate::handler::Dispatcher<H>,
     session: &mut Session,
@@ -408,7 +407,7 @@ impl StopSeen {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use smtp_proto::accept::WriteDeadline;
+/// use smtp_server::accept::WriteDeadline;
 ///
 /// let mut config = smtp_proto::config::Config::new("mx.example");
 /// config.timeouts.command = Duration::from_secs(60);
@@ -473,7 +472,6 @@ impl WriteDeadline {
 /// The outcome of an implicit-TLS handshake bounded by a timeout (`None`:
 /// it timed out): the stream, or `None` once the failure is logged. The
 /// connection then closes without a word (no clear text on a TLS port).
-#[cfg(feature = "handler")]
 pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
     outcome: Option<Result<S, E>>,
     remote: std::net::SocketAddr,
@@ -493,7 +491,6 @@ pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
 
 /// A stream an async adapter's [`IoStep`] reads and writes (the adapter
 /// maps its runtime's I/O traits onto these three calls).
-#[cfg(feature = "handler")]
 pub trait PollIo {
     /// Reads into `buf`; `Ok(0)` is the end of the stream.
     fn poll_read(
@@ -515,7 +512,6 @@ pub trait PollIo {
 }
 
 /// A connection's one timer, from the adapter's runtime.
-#[cfg(feature = "handler")]
 pub trait Alarm {
     /// Fires at `at` (replacing the time set before).
     fn set(&mut self, at: std::time::Instant);
@@ -524,7 +520,6 @@ pub trait Alarm {
 }
 
 /// What one wait of an [`IoStep`] produced.
-#[cfg(feature = "handler")]
 enum IoDone {
     Wrote(usize),
     Read(usize),
@@ -541,7 +536,6 @@ enum IoDone {
 /// timeout ends the connection ([`WriteDeadline`]). One timer serves the
 /// connection, re-armed only when a deadline comes earlier than the one
 /// armed (an early wake-up is harmless).
-#[cfg(feature = "handler")]
 #[derive(Debug, Default)]
 pub struct IoStep {
     need_flush: bool,
@@ -549,7 +543,6 @@ pub struct IoStep {
     armed: Option<std::time::Instant>,
 }
 
-#[cfg(feature = "handler")]
 impl IoStep {
     /// Everything written so far was flushed (by the adapter's own flush).
     pub fn flushed(&mut self) {
@@ -646,8 +639,7 @@ impl IoStep {
 
 /// The names of a rustls connection's TLS version and cipher suite
 /// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
-#[cfg(feature = "rustls")]
-pub fn tls_info(conn: &rustls::ServerConnection) -> crate::server::TlsInfo {
+pub fn tls_info(conn: &rustls::ServerConnection) -> smtp_proto::server::TlsInfo {
     use rustls::ProtocolVersion;
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
@@ -668,7 +660,7 @@ pub fn tls_info(conn: &rustls::ServerConnection) -> crate::server::TlsInfo {
             }
         })
         .unwrap_or_default();
-    crate::server::TlsInfo { version, cipher }
+    smtp_proto::server::TlsInfo { version, cipher }
 }
 
 /// Where a server listens.
@@ -687,7 +679,7 @@ pub enum Listen {
 /// believed ([`ServerOptions::proxy_from`]).
 ///
 /// ```
-/// use smtp_proto::accept::Cidr;
+/// use smtp_server::accept::Cidr;
 ///
 /// let net: Cidr = "10.0.0.0/8".parse().unwrap();
 /// assert!(net.contains("10.1.2.3".parse().unwrap()));
@@ -818,11 +810,11 @@ pub trait PeekRead {
 /// Reads a PROXY protocol header (v1 or v2) off `stream`, and nothing
 /// after it ([`PeekRead`]); at most [`MAX_HEADER_LEN`] bytes.
 ///
-/// [`MAX_HEADER_LEN`]: crate::proxy::MAX_HEADER_LEN
+/// [`MAX_HEADER_LEN`]: smtp_proto::proxy::MAX_HEADER_LEN
 pub async fn read_proxy_header(
     stream: &mut impl PeekRead,
-) -> std::io::Result<crate::proxy::ProxyHeader> {
-    use crate::proxy::{MAX_HEADER_LEN, ProxyParse, parse_proxy_header};
+) -> std::io::Result<smtp_proto::proxy::ProxyHeader> {
+    use smtp_proto::proxy::{MAX_HEADER_LEN, ProxyParse, parse_proxy_header};
     use std::io::{Error, ErrorKind};
     let mut buf = vec![0; MAX_HEADER_LEN];
     let mut have = 0;
@@ -859,7 +851,7 @@ pub async fn read_proxy_header(
 #[derive(Debug)]
 pub enum Proxied {
     /// Serve the session for this peer (the header's addresses).
-    Peer(crate::server::PeerInfo),
+    Peer(smtp_proto::server::PeerInfo),
     /// Close without a word, as for a missing or invalid header: the peer
     /// is not a trusted proxy, or no valid header came in time.
     Close,
@@ -880,7 +872,7 @@ pub enum Proxied {
 /// ([`ServerOptions::tcp_config`]). Unix-domain listeners keep the
 /// header inside the session ([`Config::proxy_protocol`]).
 ///
-/// [`Config::proxy_protocol`]: crate::config::Config::proxy_protocol
+/// [`Config::proxy_protocol`]: smtp_proto::config::Config::proxy_protocol
 #[derive(Debug, Clone)]
 pub struct ProxyFront {
     from: Vec<Cidr>,
@@ -908,15 +900,14 @@ impl ProxyFront {
     /// unless `timer` (the runtime's, after [`ProxyFront::timeout`]) fires
     /// first, and claims the per-address `slot` for the header's source.
     /// Refusals are logged here.
-    #[cfg(feature = "handler")]
     pub async fn read(
         &self,
         stream: &mut impl PeekRead,
-        peer: crate::server::PeerInfo,
+        peer: smtp_proto::server::PeerInfo,
         slot: &mut Slot,
         timer: impl Future<Output = ()>,
     ) -> Proxied {
-        use crate::proxy::ProxyCommand;
+        use smtp_proto::proxy::ProxyCommand;
         let from = peer.remote;
         if !from.is_some_and(|a| self.trusts(a.ip())) {
             tracing::info!(peer = ?from, "PROXY header from an untrusted peer; closing");
@@ -952,7 +943,7 @@ impl ProxyFront {
                 return Proxied::TooMany;
             }
         }
-        Proxied::Peer(crate::server::PeerInfo {
+        Proxied::Peer(smtp_proto::server::PeerInfo {
             remote: header.source.or(peer.remote),
             local: header.destination.or(peer.local),
             ..peer
@@ -965,11 +956,10 @@ impl ProxyFront {
 /// `smtpd` command line, which builds one) means the same thing by each
 /// setting. The builders' methods are generated by
 /// [`server_builder_methods!`](crate::server_builder_methods).
-#[cfg(feature = "rustls")]
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The session configuration.
-    pub config: Arc<crate::config::Config>,
+    pub config: Arc<smtp_proto::config::Config>,
     /// The listeners, in order.
     pub listen: Vec<Listen>,
     /// TLS: STARTTLS on plain listeners, and implicit TLS listeners.
@@ -984,18 +974,17 @@ pub struct ServerOptions {
     /// set before anyone can connect ([`bind_unix`]); `None`: as the
     /// umask gives.
     pub unix_mode: Option<u32>,
-    /// With [`Config::proxy_protocol`](crate::config::Config::proxy_protocol):
+    /// With [`Config::proxy_protocol`](smtp_proto::config::Config::proxy_protocol):
     /// the peers whose PROXY header is believed on TCP listeners; from
     /// any other, the connection is closed as for a missing header. Empty:
     /// any peer.
     pub proxy_from: Vec<Cidr>,
 }
 
-#[cfg(feature = "rustls")]
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            config: Arc::new(crate::config::Config::default()),
+            config: Arc::new(smtp_proto::config::Config::default()),
             listen: Vec::new(),
             tls: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1007,7 +996,6 @@ impl Default for ServerOptions {
     }
 }
 
-#[cfg(feature = "rustls")]
 impl ServerOptions {
     /// Checks the options before binding: implicit TLS needs a TLS configuration.
     pub fn check(&self) -> std::io::Result<()> {
@@ -1024,7 +1012,7 @@ impl ServerOptions {
     /// The configuration for plain listeners: STARTTLS offered exactly when
     /// TLS is configured. (Unix-domain listeners use it as it is; TCP ones
     /// through [`ServerOptions::tcp_config`].)
-    pub fn plain_config(&self) -> Arc<crate::config::Config> {
+    pub fn plain_config(&self) -> Arc<smtp_proto::config::Config> {
         let mut plain = (*self.config).clone();
         plain.extensions.starttls = self.tls.is_some();
         Arc::new(plain)
@@ -1034,7 +1022,7 @@ impl ServerOptions {
     /// [`ServerOptions::plain_config`] (`tls`: false) or the configuration
     /// as given (implicit TLS): without the PROXY header, which the
     /// [`ProxyFront`] reads before the session.
-    pub fn tcp_config(&self, tls: bool) -> Arc<crate::config::Config> {
+    pub fn tcp_config(&self, tls: bool) -> Arc<smtp_proto::config::Config> {
         let config = if tls {
             self.config.clone()
         } else {
@@ -1067,7 +1055,6 @@ impl ServerOptions {
 /// `max_connections_per_ip`, `grace_period`, `listen_unix_mode`,
 /// `proxy_from`, `options`), inside an `impl`
 /// block of a type with a field `options: ServerOptions`.
-#[cfg(feature = "rustls")]
 #[macro_export]
 macro_rules! server_builder_methods {
     () => {
@@ -1094,7 +1081,10 @@ macro_rules! server_builder_methods {
         }
 
         /// The session configuration.
-        pub fn config(mut self, config: ::std::sync::Arc<$crate::config::Config>) -> Self {
+        pub fn config(
+            mut self,
+            config: ::std::sync::Arc<$crate::smtp_proto::config::Config>,
+        ) -> Self {
             self.options.config = config;
             self
         }
@@ -1173,7 +1163,6 @@ mod tests {
     /// Issue 12 item 11: however a session ends, its handler sees
     /// `disconnect` exactly once: at `Closing`, or when the dispatcher is
     /// dropped without one (an adapter that gave up on a failed write).
-    #[cfg(feature = "handler")]
     #[test]
     fn disconnect_runs_once_however_the_session_ends() {
         use crate::handler::{Dispatcher, Handler, SessionInfo};
@@ -1186,7 +1175,7 @@ mod tests {
                 self.0.lock().unwrap().push(reason);
             }
         }
-        let config = Arc::new(crate::config::Config::new("mx.example"));
+        let config = Arc::new(smtp_proto::config::Config::new("mx.example"));
         // Dropped mid-session (a reset, a failed write): ConnectionLost.
         let h = Arc::new(Ends::default());
         let mut s = Session::new(config.clone(), Default::default(), Instant::now());

@@ -1,0 +1,67 @@
+//! The runtime-neutral server kit over [`smtp_proto`]: everything a server
+//! needs that no runtime decides.
+//!
+//! `smtp-proto` is the protocol (pure state machines, no I/O); this crate is
+//! the service around it, written once for every runtime; the adapters
+//! (`smtp-tokio`, `smtp-async-std`, `smtp-blocking`) bind it to their runtime.
+//!
+//! - [`handler`]: the async [`handler::Handler`] trait (Tcl smtpd's
+//!   `validate_host` … `deliver`, Python smtpd's `process_message`, Pike's
+//!   parsed-MIME DATA callback) and the [`handler::Dispatcher`] that feeds a
+//!   session's events to it; [`sync_handler`] for hooks without futures.
+//! - [`accept`]: connection limits, session ids, shutdown phases, the I/O
+//!   step shared by the async adapters, the PROXY front, TLS settings.
+//! - `store` (feature `store`): debug, sink, Maildir and mbox handlers, served domains.
+//! - `relay` (feature `relay`): forwarding to an upstream server, local-or-relay routing.
+//! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
+//!
+//! # Example: a handler driven by the dispatcher, without any runtime
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use smtp_proto::config::Config;
+//! use smtp_proto::reply::Reply;
+//! use smtp_proto::server::{Decision, PeerInfo, Session};
+//! use smtp_server::handler::{Dispatcher, Drive, Envelope, Handler, Recipient, SessionInfo};
+//!
+//! struct OnlyBob;
+//!
+//! impl Handler for OnlyBob {
+//!     async fn rcpt(&self, _: &SessionInfo, _: &Envelope, to: &Recipient) -> Decision {
+//!         if to.address == "bob@example.net" {
+//!             Decision::Accept
+//!         } else {
+//!             Reply::NO_SUCH_USER.into()
+//!         }
+//!     }
+//! }
+//!
+//! let mut s = Session::new(Arc::new(Config::new("mx.example")), PeerInfo::default(), Instant::now());
+//! let mut d = Dispatcher::new(Arc::new(OnlyBob), "s1");
+//! let mut out = Vec::new();
+//! for input in [&b""[..], b"EHLO me\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<eve@example.net>\r\n"] {
+//!     s.receive(input, Instant::now());
+//!     assert_eq!(futures_executor::block_on(d.drive(&mut s)), Drive::Idle);
+//!     out.extend_from_slice(s.transmit());
+//!     let n = s.transmit().len();
+//!     s.transmitted(n);
+//! }
+//! assert!(String::from_utf8(out).unwrap().ends_with("550 5.1.1 Mailbox unavailable\r\n"));
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod accept;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod handler;
+#[cfg(feature = "relay")]
+pub mod relay;
+#[cfg(feature = "store")]
+pub mod store;
+pub mod sync_handler;
+
+/// The rustls crate the TLS settings use.
+pub use rustls;
+/// The protocol crate this kit drives.
+pub use smtp_proto;
