@@ -2,7 +2,7 @@
 """Writes the committed seed corpora in fuzz/seeds/<target>/.
 
 Each seed is a small, meaningful input in the layout that target's function
-in smtp-proto/src/fuzzing.rs reads (documented there). The SMTP dialogues
+in fuzz/oracles/src/lib.rs reads (documented there). The SMTP dialogues
 are the RFC-style transcripts of smtp-proto/tests/session.rs. Run it from
 anywhere: `python3 fuzz/make_seeds.py`; it rewrites the seeds directories.
 """

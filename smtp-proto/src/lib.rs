@@ -111,9 +111,6 @@ pub mod command;
 pub mod config;
 pub mod data;
 mod decided;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod parse;
 pub mod proxy;
 pub mod reply;

@@ -91,47 +91,17 @@ fn stream(input: &[u8], sizes: &[usize], max: usize) -> Outcome {
     out
 }
 
-/// Naive reference: split the whole input on CR LF, line by line.
+/// The naive reference decoder the fuzz oracle checks against
+/// (`smtp_fuzz_oracles::reference_decode`, one copy for both).
 fn reference(input: &[u8], max: usize) -> Outcome {
-    let mut out = Outcome::default();
-    let mut pos = 0;
-    loop {
-        let rest = &input[pos..];
-        match rest.windows(2).position(|w| w == b"\r\n") {
-            Some(i) => {
-                let line = &rest[..i];
-                if line == b"." {
-                    out.end = Some(pos + 3);
-                    break;
-                }
-                let content = line.strip_prefix(b".").unwrap_or(line);
-                out.body.extend_from_slice(content);
-                out.body.extend_from_slice(b"\r\n");
-                if content.len() + 2 > max {
-                    out.long_line = true;
-                }
-                pos += i + 2;
-            }
-            None => {
-                // Unterminated last line: emit what is already decided.
-                let mut part = rest;
-                if part == b"." || part == b".\r" {
-                    part = b"";
-                }
-                part = part.strip_prefix(b".").unwrap_or(part);
-                part = part.strip_suffix(b"\r").unwrap_or(part);
-                out.body.extend_from_slice(part);
-                if !part.is_empty() && part.len() + 2 > max {
-                    out.long_line = true;
-                }
-                break;
-            }
-        }
+    let r = smtp_fuzz_oracles::reference_decode(input, max);
+    Outcome {
+        body: r.body,
+        end: r.end,
+        bare_lf: r.bare_lf,
+        bare_cr: r.bare_cr,
+        long_line: r.long,
     }
-    let b = &out.body;
-    out.bare_lf = (0..b.len()).any(|i| b[i] == b'\n' && (i == 0 || b[i - 1] != b'\r'));
-    out.bare_cr = (0..b.len()).any(|i| b[i] == b'\r' && b.get(i + 1) != Some(&b'\n'));
-    out
 }
 
 /// Decodes `input` all at once and byte by byte, checks both agree, and
@@ -432,24 +402,9 @@ fn dot_stuff_examples() {
 }
 
 /// Reference line checker: whole data, simple loops.
+/// The oracle's reference line check (one copy for the fuzz target and here).
 fn line_reference(data: &[u8], max: usize) -> (bool, bool, bool) {
-    let n = data.len();
-    let bare_lf = (0..n).any(|i| data[i] == b'\n' && (i == 0 || data[i - 1] != b'\r'));
-    let bare_cr = (0..n).any(|i| data[i] == b'\r' && data.get(i + 1) != Some(&b'\n'));
-    let mut long = false;
-    let mut start = 0;
-    let mut i = 0;
-    while i + 1 < n {
-        if data[i] == b'\r' && data[i + 1] == b'\n' {
-            long |= i + 2 - start > max;
-            start = i + 2;
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    long |= n - start > max;
-    (bare_lf, bare_cr, long)
+    smtp_fuzz_oracles::line_facts(data, max)
 }
 
 fn line_stream(data: &[u8], sizes: &[usize], max: usize) -> (bool, bool, bool) {

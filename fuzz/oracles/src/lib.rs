@@ -1,8 +1,9 @@
-//! Entry points for fuzz targets (hidden; behind the `fuzzing` feature).
+//! The fuzz targets' oracles: entry points over `smtp-proto` that check its
+//! invariants, outside the library (the library carries no fuzzing code).
 //!
 //! Every function here takes raw fuzzer bytes, derives whatever structured
 //! input it needs from them (with a small byte reader, so no `arbitrary`
-//! dependency reaches `smtp-proto`), runs one part of the core and panics
+//! dependency is needed), runs one part of the core and panics
 //! when an invariant breaks. The cargo-fuzz targets in `fuzz/` are
 //! one-line wrappers, and `tests/fuzz_replay.rs` runs the same functions on
 //! the committed seeds and on proptest inputs under plain `cargo test`.
@@ -18,6 +19,13 @@
 //! | [`reply_parser`] | [`parse_reply`] on raw input, and [`Reply::write_to`] parsed back |
 //! | [`address`] | [`parse_mailbox`] against the RCPT grammar, and xtext round trips |
 //! | [`client_session`] | the client against arbitrary server bytes, splits, timeouts and TLS outcomes |
+//!
+//! ```
+//! // What a fuzz target does with one input: no panic means every
+//! // invariant held.
+//! smtp_fuzz_oracles::command_line(b"\x00MAIL FROM:<a@example.org> SIZE=10\r\n");
+//! smtp_fuzz_oracles::data_decoder(b"\x10\x01Subject: x\r\n\r\n..dot\r\n.\r\n");
+//! ```
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -25,22 +33,22 @@ use std::time::{Duration, Instant};
 
 use memchr::memmem;
 
-use crate::command::{
+use smtp_proto::command::{
     BodyType, Command, ForwardPath, MailParams, Mailbox, Notify, ParseError, ParseOptions,
     RcptParams, Ret, ReversePath, encode_xtext,
 };
-use crate::config::{Config, ContentPolicy, ViolationPolicy};
-use crate::data::{DataDecoder, DecodeStep, dot_stuff};
-use crate::parse::{decode_xtext, parse_command, parse_mailbox};
-use crate::proxy::{
+use smtp_proto::config::{Config, ContentPolicy, ViolationPolicy};
+use smtp_proto::data::{DataDecoder, DecodeStep, dot_stuff};
+use smtp_proto::parse::{decode_xtext, parse_command, parse_mailbox};
+use smtp_proto::proxy::{
     MAX_HEADER_LEN, ProxyCommand, ProxyHeader, ProxyParse, Transport, parse_proxy_header,
 };
-use crate::reply::{EnhancedCode, Reply, parse_reply};
-use crate::sasl::{
+use smtp_proto::reply::{EnhancedCode, Reply, parse_reply};
+use smtp_proto::sasl::{
     Credentials, MAX_FIELD_LEN, Mechanism, SaslError, SaslExchange, SaslStep, encode_base64,
     encode_plain,
 };
-use crate::server::{BodyKind, Decision, Event, PeerInfo, Session, Ticket, TlsInfo};
+use smtp_proto::server::{BodyKind, Decision, Event, PeerInfo, Session, Ticket, TlsInfo};
 
 // ---------------------------------------------------------------------------
 // A byte reader (what `arbitrary::Unstructured` does, in a few lines)
@@ -134,8 +142,9 @@ impl Knobs<'_> {
 
 /// Line facts of a decoded body: (bare LF, bare CR, a line longer than
 /// `max` octets counting its CR LF). A final unterminated line counts as
-/// it is (BDAT); a DATA body always ends with CR LF.
-fn line_facts(body: &[u8], max: usize) -> (bool, bool, bool) {
+/// it is (BDAT); a DATA body always ends with CR LF. The reference for
+/// `smtp_proto::data::LineChecker`.
+pub fn line_facts(body: &[u8], max: usize) -> (bool, bool, bool) {
     let (mut bare_lf, mut bare_cr, mut long) = (false, false, false);
     let mut rest = body;
     loop {
@@ -1422,13 +1431,17 @@ fn check_structured_command(u: &mut Input) {
 
 /// What the naive reference makes of a DATA body stream.
 #[derive(Debug, PartialEq, Eq)]
-struct Reference {
-    body: Vec<u8>,
+pub struct Reference {
+    /// The decoded body (dot-unstuffed, CR LF line ends kept).
+    pub body: Vec<u8>,
     /// Input offset just past `.` CR LF, if the body ended.
-    end: Option<usize>,
-    bare_lf: bool,
-    bare_cr: bool,
-    long: bool,
+    pub end: Option<usize>,
+    /// A line held a bare LF.
+    pub bare_lf: bool,
+    /// A line held a bare CR.
+    pub bare_cr: bool,
+    /// A line (CR LF included) was longer than the limit.
+    pub long: bool,
 }
 
 /// The obviously correct decoder: split the input at CR LF; a line that is
@@ -1436,7 +1449,7 @@ struct Reference {
 /// every other line is body plus its CR LF. A final line without CR LF
 /// gives what can already be decided: nothing if it is `.` or `.` CR at a
 /// line start, otherwise its bytes unstuffed, except a trailing CR.
-fn reference_decode(input: &[u8], max: usize) -> Reference {
+pub fn reference_decode(input: &[u8], max: usize) -> Reference {
     let mut r = Reference {
         body: Vec::new(),
         end: None,
@@ -2022,7 +2035,7 @@ pub fn reply_parser(data: &[u8]) {
     if wire.len() > 1 {
         assert_eq!(
             parse_reply(&wire, wire.len() - 1),
-            Err(crate::reply::ReplyError::TooLong)
+            Err(smtp_proto::reply::ReplyError::TooLong)
         );
     }
     // Parsing normalizes (an enhanced-looking text becomes the enhanced
@@ -2151,18 +2164,18 @@ pub fn address(data: &[u8]) {
 // client_session
 // ---------------------------------------------------------------------------
 
-/// The client ([`crate::client::Client`]) against an arbitrary server: the
+/// The client ([`smtp_proto::client::Client`]) against an arbitrary server: the
 /// first bytes choose the configuration, the envelope and the harness's
 /// actions; the rest is what the "server" says, cut at arbitrary points.
 ///
 /// Checks: no panic; the client never holds more output than its bound
 /// (plus one command line and one chunk); nothing follows
-/// [`ClientEvent::Closed`](crate::client::ClientEvent::Closed); an error is
+/// [`ClientEvent::Closed`](smtp_proto::client::ClientEvent::Closed); an error is
 /// always followed by `Closed`; a message is reported accepted only after
 /// the whole body was handed over and ended; every per-recipient event
 /// names a recipient of the envelope.
 pub fn client_session(data: &[u8]) {
-    use crate::client::{Client, ClientConfig, ClientEvent, Envelope, Recipient, TlsPolicy};
+    use smtp_proto::client::{Client, ClientConfig, ClientEvent, Envelope, Recipient, TlsPolicy};
     let mut u = Input::new(data);
     let mut config = ClientConfig::new("fuzz.example");
     let flags = u.byte();
@@ -2175,7 +2188,7 @@ pub fn client_session(data: &[u8]) {
         _ => TlsPolicy::Required,
     };
     if flags & 32 != 0 {
-        config.auth = Some(crate::client::ClientAuth::new("user", "pass"));
+        config.auth = Some(smtp_proto::client::ClientAuth::new("user", "pass"));
         config.allow_plaintext_auth = flags & 64 != 0;
     }
     config.chunk_size = 1 + u.below(64);

@@ -1,13 +1,12 @@
 //! The fuzz targets' invariants under `cargo test`: every function of
-//! `smtp_proto::fuzzing` runs on the committed seeds (`fuzz/seeds/<target>/`)
+//! `smtp_fuzz_oracles` runs on the committed seeds (`fuzz/seeds/<target>/`)
 //! and on proptest inputs, so a developer without cargo-fuzz (or a
 //! nightly-only sanitizer) still exercises them on every test run.
-#![cfg(feature = "fuzzing")]
 
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use smtp_proto::fuzzing;
+use smtp_fuzz_oracles as fuzzing;
 
 type Target = fn(&[u8]);
 
@@ -25,7 +24,7 @@ const TARGETS: &[(&str, Target)] = &[
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
+        .join("../seeds")
         .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
