@@ -338,6 +338,52 @@ pub enum ForwardPath<'a> {
     Mailbox(Mailbox<'a>),
 }
 
+impl<'a> ReversePath<'a> {
+    /// The address as sent, `""` for the null path `<>`.
+    ///
+    /// ```
+    /// use smtp_proto::command::{Command, ReversePath};
+    /// use smtp_proto::parse::parse_command;
+    ///
+    /// let Ok(Command::Mail { from, .. }) = parse_command(b"MAIL FROM:<a@example.org>", Default::default()) else {
+    ///     unreachable!()
+    /// };
+    /// assert_eq!(from.as_str(), "a@example.org");
+    /// assert_eq!(from.to_string(), "<a@example.org>");
+    /// assert_eq!(ReversePath::Null.to_string(), "<>");
+    /// ```
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            ReversePath::Null => "",
+            ReversePath::Mailbox(m) => m.raw,
+        }
+    }
+}
+
+impl std::fmt::Display for ReversePath<'_> {
+    /// The path as on the wire: `<address>`, or `<>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}>", self.as_str())
+    }
+}
+
+impl<'a> ForwardPath<'a> {
+    /// The address as sent, `Postmaster` for the bare `<Postmaster>`.
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            ForwardPath::Postmaster => "Postmaster",
+            ForwardPath::Mailbox(m) => m.raw,
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardPath<'_> {
+    /// The path as on the wire: `<address>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}>", self.as_str())
+    }
+}
+
 /// The `BODY=` parameter of MAIL (RFC 6152, RFC 3030).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyType {
@@ -419,6 +465,22 @@ pub enum ParseError {
     /// A non-ASCII address without SMTPUTF8: `553 5.6.7`.
     Utf8NotPermitted,
 }
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ParseError::UnknownCommand => "unknown command",
+            ParseError::Syntax => "syntax error in the arguments",
+            ParseError::BadSender => "invalid sender address",
+            ParseError::BadRecipient => "invalid recipient address",
+            ParseError::UnknownParameter => "unknown or repeated parameter",
+            ParseError::BadParameterValue => "invalid parameter value",
+            ParseError::Utf8NotPermitted => "non-ASCII address without SMTPUTF8",
+        })
+    }
+}
+
+impl std::error::Error for ParseError {}
 
 /// Options that change how a command line is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -57,8 +57,7 @@ use crate::handler::{
 };
 use crate::store::DomainPolicy;
 use smtp_proto::client::{
-    Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope as UpEnvelope,
-    Recipient as UpRecipient, TlsPolicy, UsageError,
+    self, Client, ClientAuth, ClientConfig, ClientError, ClientEvent, TlsPolicy, UsageError,
 };
 use smtp_proto::command::BodyType;
 use smtp_proto::reply::{EnhancedCode, Reply};
@@ -970,8 +969,8 @@ fn rcpt_upstream(
 
 /// The upstream envelope for our transaction's sender and parameters
 /// (`ENVID` decoded from xtext: the client encodes it once).
-fn up_envelope(from: &str, o: &MailOptions) -> UpEnvelope {
-    let mut e = UpEnvelope::new((!from.is_empty()).then_some(from), Vec::<String>::new());
+fn up_envelope(from: &str, o: &MailOptions) -> client::Envelope {
+    let mut e = client::Envelope::new((!from.is_empty()).then_some(from), Vec::<String>::new());
     e.size = o.size;
     e.body = (o.body != BodyType::SevenBit).then_some(o.body);
     e.smtputf8 = o.smtputf8;
@@ -984,7 +983,7 @@ fn up_envelope(from: &str, o: &MailOptions) -> UpEnvelope {
 /// The upstream recipient: `ORCPT` as the client wants it, the original
 /// address (decoded from `rfc822;` xtext or `utf-8;` unitext); another
 /// address type cannot be passed on by our client and is left out.
-fn up_recipient(to: &Recipient) -> UpRecipient {
+fn up_recipient(to: &Recipient) -> client::Recipient {
     let orcpt = to.orcpt.as_deref().and_then(|o| {
         let (kind, value) = o.split_once(';')?;
         let decoded = if kind.eq_ignore_ascii_case("rfc822") {
@@ -999,7 +998,7 @@ fn up_recipient(to: &Recipient) -> UpRecipient {
         }
         decoded
     });
-    UpRecipient {
+    client::Recipient {
         address: to.address.clone(),
         notify: to.notify,
         orcpt,
