@@ -1,0 +1,90 @@
+//! AUTH (RFC 4954): the SASL exchange line by line.
+
+use super::*;
+use crate::sasl::SaslError;
+
+impl Session {
+    pub(super) fn auth_offered(&self) -> bool {
+        !self.config.auth.mechanisms.is_empty()
+            && (self.is_tls() || self.config.auth.allow_plaintext)
+    }
+
+    pub(super) fn start_auth(
+        &mut self,
+        start: Option<(Mechanism, SaslExchange, SaslStep)>,
+    ) -> Outcome {
+        if self.config.require_tls && !self.is_tls() {
+            return Outcome::Error(Reply::TLS_REQUIRED);
+        }
+        if self.config.auth.mechanisms.is_empty() {
+            return Outcome::Error(Reply::NOT_IMPLEMENTED);
+        }
+        if !self.auth_offered() {
+            return Outcome::Error(Reply::AUTH_NEEDS_TLS);
+        }
+        if self.helo.is_none() {
+            return Outcome::Error(if self.config.lmtp {
+                Reply::NEED_LHLO
+            } else {
+                Reply::NEED_HELO
+            });
+        }
+        if self.authenticated.is_some() {
+            return Outcome::Error(Reply::ALREADY_AUTHENTICATED);
+        }
+        if self.txn.mail {
+            return Outcome::Error(Reply::AUTH_IN_TRANSACTION);
+        }
+        let Some((_, exchange, step)) =
+            start.filter(|(m, _, _)| self.config.auth.mechanisms.contains(m))
+        else {
+            return Outcome::Error(Reply::AUTH_MECHANISM_UNKNOWN);
+        };
+        self.phase = Phase::Auth(exchange);
+        self.sasl_outcome(step)
+    }
+
+    pub(super) fn step_auth_line(&mut self, len: usize) -> Step {
+        let line = &self.input[self.start..self.start + len - 2];
+        let step = match (&mut self.phase, std::str::from_utf8(line)) {
+            (Phase::Auth(ex), Ok(text)) => ex.step(text),
+            (_, _) => SaslStep::Failed(SaslError::Base64),
+        };
+        self.consume(len);
+        match self.sasl_outcome(step) {
+            Outcome::Emit(e) => Step::Emit(e),
+            Outcome::Reply(r) => {
+                self.queue(&r);
+                Step::Continue
+            }
+            Outcome::Error(r) => {
+                self.queue_counted(&r);
+                Step::Continue
+            }
+            Outcome::Done | Outcome::Decide(_) => Step::Continue,
+        }
+    }
+
+    pub(super) fn sasl_outcome(&mut self, step: SaslStep) -> Outcome {
+        match step {
+            SaslStep::Challenge(text) => Outcome::Reply(Reply::plain(334, text)),
+            SaslStep::Done(credentials) => {
+                self.phase = Phase::Command;
+                self.auth_user = Some(credentials.username.clone());
+                let _t = self.new_ticket(Pending::Auth);
+                Outcome::Emit(Emit::Auth(credentials))
+            }
+            SaslStep::Cancelled => {
+                self.phase = Phase::Command;
+                Outcome::Error(Reply::AUTH_CANCELLED)
+            }
+            SaslStep::Failed(e) => {
+                self.phase = Phase::Command;
+                Outcome::Error(match e {
+                    SaslError::Base64 => Reply::AUTH_BAD_BASE64,
+                    _ => Reply::AUTH_MALFORMED,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Decision plumbing: events out, tickets in. While a decision is pending nothing more is parsed, so replies leave in command order.
+
+use super::*;
+use crate::command::ParseOptions;
+
+impl Session {
+    // ----- events and decisions -----
+
+    /// The next event, or `None` when the session needs input, an answer,
+    /// or output space. Call it until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        if let Some(e) = self.ready.take() {
+            return Some(self.materialize(e));
+        }
+        self.apply_release();
+        self.check_shutdown();
+        let emit = loop {
+            if let Some(n) = self.notices.pop_front() {
+                return Some(n.into_event());
+            }
+            if self.pending.is_some() || self.is_closed() || self.output_full() {
+                return None;
+            }
+            match self.step() {
+                Step::Idle => {
+                    if let Some(n) = self.notices.pop_front() {
+                        return Some(n.into_event());
+                    }
+                    return None;
+                }
+                Step::Continue => {
+                    self.check_shutdown();
+                    continue;
+                }
+                Step::Emit(e) => break e,
+            }
+        };
+        Some(self.materialize(emit))
+    }
+
+    /// Whether [`Session::poll_event`] would return an event now, without
+    /// borrowing the session: prepares the event, which the next
+    /// `poll_event` hands out. For loops that do I/O until an event is
+    /// ready and then return it (a borrow checker-friendly `poll_event`).
+    pub fn has_event(&mut self) -> bool {
+        if self.ready.is_some() || !self.notices.is_empty() {
+            return true;
+        }
+        self.apply_release();
+        self.check_shutdown();
+        loop {
+            if !self.notices.is_empty() {
+                return true;
+            }
+            if self.pending.is_some() || self.is_closed() || self.output_full() {
+                return false;
+            }
+            match self.step() {
+                Step::Idle => return !self.notices.is_empty(),
+                Step::Continue => self.check_shutdown(),
+                Step::Emit(e) => {
+                    self.ready = Some(e);
+                    return true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn new_ticket(&mut self, what: Pending) -> Ticket {
+        self.seq += 1;
+        self.pending = Some((self.seq, what));
+        Ticket { seq: self.seq }
+    }
+
+    pub(super) fn materialize(&mut self, emit: Emit) -> Event<'_> {
+        match emit {
+            Emit::Body { start, end } => Event::Body(&self.input[start..end]),
+            Emit::Connect => {
+                let ticket = Ticket { seq: self.seq };
+                Event::Connect {
+                    ticket,
+                    peer: &self.peer,
+                }
+            }
+            Emit::Auth(credentials) => Event::Auth {
+                ticket: Ticket { seq: self.seq },
+                credentials,
+            },
+            Emit::MessageEnd => Event::MessageEnd {
+                ticket: Ticket { seq: self.seq },
+                size: self.txn.body_len,
+                recipients: self.txn.recipients,
+            },
+            Emit::Command => {
+                let seq = self.seq;
+                let end = (self.start + self.pending_line).saturating_sub(2);
+                let line = self.input.get(self.start..end).unwrap_or(&[]);
+                // Parsed when it was checked; parsed again only if the
+                // offsets do not fit (they always should).
+                if let Some(event) = self.decided.and_then(|d| d.event(line, Ticket { seq })) {
+                    return event;
+                }
+                let ticket = Ticket { seq };
+                let opts = ParseOptions {
+                    utf8_addresses: self.txn.smtputf8,
+                    lenient: self.config.lenient_addresses,
+                };
+                match parse_command(line, opts) {
+                    Ok(cmd) => command_event(cmd, ticket),
+                    // The line parsed to a decided command moments ago.
+                    Err(_) => unreachable_command(ticket),
+                }
+            }
+        }
+    }
+
+    /// Answers the decision event that carried `ticket`.
+    pub fn respond(&mut self, ticket: Ticket, decision: impl Into<Decision>) -> Result<(), Misuse> {
+        let decision = decision.into();
+        let what = self.take_pending(ticket)?;
+        // In LMTP one decision for a message stands for every recipient.
+        let n = match what {
+            Pending::MessageEnd if self.config.lmtp => self.txn.recipients.max(1),
+            _ => 1,
+        };
+        self.apply_decision(what, std::iter::repeat_n(decision, n));
+        Ok(())
+    }
+
+    /// Answers an LMTP [`Event::MessageEnd`] with one decision per accepted
+    /// recipient, in RCPT order (RFC 2033 §4.2). Any other decision (and an
+    /// SMTP message end) takes exactly one.
+    pub fn respond_each(
+        &mut self,
+        ticket: Ticket,
+        decisions: impl IntoIterator<Item = Decision>,
+    ) -> Result<(), Misuse> {
+        let decisions: Vec<Decision> = decisions.into_iter().collect();
+        let expected = match self.pending {
+            Some((seq, _)) if seq != ticket.seq => {
+                return Err(Misuse {
+                    ticket: Some(ticket),
+                    kind: MisuseKind::UnknownTicket,
+                });
+            }
+            Some((_, Pending::MessageEnd)) if self.config.lmtp => self.txn.recipients,
+            _ => 1,
+        };
+        if decisions.len() != expected {
+            return Err(Misuse {
+                ticket: Some(ticket),
+                kind: MisuseKind::WrongReplyCount,
+            });
+        }
+        let what = self.take_pending(ticket)?;
+        self.apply_decision(what, decisions.into_iter());
+        Ok(())
+    }
+
+    pub(super) fn take_pending(&mut self, ticket: Ticket) -> Result<Pending, Misuse> {
+        match self.pending {
+            Some((seq, what)) if seq == ticket.seq => {
+                self.pending = None;
+                Ok(what)
+            }
+            _ => Err(Misuse {
+                ticket: Some(ticket),
+                kind: MisuseKind::UnknownTicket,
+            }),
+        }
+    }
+
+    pub(super) fn apply_decision(
+        &mut self,
+        what: Pending,
+        mut decisions: impl Iterator<Item = Decision>,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        // The client's clock restarts once we answered.
+        self.arm(self.config.timeouts.command);
+        let decision = decisions.next().unwrap_or(Decision::Accept);
+        let accepted = decision.accepted();
+        let closes = matches!(&decision, Decision::Reply(r) if r.code() == 421);
+        let line = std::mem::take(&mut self.pending_line);
+        self.decided = None;
+        match what {
+            Pending::Connect => {
+                let greeting = Reply::plain(
+                    220,
+                    format!("{} {}", self.config.hostname, greeting_text(&self.config)),
+                );
+                match decision {
+                    Decision::Accept => self.queue_greeting(&greeting),
+                    Decision::Reply(r) if r.code() < 400 => self.queue_greeting(&r),
+                    Decision::Reply(r) => {
+                        self.queue(&r);
+                        if r.is_transient() {
+                            self.close(CloseReason::Rejected);
+                        } else {
+                            self.phase = Phase::NoService;
+                        }
+                    }
+                }
+            }
+            Pending::Helo(kind) => {
+                if accepted {
+                    let name = self.input.get(self.start..self.start + line).unwrap_or(&[]);
+                    let name = helo_argument(name);
+                    self.helo_name.clear();
+                    self.helo_name.push_str(name);
+                    self.reset_transaction();
+                    self.helo = Some(kind);
+                }
+                match decision {
+                    Decision::Accept if kind == HeloKind::Helo => {
+                        let r = Reply::plain(250, self.config.hostname.clone());
+                        self.queue(&r);
+                    }
+                    Decision::Accept => {
+                        let r = self.ehlo_reply(None);
+                        self.queue(&r);
+                    }
+                    Decision::Reply(r) if r.code() < 400 && kind != HeloKind::Helo => {
+                        let r = self.ehlo_reply(Some(r.text()));
+                        self.queue(&r);
+                    }
+                    Decision::Reply(r) if r.code() < 400 => self.queue(&r),
+                    Decision::Reply(r) => self.queue_counted(&r),
+                }
+            }
+            Pending::Mail { smtputf8, body } => {
+                if accepted {
+                    self.txn = Transaction {
+                        mail: true,
+                        smtputf8,
+                        body,
+                        ..Transaction::default()
+                    };
+                }
+                self.queue_decision(decision, &Reply::SENDER_OK);
+            }
+            Pending::Rcpt => {
+                if accepted {
+                    self.txn.recipients += 1;
+                }
+                self.queue_decision(decision, &Reply::RECIPIENT_OK);
+            }
+            Pending::Verify => self.queue_decision(decision, &Reply::CANNOT_VRFY),
+            Pending::Auth => {
+                let user = self.auth_user.take();
+                if accepted {
+                    self.authenticated = user;
+                }
+                self.queue_decision(decision, &Reply::AUTH_OK);
+            }
+            Pending::MessageEnd => {
+                let reply = |d: Decision| match d {
+                    Decision::Accept => Reply::MESSAGE_ACCEPTED,
+                    Decision::Reply(r) => r,
+                };
+                self.queue(&reply(decision));
+                for d in decisions {
+                    self.queue(&reply(d));
+                }
+                self.messages += 1;
+                self.txn = Transaction::default();
+                self.phase = Phase::Command;
+            }
+        }
+        self.consume(line);
+        self.scan = 0;
+        if closes {
+            // RFC 5321 §3.8: after a 421 the server closes the channel.
+            self.close(CloseReason::Rejected);
+        }
+    }
+
+    pub(super) fn queue_decision(&mut self, decision: Decision, default: &Reply) {
+        match decision {
+            Decision::Accept => self.queue(default),
+            Decision::Reply(r) if r.code() < 400 => self.queue(&r),
+            Decision::Reply(r) => self.queue_counted(&r),
+        }
+    }
+}

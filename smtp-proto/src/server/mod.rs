@@ -1,0 +1,1020 @@
+//! The server session: a pure SMTP/LMTP state machine.
+//!
+//! A [`Session`] is one connection's protocol state. It owns no socket, reads
+//! no clock and starts no thread: the caller moves bytes and time in and out.
+//!
+//! # The calling contract
+//!
+//! **Inputs**
+//! - [`Session::read_buf`] + [`Session::filled`] (zero-copy), or
+//!   [`Session::receive`]: bytes from the client, with the current time.
+//! - [`Session::receive_eof`]: the client closed its side.
+//! - [`Session::handle_timeout`]: the instant from [`Session::poll_timeout`] passed.
+//! - [`Session::tls_established`] / [`Session::tls_failed`]: after [`Event::StartTls`].
+//! - [`Session::shutdown`]: the server is stopping.
+//!
+//! **Outputs** — after every input, drain them until idle:
+//! - [`Session::poll_event`] until it returns `None`. Events that need a
+//!   decision carry a [`Ticket`]; nothing more is parsed until it is answered
+//!   with [`Session::respond`] (or [`Session::respond_each`] for LMTP message
+//!   ends). The answer may come much later, from an async task.
+//! - [`Session::transmit`] + [`Session::transmitted`]: reply bytes to write,
+//!   always in command order (so PIPELINING needs nothing from the caller).
+//! - [`Session::poll_timeout`]: when to call [`Session::handle_timeout`].
+//! - [`Session::wants_read`], [`Session::is_closed`]: whether to read more,
+//!   and whether to close the connection once `transmit()` is empty.
+//!
+//! Client misbehaviour is answered with an SMTP reply (and sometimes an
+//! informational event); `Err` is only for misuse of this API.
+//!
+//! # Theory of operation
+//!
+//! Rules of this module (each file below keeps to them):
+//! 1. Everything that affects the protocol state lives in [`Session`]; the
+//!    caller only moves bytes and time.
+//! 2. **line → command → outcome → event.** The input buffer (`input.rs`)
+//!    frames one complete line (CRLF only: a bare LF is answered, an
+//!    over-long line is poisoned to its end and answered once); the
+//!    command semantics (`verbs.rs`) turn it into a command and an outcome:
+//!    a reply the core gives itself, or an event that needs a decision.
+//! 3. **Nothing is parsed while a decision is pending** (`decision.rs`):
+//!    the event carries a [`Ticket`], the answer queues the reply, and only
+//!    then is the next pipelined line looked at. So replies leave in command
+//!    order, and an async handler can answer much later.
+//! 4. Replies are written to one bounded output queue (`output.rs`); past
+//!    [`crate::config::Limits::max_pending_output`] the session stops
+//!    reading instead of buffering more.
+//! 5. Bodies (`body.rs`) go out as borrowed, dot-unstuffed chunks; the end
+//!    of data is only `CRLF . CRLF`, and the content policies (bare LF/CR,
+//!    NUL, long lines, size) are checked as the bytes pass.
+//! 6. Time is an input (`time.rs`): deadlines move only when a complete
+//!    command arrives, so a client trickling bytes cannot keep a session.
+//! 7. AUTH (`auth.rs`) reads SASL responses line by line with its own
+//!    line bound; credentials never reach `Debug` output.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use smtp_proto::config::Config;
+//! use smtp_proto::server::{Decision, Event, PeerInfo, Session};
+//!
+//! let mut s = Session::new(Arc::new(Config::new("mx.example")), PeerInfo::default(), Instant::now());
+//! let mut body = Vec::new();
+//! let mut feed = |s: &mut Session, input: &[u8], body: &mut Vec<u8>| {
+//!     s.receive(input, Instant::now());
+//!     while let Some(ev) = s.poll_event() {
+//!         match ev {
+//!             Event::Body(chunk) => body.extend_from_slice(chunk),
+//!             ev => if let Some(ticket) = ev.into_ticket() {
+//!                 s.respond(ticket, Decision::Accept).unwrap();
+//!             },
+//!         }
+//!     }
+//!     let out = String::from_utf8_lossy(s.transmit()).into_owned();
+//!     let n = s.transmit().len();
+//!     s.transmitted(n);
+//!     out
+//! };
+//! assert!(feed(&mut s, b"", &mut body).starts_with("220 mx.example"));
+//! assert!(feed(&mut s, b"EHLO client.example\r\n", &mut body).contains("250-PIPELINING"));
+//! let out = feed(&mut s, b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n", &mut body);
+//! assert_eq!(out, "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+//! let out = feed(&mut s, b"Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n", &mut body);
+//! assert_eq!(out, "250 2.0.0 Message accepted for delivery\r\n221 2.0.0 Bye\r\n");
+//! assert_eq!(body, b"Subject: hi\r\n\r\n.dot\r\n");
+//! assert!(s.is_closed());
+//! ```
+
+use crate::command::{
+    BodyType, Command, ForwardPath, MailParams, ParseError, RcptParams, ReversePath,
+};
+use crate::config::{Config, Extensions, ViolationPolicy};
+use crate::data::{DataDecoder, LineChecker};
+use crate::decided::Decided;
+use crate::parse::parse_command;
+use crate::reply::Reply;
+use crate::sasl::{Credentials, Mechanism, SaslExchange, SaslStep};
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod auth;
+mod body;
+mod decision;
+mod input;
+mod output;
+mod time;
+mod verbs;
+
+/// The longest AUTH response line (RFC 4954 §4: 12288 octets).
+const MAX_AUTH_LINE: usize = 12288 + 2;
+
+/// Facts about the TLS layer, for the Received header and the handler.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite name, e.g. `TLS_AES_128_GCM_SHA256`.
+    pub cipher: String,
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerInfo {
+    /// The client's address (replaced by the PROXY header's source when one is used).
+    pub remote: Option<SocketAddr>,
+    /// Our address (replaced by the PROXY header's destination when one is used).
+    pub local: Option<SocketAddr>,
+    /// Set when the connection is TLS from the start (implicit TLS, RFC 8314).
+    pub tls: Option<TlsInfo>,
+}
+
+impl PeerInfo {
+    /// A peer with the given remote address.
+    pub fn new(remote: SocketAddr) -> Self {
+        PeerInfo {
+            remote: Some(remote),
+            ..PeerInfo::default()
+        }
+    }
+}
+
+/// Which greeting command the client used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeloKind {
+    /// `HELO` (plain SMTP).
+    Helo,
+    /// `EHLO` (ESMTP).
+    Ehlo,
+    /// `LHLO` (LMTP).
+    Lhlo,
+}
+
+/// How the body of the current message is being transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `DATA`, dot-stuffed.
+    Data,
+    /// `BDAT` chunks (RFC 3030).
+    Bdat,
+}
+
+/// Why a message body was thrown away (nothing of it may be delivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// It grew past the size limit (`552 5.3.4`).
+    TooBig,
+    /// It contained a bare LF or bare CR (`550 5.5.2`).
+    BareLineEnding,
+    /// A line was longer than the limit (`550 5.6.0`).
+    LongLine,
+    /// It contained a NUL octet (`550 5.6.0`; see `Limits::nul_bytes`).
+    NulByte,
+    /// The connection closed before the end of the body.
+    Disconnected,
+    /// The client stopped sending (`421 4.4.2`).
+    Timeout,
+    /// The server shut down or aborted the session.
+    Shutdown,
+    /// A BDAT chunk was refused (e.g. no valid recipients).
+    Refused,
+}
+
+/// Protocol hygiene violations (reported; see [`crate::config::ViolationPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// The client sent bytes before the greeting was sent.
+    PreGreeting,
+    /// The client sent more commands after one that must end a pipelining
+    /// group (EHLO, DATA, NOOP, QUIT, …), or pipelined without PIPELINING.
+    Pipelining {
+        /// The command after which input was waiting.
+        after: &'static str,
+    },
+    /// Plaintext bytes after STARTTLS were discarded (CVE-2011-0411 class).
+    StartTlsInjection,
+    /// The PROXY protocol header was missing or invalid.
+    InvalidProxyHeader,
+}
+
+/// Why the session closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent QUIT.
+    Quit,
+    /// The client closed the connection.
+    Eof,
+    /// A timeout expired.
+    Timeout,
+    /// Too many errors.
+    TooManyErrors,
+    /// A protocol violation under the disconnect policy, or a bad PROXY header.
+    Violation,
+    /// The connection was refused at connect time with a 4xx reply.
+    Rejected,
+    /// The server shut down.
+    Shutdown,
+    /// The TLS handshake failed.
+    TlsFailed,
+    /// The application aborted the session (e.g. a handler panicked).
+    Aborted,
+    /// The connection failed or was dropped before the session closed
+    /// (a reset, a failed write, a write timeout, an aborted task).
+    ConnectionLost,
+}
+
+/// A single-use token for an event that needs a decision.
+///
+/// Hand it back to [`Session::respond`]. It can cross an `.await`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a decision event holds the session until it is answered"]
+pub struct Ticket {
+    seq: u64,
+}
+
+#[cfg(test)]
+impl Ticket {
+    pub(crate) fn for_test(seq: u64) -> Ticket {
+        Ticket { seq }
+    }
+}
+
+/// The application's answer to a decision event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Accept with the core's usual reply for that command.
+    Accept,
+    /// Answer with this reply (a 2xx accepts; 4xx/5xx refuse).
+    Reply(Reply),
+}
+
+impl From<Reply> for Decision {
+    fn from(r: Reply) -> Self {
+        Decision::Reply(r)
+    }
+}
+
+impl Decision {
+    fn accepted(&self) -> bool {
+        match self {
+            Decision::Accept => true,
+            Decision::Reply(r) => r.code() < 400,
+        }
+    }
+}
+
+/// Misuse of the session API (never caused by the client).
+#[derive(Debug)]
+pub struct Misuse {
+    /// The ticket, handed back when it is still valid.
+    pub ticket: Option<Ticket>,
+    /// What was wrong.
+    pub kind: MisuseKind,
+}
+
+/// What was wrong in a [`Misuse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MisuseKind {
+    /// The ticket does not belong to the decision the session is waiting for.
+    UnknownTicket,
+    /// [`Session::respond_each`] got a number of decisions other than the
+    /// number of accepted recipients.
+    WrongReplyCount,
+    /// [`Session::tls_established`] without a preceding [`Event::StartTls`].
+    NotStartingTls,
+}
+
+impl fmt::Display for Misuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session API misuse: {:?}", self.kind)
+    }
+}
+
+impl std::error::Error for Misuse {}
+
+/// What the session has to say. Decision events carry a [`Ticket`].
+#[derive(Debug)]
+#[must_use]
+pub enum Event<'a> {
+    /// A client connected (after the PROXY header, if any): accept it
+    /// (the greeting is sent) or refuse it (4xx closes; 5xx answers every
+    /// later command with `503` until QUIT, RFC 5321 §3.1).
+    Connect {
+        /// Answer with [`Session::respond`].
+        ticket: Ticket,
+        /// The peer (the PROXY header's source when enabled).
+        peer: &'a PeerInfo,
+    },
+    /// HELO, EHLO or LHLO.
+    Helo {
+        /// Answer with [`Session::respond`].
+        ticket: Ticket,
+        /// Which command.
+        kind: HeloKind,
+        /// The claimed client name.
+        domain: &'a str,
+    },
+    /// MAIL FROM, already checked against the advertised extensions.
+    Mail {
+        /// Answer with [`Session::respond`].
+        ticket: Ticket,
+        /// The reverse path.
+        from: ReversePath<'a>,
+        /// The parameters.
+        params: MailParams<'a>,
+    },
+    /// RCPT TO, already checked against limits and extensions.
+    Rcpt {
+        /// Answer with [`Session::respond`].
+        ticket: Ticket,
+        /// The forward path.
+        to: ForwardPath<'a>,
+        /// The parameters.
+        params: RcptParams<'a>,
+    },
+    /// VRFY or EXPN. Accepting sends `252 2.5.0`.
+    Verify {
+        /// Answer with [`Session::respond`].
+        ticket: Ticket,
+        /// The argument.
+        arg: &'a str,
+        /// `true` for EXPN.
+        expand: bool,
+    },
+    /// AUTH finished its SASL exchange: check the credentials.
+    Auth {
+        /// Answer with [`Session::respond`] (accept sends `235 2.7.0`).
+        ticket: Ticket,
+        /// What the client sent (the password is hidden from `Debug`).
+        credentials: Credentials,
+    },
+    /// A message body starts (after `354`, or with the first BDAT chunk).
+    BodyStart {
+        /// DATA or BDAT.
+        kind: BodyKind,
+    },
+    /// Body bytes, dot-unstuffed, in order. Valid until the next call.
+    Body(&'a [u8]),
+    /// The body is complete and passed every check: store it, then answer.
+    /// In LMTP answer with [`Session::respond_each`], one decision per
+    /// accepted recipient, in order.
+    MessageEnd {
+        /// Answer with [`Session::respond`] or [`Session::respond_each`].
+        ticket: Ticket,
+        /// Body size in octets.
+        size: u64,
+        /// Accepted recipients.
+        recipients: usize,
+    },
+    /// The body seen so far must be discarded; the core has answered.
+    MessageAborted(AbortReason),
+    /// The transaction (MAIL and RCPTs accepted so far) was reset.
+    Reset,
+    /// Flush [`Session::transmit`], then start the TLS handshake and report
+    /// it with [`Session::tls_established`] or [`Session::tls_failed`].
+    StartTls,
+    /// A hygiene violation was seen.
+    Violation(Violation),
+    /// The client is past the soft error limit: wait this long before
+    /// sending more replies.
+    Throttle(Duration),
+    /// The session is closing: write what [`Session::transmit`] holds, then close.
+    Closing(CloseReason),
+}
+
+impl Event<'_> {
+    /// Takes the ticket out of a decision event (`None` for informational events).
+    pub fn into_ticket(self) -> Option<Ticket> {
+        match self {
+            Event::Connect { ticket, .. }
+            | Event::Helo { ticket, .. }
+            | Event::Mail { ticket, .. }
+            | Event::Rcpt { ticket, .. }
+            | Event::Verify { ticket, .. }
+            | Event::Auth { ticket, .. }
+            | Event::MessageEnd { ticket, .. } => Some(ticket),
+            _ => None,
+        }
+    }
+}
+
+/// Informational events waiting to be handed out.
+#[derive(Debug, Clone, Copy)]
+enum Notice {
+    BodyStart(BodyKind),
+    Aborted(AbortReason),
+    Reset,
+    StartTls,
+    Violation(Violation),
+    Throttle(Duration),
+    Closing(CloseReason),
+}
+
+impl Notice {
+    fn into_event<'a>(self) -> Event<'a> {
+        match self {
+            Notice::BodyStart(kind) => Event::BodyStart { kind },
+            Notice::Aborted(r) => Event::MessageAborted(r),
+            Notice::Reset => Event::Reset,
+            Notice::StartTls => Event::StartTls,
+            Notice::Violation(v) => Event::Violation(v),
+            Notice::Throttle(d) => Event::Throttle(d),
+            Notice::Closing(r) => Event::Closing(r),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the PROXY protocol header.
+    Proxy,
+    /// Waiting to hand out the connect decision.
+    Connect,
+    /// Connection refused with 5xx: only QUIT is served.
+    NoService,
+    /// Reading command lines.
+    Command,
+    /// Inside a DATA body.
+    Data,
+    /// Inside a BDAT chunk; `refuse` is the reply sent after it is consumed.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refuse: Option<Reply>,
+    },
+    /// A SASL exchange is running.
+    Auth(SaslExchange),
+    /// `220` to STARTTLS is queued; the caller does the handshake.
+    StartTls,
+    /// Nothing more is read.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Connect,
+    Helo(HeloKind),
+    Mail { smtputf8: bool, body: BodyType },
+    Rcpt,
+    Verify,
+    Auth,
+    MessageEnd,
+}
+
+/// What a decision event will be made of, once the state is updated.
+#[derive(Debug)]
+enum Emit {
+    /// Re-parse the pending command line (it stays in the buffer).
+    Command,
+    Connect,
+    Auth(Credentials),
+    MessageEnd,
+    Body {
+        start: usize,
+        end: usize,
+    },
+}
+
+/// What a step of the parser produced.
+#[derive(Debug)]
+enum Step {
+    /// Nothing more can happen without input, an answer, or output space.
+    Idle,
+    /// State changed; look again.
+    Continue,
+    /// Hand this out.
+    Emit(Emit),
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    mail: bool,
+    smtputf8: bool,
+    body: BodyType,
+    recipients: usize,
+    body_kind: Option<BodyKind>,
+    body_len: u64,
+    too_big: bool,
+    /// A NUL octet was seen in the body (only looked for when refused).
+    nul: bool,
+}
+
+/// One SMTP/LMTP server session. See the [module docs](self) for the contract.
+pub struct Session {
+    config: Arc<Config>,
+    ext: Extensions,
+    extra_keywords: Vec<String>,
+    peer: PeerInfo,
+    phase: Phase,
+    // Input: `input[start..end]` is unprocessed.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes after `start` already searched for a line end.
+    scan: usize,
+    /// Discarding an over-long line until its CRLF.
+    poisoned: bool,
+    /// While poisoned: the last discarded byte was a CR.
+    scan_cr: bool,
+    /// The line being scanned follows a bare LF that was already answered:
+    /// its rest, up to the CRLF, is dropped without a second answer.
+    after_bare_lf: bool,
+    /// Bytes at `start` to drop on the next call (the last Body event).
+    release: usize,
+    /// Length of the command line (with CRLF) waiting for a decision.
+    pending_line: usize,
+    /// The pending line's command, parsed (see [`Decided`]).
+    decided: Option<Decided>,
+    // Output.
+    out: Vec<u8>,
+    out_pos: usize,
+    greeting_queued: bool,
+    greeting_sent: bool,
+    notices: VecDeque<Notice>,
+    /// An event [`Session::has_event`] prepared and [`Session::poll_event`] hands out next.
+    ready: Option<Emit>,
+    pending: Option<(u64, Pending)>,
+    seq: u64,
+    // Protocol state.
+    helo: Option<HeloKind>,
+    helo_name: String,
+    authenticated: Option<String>,
+    /// The user name of an AUTH exchange awaiting its decision.
+    auth_user: Option<String>,
+    txn: Transaction,
+    decoder: DataDecoder,
+    checker: LineChecker,
+    messages: u32,
+    errors: u32,
+    junk: u32,
+    shutting_down: bool,
+    // Time.
+    now: Instant,
+    deadline: Option<Instant>,
+    /// When the last input arrived (for releasing idle buffers).
+    last_input: Instant,
+    /// The buffers were released since that input (released once per
+    /// silence: an adapter's next read wants a small buffer again).
+    released: bool,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.peer)
+            .field("phase", &self.phase)
+            .field("helo", &self.helo)
+            .field("authenticated", &self.authenticated.is_some())
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Starts a session for a new connection at time `now`.
+    ///
+    /// Without the PROXY protocol, the first event is [`Event::Connect`].
+    pub fn new(config: Arc<Config>, peer: PeerInfo, now: Instant) -> Session {
+        let mut ext = config.extensions.clone();
+        if peer.tls.is_some() {
+            ext.starttls = false;
+        }
+        let phase = if config.proxy_protocol {
+            Phase::Proxy
+        } else {
+            Phase::Connect
+        };
+        let deadline = config.proxy_protocol.then(|| now + config.timeouts.command);
+        Session {
+            decoder: DataDecoder::new(config.limits.max_text_line),
+            checker: LineChecker::new(config.limits.max_text_line),
+            ext,
+            extra_keywords: Vec::new(),
+            peer,
+            phase,
+            input: Vec::new(),
+            start: 0,
+            end: 0,
+            scan: 0,
+            poisoned: false,
+            scan_cr: false,
+            after_bare_lf: false,
+            release: 0,
+            pending_line: 0,
+            decided: None,
+            out: Vec::new(),
+            out_pos: 0,
+            greeting_queued: false,
+            greeting_sent: false,
+            notices: VecDeque::new(),
+            ready: None,
+            pending: None,
+            seq: 0,
+            helo: None,
+            helo_name: String::new(),
+            authenticated: None,
+            auth_user: None,
+            txn: Transaction::default(),
+            messages: 0,
+            errors: 0,
+            junk: 0,
+            shutting_down: false,
+            now,
+            deadline,
+            last_input: now,
+            released: false,
+            config,
+        }
+    }
+
+    // ----- getters -----
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The peer (after the PROXY header, if any).
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// The HELO/EHLO/LHLO name, once accepted.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.map(|_| self.helo_name.as_str())
+    }
+
+    /// The greeting command used, once accepted.
+    pub fn helo_kind(&self) -> Option<HeloKind> {
+        self.helo
+    }
+
+    /// Whether the connection is under TLS.
+    pub fn is_tls(&self) -> bool {
+        self.peer.tls.is_some()
+    }
+
+    /// The authenticated user name, if AUTH succeeded.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// Whether the current transaction said SMTPUTF8.
+    pub fn is_smtputf8(&self) -> bool {
+        self.txn.smtputf8
+    }
+
+    /// The current transaction's BODY type.
+    pub fn body_type(&self) -> BodyType {
+        self.txn.body
+    }
+
+    /// The extensions this session advertises. Change them (e.g. at the
+    /// connect or EHLO decision) to hide a keyword from one client.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.ext
+    }
+
+    /// Adds an extra EHLO keyword line (e.g. `"XCLIENT NAME ADDR"`).
+    pub fn add_ehlo_keyword(&mut self, keyword: impl Into<String>) {
+        let k: String = keyword.into();
+        if !k.contains(['\r', '\n']) {
+            self.extra_keywords.push(k);
+        }
+    }
+
+    /// Whether a decision is awaited (nothing is parsed meanwhile).
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether the session is over: once [`Session::transmit`] is empty,
+    /// close the connection.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Whether the caller should read from the socket now. False while the
+    /// input buffer is full, while replies pile up unread (backpressure),
+    /// during the STARTTLS handshake, and once closed.
+    pub fn wants_read(&self) -> bool {
+        !matches!(self.phase, Phase::Closed | Phase::StartTls)
+            && !self.output_full()
+            && self.end - self.start < self.input_capacity()
+    }
+
+    /// Whether there are bytes to write.
+    pub fn wants_write(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] succeeded: the session
+    /// forgets everything learned before (RFC 3207 §4.2) and expects EHLO.
+    pub fn tls_established(&mut self, info: TlsInfo) -> Result<(), Misuse> {
+        if !matches!(self.phase, Phase::StartTls) {
+            return Err(Misuse {
+                ticket: None,
+                kind: MisuseKind::NotStartingTls,
+            });
+        }
+        self.peer.tls = Some(info);
+        self.ext.starttls = false;
+        self.helo = None;
+        self.helo_name.clear();
+        self.authenticated = None;
+        self.txn = Transaction::default();
+        self.start = self.end;
+        self.scan = 0;
+        self.phase = Phase::Command;
+        self.arm(self.config.timeouts.command);
+        Ok(())
+    }
+
+    /// The TLS handshake failed: the session closes without a reply (the
+    /// stream is no longer plaintext SMTP).
+    pub fn tls_failed(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.close(CloseReason::TlsFailed);
+    }
+
+    /// Starts a graceful shutdown: between transactions the session answers
+    /// `421 4.3.2` at once and closes; inside one, after the message's reply.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.check_shutdown();
+    }
+
+    /// Closes a shutting-down session once no transaction is open.
+    fn check_shutdown(&mut self) {
+        let idle = matches!(
+            self.phase,
+            Phase::Command
+                | Phase::Auth(_)
+                | Phase::NoService
+                | Phase::StartTls
+                | Phase::Connect
+                | Phase::Proxy
+        );
+        if self.shutting_down
+            && idle
+            && !self.txn.mail
+            && self.pending.is_none()
+            && !self.is_closed()
+        {
+            self.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown);
+        }
+    }
+
+    /// Ends the session now with `reply` (e.g. `421 4.3.0` after a handler
+    /// panic, or at the end of a shutdown grace period). A body in progress is
+    /// aborted; a pending decision is dropped.
+    pub fn abort(&mut self, reply: Reply, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.apply_release();
+        self.pending = None;
+        self.abort_body(AbortReason::Shutdown);
+        if !matches!(self.phase, Phase::Proxy | Phase::StartTls) {
+            self.queue(&reply);
+        }
+        self.close(reason);
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if !self.is_closed() {
+            self.phase = Phase::Closed;
+            self.deadline = None;
+            self.start = 0;
+            self.end = 0;
+            self.scan = 0;
+            self.release = 0;
+            self.poisoned = false;
+            self.pending_line = 0;
+            self.decided = None;
+            self.notices.push_back(Notice::Closing(reason));
+        }
+    }
+}
+
+/// The smallest input buffer: a PROXY v2 header or an AUTH line must fit.
+const MIN_INPUT: usize = MAX_AUTH_LINE + 64;
+
+// What each extension's parameter may add to a MAIL or RCPT line
+// (RFC 1869 §4.1.2), leading space included.
+/// ` SIZE=` and 20 digits (RFC 1870 §3: 26).
+const ROOM_SIZE: usize = 26;
+/// ` BODY=BINARYMIME` (RFC 6152, RFC 3030).
+const ROOM_BODY: usize = 16;
+/// ` SMTPUTF8` (RFC 6531 §3.4: 10).
+const ROOM_SMTPUTF8: usize = 10;
+/// ` RET=HDRS` (RFC 3461 §4.3).
+const ROOM_RET: usize = 9;
+/// ` ENVID=` and 100 octets (RFC 3461 §4.4).
+const ROOM_ENVID: usize = 107;
+/// ` AUTH=` value (RFC 4954 §5: 500).
+const ROOM_AUTH: usize = 500;
+/// ` REQUIRETLS` (RFC 8689).
+const ROOM_REQUIRETLS: usize = 11;
+/// ` NOTIFY=SUCCESS,FAILURE,DELAY` (RFC 3461 §4.1).
+const ROOM_NOTIFY: usize = 29;
+/// ` ORCPT=` and 500 octets (RFC 3461 §4.2).
+const ROOM_ORCPT: usize = 507;
+/// The most any MAIL or RCPT line may add.
+const MAX_PARAM_ROOM: usize =
+    ROOM_SIZE + ROOM_BODY + ROOM_SMTPUTF8 + ROOM_RET + ROOM_ENVID + ROOM_AUTH + ROOM_REQUIRETLS;
+
+/// What [`Session::next_line`] found.
+#[derive(Debug)]
+enum Line {
+    /// A command line of this many octets, CRLF included (not consumed).
+    Complete(usize),
+    /// A refused line (consumed): answer this.
+    Refused(Reply),
+    /// The rest of a line answered at its bare LF (consumed): no answer.
+    Dropped,
+}
+
+/// The greeting text after the host name: in LMTP a leading `ESMTP` word
+/// says `LMTP` instead.
+fn greeting_text(config: &Config) -> std::borrow::Cow<'_, str> {
+    let g = config.greeting.as_str();
+    match g.strip_prefix("ESMTP") {
+        Some(rest) if config.lmtp && (rest.is_empty() || rest.starts_with(' ')) => {
+            format!("LMTP{rest}").into()
+        }
+        _ => g.into(),
+    }
+}
+
+/// The input buffer's first size, until a body or a long line needs more.
+const INITIAL_INPUT: usize = 1024;
+
+/// What the state machine needs of a parsed command (owned, so the
+/// input buffer is free again).
+#[derive(Debug)]
+enum Cmd {
+    Helo(HeloKind),
+    Mail(MailSummary),
+    Rcpt { dsn: bool },
+    Data,
+    Bdat { size: u64, last: bool },
+    Rset,
+    Noop,
+    Quit,
+    Verify,
+    Help,
+    StartTls,
+    Auth(Option<(Mechanism, SaslExchange, SaslStep)>),
+}
+
+#[derive(Debug)]
+struct MailSummary {
+    size: Option<u64>,
+    body: Option<BodyType>,
+    smtputf8: bool,
+    dsn: bool,
+    auth: bool,
+    requiretls: bool,
+}
+
+impl From<&Command<'_>> for Cmd {
+    fn from(c: &Command<'_>) -> Self {
+        match *c {
+            Command::Helo { .. } => Cmd::Helo(HeloKind::Helo),
+            Command::Ehlo { .. } => Cmd::Helo(HeloKind::Ehlo),
+            Command::Lhlo { .. } => Cmd::Helo(HeloKind::Lhlo),
+            Command::Mail { ref params, .. } => Cmd::Mail(MailSummary {
+                size: params.size,
+                body: params.body,
+                smtputf8: params.smtputf8,
+                dsn: params.ret.is_some() || params.envid.is_some(),
+                auth: params.auth.is_some(),
+                requiretls: params.requiretls,
+            }),
+            Command::Rcpt { ref params, .. } => Cmd::Rcpt {
+                dsn: params.notify.is_some() || params.orcpt.is_some(),
+            },
+            Command::Data => Cmd::Data,
+            Command::Bdat { size, last } => Cmd::Bdat { size, last },
+            Command::Rset => Cmd::Rset,
+            Command::Noop => Cmd::Noop,
+            Command::Quit => Cmd::Quit,
+            Command::Vrfy { .. } | Command::Expn { .. } => Cmd::Verify,
+            Command::Help { .. } => Cmd::Help,
+            Command::StartTls => Cmd::StartTls,
+            Command::Auth { mechanism, initial } => {
+                Cmd::Auth(Mechanism::from_name(mechanism).map(|m| {
+                    let (ex, step) = SaslExchange::start(m, initial);
+                    (m, ex, step)
+                }))
+            }
+        }
+    }
+}
+
+/// Commands after which a client must wait for the reply (RFC 2920 §3.1).
+fn is_sync_point(c: &Command<'_>) -> bool {
+    matches!(
+        c,
+        Command::Helo { .. }
+            | Command::Ehlo { .. }
+            | Command::Lhlo { .. }
+            | Command::Data
+            | Command::Vrfy { .. }
+            | Command::Expn { .. }
+            | Command::Noop
+            | Command::Quit
+            | Command::Help { .. }
+            | Command::StartTls
+            | Command::Auth { initial: None, .. }
+    )
+}
+
+/// What a command does.
+#[derive(Debug)]
+enum Outcome {
+    /// Ask the application.
+    Decide(Pending),
+    /// Queue this reply.
+    Reply(Reply),
+    /// Queue this reply and count an error.
+    Error(Reply),
+    /// The state was updated and any reply queued.
+    Done,
+    /// Hand out this event (the line is consumed).
+    Emit(Emit),
+}
+
+fn parse_error_reply(e: ParseError) -> Reply {
+    match e {
+        ParseError::UnknownCommand => Reply::UNKNOWN_COMMAND,
+        ParseError::Syntax => Reply::SYNTAX_ERROR,
+        ParseError::BadSender => Reply::BAD_SENDER,
+        ParseError::BadRecipient => Reply::BAD_RECIPIENT,
+        ParseError::UnknownParameter => Reply::UNKNOWN_PARAMETER,
+        ParseError::BadParameterValue => Reply::BAD_PARAMETER,
+        ParseError::Utf8NotPermitted => Reply::UTF8_NOT_PERMITTED,
+    }
+}
+
+/// The argument of a HELO/EHLO/LHLO line (with CRLF).
+fn helo_argument(line: &[u8]) -> &str {
+    let text = std::str::from_utf8(line).unwrap_or("");
+    let text = text.trim_end_matches(['\r', '\n']);
+    text.get(4..).unwrap_or("").trim()
+}
+
+/// The decision event for a decided command (HELO/EHLO/LHLO, MAIL, RCPT,
+/// VRFY, EXPN) parsed from the pending line.
+pub(crate) fn command_event(cmd: Command<'_>, ticket: Ticket) -> Event<'_> {
+    match cmd {
+        Command::Helo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Helo,
+            domain,
+        },
+        Command::Ehlo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Ehlo,
+            domain,
+        },
+        Command::Lhlo { domain } => Event::Helo {
+            ticket,
+            kind: HeloKind::Lhlo,
+            domain,
+        },
+        Command::Mail { from, params } => Event::Mail {
+            ticket,
+            from,
+            params,
+        },
+        Command::Rcpt { to, params } => Event::Rcpt { ticket, to, params },
+        Command::Vrfy { arg } => Event::Verify {
+            ticket,
+            arg,
+            expand: false,
+        },
+        Command::Expn { arg } => Event::Verify {
+            ticket,
+            arg,
+            expand: true,
+        },
+        _ => unreachable_command(ticket),
+    }
+}
+
+#[cold]
+fn unreachable_command(ticket: Ticket) -> Event<'static> {
+    // Only reachable if parse_command were not deterministic.
+    Event::Verify {
+        ticket,
+        arg: "",
+        expand: false,
+    }
+}

@@ -1,0 +1,198 @@
+//! The output side: replies queued in command order, the error and junk counters, and the EHLO and Received texts.
+
+use super::*;
+use crate::trace::{ReceivedHeader, WithProtocol};
+
+impl Session {
+    // ----- output -----
+
+    /// Bytes to send to the client.
+    pub fn transmit(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// Reports that `n` bytes of [`Session::transmit`] were written.
+    pub fn transmitted(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.greeting_queued {
+                self.greeting_sent = true;
+            }
+        }
+    }
+
+    pub(super) fn output_full(&self) -> bool {
+        self.out.len() - self.out_pos > self.config.limits.max_pending_output
+    }
+
+    /// The `Received:` header for the current message (RFC 5321 §4.4), with
+    /// the `with` protocol from the session state (RFC 3848, RFC 6531).
+    /// `timestamp` is Unix seconds; the core has no clock.
+    pub fn received_header(
+        &self,
+        id: Option<&str>,
+        for_recipient: Option<&str>,
+        timestamp: i64,
+        utc_offset_minutes: i16,
+    ) -> Vec<u8> {
+        let tls = self.peer.tls.as_ref().map(|t| crate::trace::TlsInfo {
+            version: &t.version,
+            cipher: &t.cipher,
+        });
+        let header = ReceivedHeader {
+            helo: self.helo_name(),
+            peer_ip: self.peer.remote.map(|a| a.ip()),
+            peer_name: None,
+            by: &self.config.hostname,
+            protocol: WithProtocol::new(
+                self.config.lmtp,
+                !matches!(self.helo, Some(HeloKind::Helo) | None),
+                self.peer.tls.is_some(),
+                self.authenticated.is_some(),
+                self.txn.smtputf8,
+            ),
+            id,
+            for_recipient,
+            tls,
+            timestamp,
+            utc_offset_minutes,
+        };
+        header.to_vec()
+    }
+
+    pub(super) fn queue(&mut self, reply: &Reply) {
+        // RFC 2034: enhanced codes go to clients that saw them advertised
+        // (not to HELO clients).
+        let enhanced = self.ext.enhanced_status_codes && self.helo != Some(HeloKind::Helo);
+        reply.write_to(&mut self.out, enhanced);
+    }
+
+    pub(super) fn queue_greeting(&mut self, reply: &Reply) {
+        self.queue(reply);
+        self.greeting_queued = true;
+        self.phase = Phase::Command;
+        self.arm(self.config.timeouts.command);
+        if self.end > self.start {
+            self.violation(Violation::PreGreeting);
+        }
+    }
+
+    /// Queues an error reply and counts it against the error limits.
+    pub(super) fn queue_counted(&mut self, reply: &Reply) {
+        self.queue(reply);
+        self.count_error();
+    }
+
+    /// Refuses a complete message: in LMTP one reply per accepted recipient
+    /// (RFC 2033 §4.2); the transaction is over.
+    pub(super) fn queue_message_refusal(&mut self, reply: &Reply) {
+        let n = if self.config.lmtp {
+            self.txn.recipients.max(1)
+        } else {
+            1
+        };
+        self.txn = Transaction::default();
+        for _ in 1..n {
+            self.queue(reply);
+        }
+        self.queue_counted(reply);
+    }
+
+    pub(super) fn count_error(&mut self) {
+        self.errors += 1;
+        let limits = &self.config.limits;
+        if self.errors >= limits.hard_error_limit {
+            self.queue(&Reply::TOO_MANY_ERRORS);
+            self.close(CloseReason::TooManyErrors);
+        } else if self.errors > limits.soft_error_limit {
+            self.notices.push_back(Notice::Throttle(limits.error_delay));
+        }
+    }
+
+    pub(super) fn count_junk(&mut self) {
+        self.junk += 1;
+        if self.junk > self.config.limits.junk_command_limit {
+            self.count_error();
+        }
+    }
+
+    pub(super) fn violation(&mut self, v: Violation) {
+        self.notices.push_back(Notice::Violation(v));
+        if self.config.violations == ViolationPolicy::Disconnect && !self.is_closed() {
+            self.abort_body(AbortReason::Shutdown);
+            self.queue(&Reply::PROTOCOL_VIOLATION);
+            self.close(CloseReason::Violation);
+        }
+    }
+
+    pub(super) fn ehlo_reply(&self, first: Option<&str>) -> Reply {
+        use std::fmt::Write;
+        let e = &self.ext;
+        let mut t = String::with_capacity(256);
+        match first {
+            Some(f) => t.push_str(f),
+            None => t.push_str(&self.config.hostname),
+        }
+        let max = self.config.limits.max_message_size;
+        let mut kw = |s: &str| {
+            t.push('\n');
+            t.push_str(s);
+        };
+        if e.pipelining {
+            kw("PIPELINING");
+        }
+        if e.size {
+            if max > 0 {
+                kw(&format!("SIZE {max}"));
+            } else {
+                kw("SIZE");
+            }
+        }
+        if e.eightbitmime {
+            kw("8BITMIME");
+        }
+        if e.enhanced_status_codes {
+            kw("ENHANCEDSTATUSCODES");
+        }
+        if e.smtputf8 {
+            kw("SMTPUTF8");
+        }
+        if e.chunking {
+            kw("CHUNKING");
+            if e.binarymime {
+                kw("BINARYMIME");
+            }
+        }
+        if e.dsn {
+            kw("DSN");
+        }
+        if e.requiretls && self.is_tls() {
+            kw("REQUIRETLS");
+        }
+        if e.limits {
+            kw(&format!(
+                "LIMITS RCPTMAX={}",
+                self.config.limits.max_recipients
+            ));
+        }
+        if e.starttls && !self.is_tls() {
+            kw("STARTTLS");
+        }
+        if self.auth_offered() && self.authenticated.is_none() {
+            let mut line = String::from("AUTH");
+            for m in &self.config.auth.mechanisms {
+                let _ = write!(line, " {}", m.name());
+            }
+            kw(&line);
+        }
+        if e.help {
+            kw("HELP");
+        }
+        for k in &self.extra_keywords {
+            kw(k);
+        }
+        Reply::plain(250, t)
+    }
+}

@@ -1,0 +1,77 @@
+//! Deadlines: time is an input; a deadline moves only when a complete command arrives (RFC 5321 §4.5.3.2).
+
+use super::*;
+
+impl Session {
+    /// Reports that time `now` was reached (at or after [`Session::poll_timeout`]).
+    /// An expired deadline answers `421 4.4.2` and closes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.pending.is_some() || self.is_closed() {
+            return;
+        }
+        if self.release_idle_at().is_some_and(|at| now >= at) {
+            self.apply_release();
+            self.input = Vec::new();
+            self.out = Vec::new();
+            self.out_pos = 0;
+            self.released = true;
+        }
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        self.apply_release();
+        if matches!(self.phase, Phase::Proxy | Phase::StartTls) {
+            // No clear-text reply: before the PROXY header, or mid-handshake.
+            self.close(CloseReason::Timeout);
+            return;
+        }
+        self.abort_body(AbortReason::Timeout);
+        self.queue(&Reply::TIMEOUT);
+        self.close(CloseReason::Timeout);
+    }
+
+    /// Tells the session the current time without other input. Call it
+    /// before answering a decision that took a while (an async handler):
+    /// the client's next deadline counts from the answer, not from the
+    /// command. The `smtp-server` kit's `Dispatcher` does this.
+    pub fn set_time(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// When [`Session::handle_timeout`] must be called; `None` while a
+    /// decision is pending or the session is closed.
+    ///
+    /// Besides the client's deadline, this is the soft deadline after which
+    /// an idle session frees its buffers (`Timeouts::release_idle`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.pending.is_some() || self.is_closed() {
+            return None;
+        }
+        match (self.deadline, self.release_idle_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the session gives up on the client (`421 4.4.2` and close) if
+    /// nothing arrives: the hard part of [`Session::poll_timeout`]. `None`
+    /// while a decision is pending or the session is closed.
+    pub fn client_deadline(&self) -> Option<Instant> {
+        if self.pending.is_some() || self.is_closed() {
+            return None;
+        }
+        self.deadline
+    }
+
+    pub(super) fn arm(&mut self, d: Duration) {
+        self.arm_from(self.now, d);
+    }
+
+    pub(super) fn arm_from(&mut self, now: Instant, d: Duration) {
+        self.deadline = now.checked_add(d);
+    }
+}
