@@ -356,6 +356,184 @@ impl Handler for () {
     }
 }
 
+/// A handler that wraps another one (a policy, a router, a logger): every
+/// hook forwards to [`Layer::inner`] unless the layer overrides it, so a
+/// wrapper states only the hooks it changes. Implement `Layer`, not
+/// [`Handler`]: every `Layer` is a `Handler`.
+///
+/// ```
+/// use smtp_server::handler::{Envelope, Handler, Layer, Recipient, SessionInfo};
+/// use smtp_proto::reply::Reply;
+/// use smtp_proto::server::Decision;
+///
+/// /// Refuses recipients with a `+` tag; everything else is the inner handler's.
+/// struct NoTags<H>(H);
+///
+/// impl<H: Handler> Layer for NoTags<H> {
+///     type Inner = H;
+///     fn inner(&self) -> &H {
+///         &self.0
+///     }
+///     async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {
+///         if to.address.contains('+') {
+///             return Reply::NO_SUCH_USER.into();
+///         }
+///         self.0.rcpt(s, e, to).await
+///     }
+/// }
+///
+/// fn serve(_: impl Handler) {}
+/// serve(NoTags(smtp_server::store::SinkHandler));
+/// ```
+pub trait Layer: Send + Sync + 'static {
+    /// The wrapped handler.
+    type Inner: Handler;
+
+    /// The wrapped handler, which gets every hook not overridden.
+    fn inner(&self) -> &Self::Inner;
+
+    /// [`Handler::wants_trace`]; forwards to the inner handler unless overridden.
+    fn wants_trace(&self) -> bool {
+        self.inner().wants_trace()
+    }
+
+    /// [`Handler::connect`]; forwards to the inner handler unless overridden.
+    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
+        self.inner().connect(session)
+    }
+
+    /// [`Handler::helo`]; forwards to the inner handler unless overridden.
+    fn helo(
+        &self,
+        session: &SessionInfo,
+        kind: HeloKind,
+        name: &str,
+    ) -> impl Future<Output = Decision> + Send {
+        self.inner().helo(session, kind, name)
+    }
+
+    /// [`Handler::mail`]; forwards to the inner handler unless overridden.
+    fn mail(
+        &self,
+        session: &SessionInfo,
+        from: &str,
+        options: &MailOptions,
+    ) -> impl Future<Output = Decision> + Send {
+        self.inner().mail(session, from, options)
+    }
+
+    /// [`Handler::rcpt`]; forwards to the inner handler unless overridden.
+    fn rcpt(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        to: &Recipient,
+    ) -> impl Future<Output = Decision> + Send {
+        self.inner().rcpt(session, envelope, to)
+    }
+
+    /// [`Handler::verify`]; forwards to the inner handler unless overridden.
+    fn verify(
+        &self,
+        session: &SessionInfo,
+        arg: &str,
+        expand: bool,
+    ) -> impl Future<Output = Decision> + Send {
+        self.inner().verify(session, arg, expand)
+    }
+
+    /// [`Handler::auth`]; forwards to the inner handler unless overridden.
+    fn auth(
+        &self,
+        session: &SessionInfo,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Decision> + Send {
+        self.inner().auth(session, credentials)
+    }
+
+    /// [`Handler::message`]; forwards to the inner handler unless overridden.
+    fn message(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Arc<Message>,
+    ) -> impl Future<Output = MessageDecision> + Send {
+        self.inner().message(session, envelope, message)
+    }
+
+    /// [`Handler::disconnect`]; forwards to the inner handler unless overridden.
+    fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
+        self.inner().disconnect(session, reason);
+    }
+}
+
+impl<L: Layer> Handler for L {
+    fn wants_trace(&self) -> bool {
+        Layer::wants_trace(self)
+    }
+
+    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
+        Layer::connect(self, session)
+    }
+
+    fn helo(
+        &self,
+        session: &SessionInfo,
+        kind: HeloKind,
+        name: &str,
+    ) -> impl Future<Output = Decision> + Send {
+        Layer::helo(self, session, kind, name)
+    }
+
+    fn mail(
+        &self,
+        session: &SessionInfo,
+        from: &str,
+        options: &MailOptions,
+    ) -> impl Future<Output = Decision> + Send {
+        Layer::mail(self, session, from, options)
+    }
+
+    fn rcpt(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        to: &Recipient,
+    ) -> impl Future<Output = Decision> + Send {
+        Layer::rcpt(self, session, envelope, to)
+    }
+
+    fn verify(
+        &self,
+        session: &SessionInfo,
+        arg: &str,
+        expand: bool,
+    ) -> impl Future<Output = Decision> + Send {
+        Layer::verify(self, session, arg, expand)
+    }
+
+    fn auth(
+        &self,
+        session: &SessionInfo,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Decision> + Send {
+        Layer::auth(self, session, credentials)
+    }
+
+    fn message(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Arc<Message>,
+    ) -> impl Future<Output = MessageDecision> + Send {
+        Layer::message(self, session, envelope, message)
+    }
+
+    fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
+        Layer::disconnect(self, session, reason);
+    }
+}
+
 /// The body buffer a dispatcher keeps between messages, at most: enough
 /// for most small messages without reallocating, never a large message's
 /// worth (idle sessions would hold it until they close).

@@ -26,12 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::handler::{
-    Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
-};
+use crate::handler::{Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo};
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::sasl::Credentials;
-use smtp_proto::server::{CloseReason, Decision, HeloKind};
+use smtp_proto::server::Decision;
 
 /// `550 5.1.3` for a recipient that cannot be stored safely.
 const BAD_MAILBOX_NAME: Reply = Reply::constant(
@@ -707,31 +705,11 @@ impl<H> DomainPolicy<H> {
     }
 }
 
-impl<H: Handler> Handler for DomainPolicy<H> {
-    fn wants_trace(&self) -> bool {
-        self.inner.wants_trace()
-    }
+impl<H: Handler> Layer for DomainPolicy<H> {
+    type Inner = H;
 
-    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
-        self.inner.connect(session)
-    }
-
-    fn helo(
-        &self,
-        session: &SessionInfo,
-        kind: HeloKind,
-        name: &str,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.helo(session, kind, name)
-    }
-
-    fn mail(
-        &self,
-        session: &SessionInfo,
-        from: &str,
-        options: &MailOptions,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.mail(session, from, options)
+    fn inner(&self) -> &H {
+        &self.inner
     }
 
     async fn rcpt(&self, session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision {
@@ -739,36 +717,6 @@ impl<H: Handler> Handler for DomainPolicy<H> {
             return Reply::RELAY_DENIED.into();
         }
         self.inner.rcpt(session, envelope, to).await
-    }
-
-    fn verify(
-        &self,
-        session: &SessionInfo,
-        arg: &str,
-        expand: bool,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.verify(session, arg, expand)
-    }
-
-    fn auth(
-        &self,
-        session: &SessionInfo,
-        credentials: &Credentials,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.auth(session, credentials)
-    }
-
-    fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> impl Future<Output = MessageDecision> + Send {
-        self.inner.message(session, envelope, message)
-    }
-
-    fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
-        self.inner.disconnect(session, reason);
     }
 }
 
@@ -870,49 +818,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-impl<H: Handler> Handler for PasswordAuth<H> {
-    fn wants_trace(&self) -> bool {
-        self.inner.wants_trace()
-    }
+impl<H: Handler> Layer for PasswordAuth<H> {
+    type Inner = H;
 
-    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
-        self.inner.connect(session)
-    }
-
-    fn helo(
-        &self,
-        session: &SessionInfo,
-        kind: HeloKind,
-        name: &str,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.helo(session, kind, name)
-    }
-
-    fn mail(
-        &self,
-        session: &SessionInfo,
-        from: &str,
-        options: &MailOptions,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.mail(session, from, options)
-    }
-
-    fn rcpt(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        to: &Recipient,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.rcpt(session, envelope, to)
-    }
-
-    fn verify(
-        &self,
-        session: &SessionInfo,
-        arg: &str,
-        expand: bool,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner.verify(session, arg, expand)
+    fn inner(&self) -> &H {
+        &self.inner
     }
 
     async fn auth(&self, session: &SessionInfo, credentials: &Credentials) -> Decision {
@@ -923,19 +833,6 @@ impl<H: Handler> Handler for PasswordAuth<H> {
             tracing::info!(session = %session.id, user = %credentials.username, "authentication failed");
             Reply::AUTH_FAILED.into()
         }
-    }
-
-    fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> impl Future<Output = MessageDecision> + Send {
-        self.inner.message(session, envelope, message)
-    }
-
-    fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
-        self.inner.disconnect(session, reason);
     }
 }
 
@@ -1293,7 +1190,7 @@ mod tests {
             } else {
                 Reply::RELAY_DENIED.into()
             };
-            assert_eq!(block_on(p.rcpt(&s, &e, &rcpt(a))), want, "{a}");
+            assert_eq!(block_on(Handler::rcpt(&p, &s, &e, &rcpt(a))), want, "{a}");
         }
         assert_eq!(p.primary_domain(), Some("Example.org"));
         let any = DomainPolicy::new(vec!["*".into()], SinkHandler);
@@ -1371,22 +1268,28 @@ mod tests {
         };
         let s = SessionInfo::default();
         assert_eq!(
-            block_on(h.auth(&s, &creds(None, "bob", "s3cret"))),
+            block_on(Handler::auth(&h, &s, &creds(None, "bob", "s3cret"))),
             Decision::Accept
         );
         assert_eq!(
-            block_on(h.auth(&s, &creds(Some("bob"), "bob", "s3cret"))),
+            block_on(Handler::auth(&h, &s, &creds(Some("bob"), "bob", "s3cret"))),
             Decision::Accept
         );
         let refused = Decision::Reply(Reply::AUTH_FAILED);
         assert_eq!(
-            block_on(h.auth(&s, &creds(None, "bob", "s3cret!"))),
+            block_on(Handler::auth(&h, &s, &creds(None, "bob", "s3cret!"))),
             refused
         );
-        assert_eq!(block_on(h.auth(&s, &creds(None, "bob", ""))), refused);
-        assert_eq!(block_on(h.auth(&s, &creds(None, "eve", "s3cret"))), refused);
         assert_eq!(
-            block_on(h.auth(&s, &creds(Some("root"), "bob", "s3cret"))),
+            block_on(Handler::auth(&h, &s, &creds(None, "bob", ""))),
+            refused
+        );
+        assert_eq!(
+            block_on(Handler::auth(&h, &s, &creds(None, "eve", "s3cret"))),
+            refused
+        );
+        assert_eq!(
+            block_on(Handler::auth(&h, &s, &creds(Some("root"), "bob", "s3cret"))),
             refused
         );
         assert!(!format!("{h:?}").contains("s3cret"));
