@@ -13,7 +13,7 @@
 # run stays in $OUT (callgrind_annotate $OUT).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIN=${1:-${BENCH_TARGET_DIR:-/work/target-bench}/release/smtpd}
+BIN=${1:-${BENCH_TARGET_DIR:-$HERE/../target/bench}/release/smtpd}
 MESSAGES=${MESSAGES:-5000}
 ARGS=${ARGS:-}
 CLIENT=$HERE/peers/target/release/smtp-bench-client

@@ -10,7 +10,7 @@
 # Options: --runs N, --servers "tokio smtp-sink ...", --scenarios "a b c ...",
 # --no-build, --no-install, --no-criterion, --label TEXT (goes into the report).
 # Environment: SMTPD_TOKIO, SMTPD_SMOL, SMTPD_BLOCKING (binary paths),
-# BENCH_TARGET_DIR (default /work/target-bench), LOADGEN (see gen_* below),
+# BENCH_TARGET_DIR (default target/bench in the repository), LOADGEN (see gen_* below),
 # and the per-scenario counts (A_MSGS ... G_SECS).
 set -euo pipefail
 # Read the whole script before running any of it (safe to edit during a run).
@@ -18,7 +18,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
-BENCH_TARGET_DIR=${BENCH_TARGET_DIR:-/work/target-bench}
+BENCH_TARGET_DIR=${BENCH_TARGET_DIR:-$ROOT/target/bench}
 BIN_DIR=$BENCH_TARGET_DIR/bench-bin # copies: both examples are called `smtpd`
 SMTPD_TOKIO=${SMTPD_TOKIO:-$BENCH_TARGET_DIR/release/smtpd}
 SMTPD_SMOL=${SMTPD_SMOL:-$BIN_DIR/smtpd-smol}
