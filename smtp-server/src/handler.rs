@@ -171,6 +171,8 @@ pub fn forward_path_text(p: &ForwardPath<'_>) -> String {
 pub struct Message {
     /// The message's id: the session id, a dash, and the message's number
     /// in the session (the id in our `Received:` header and the log line).
+    /// Empty for a handler that wants no trace header
+    /// ([`Handler::wants_trace`]) while the per-message log line is off.
     pub id: String,
     /// The message exactly as received (dot-unstuffed, CRLF line ends).
     pub data: Vec<u8>,
@@ -697,9 +699,16 @@ impl<H: Handler> Dispatcher<H> {
                         _ => None,
                     };
                     self.messages += 1;
-                    // Per message: the session id and the message's number.
-                    let id = format!("{}-{}", self.info.id, self.messages);
-                    let trace = if self.handler.wants_trace() {
+                    let wants_trace = self.handler.wants_trace();
+                    // Per message: the session id and the message's number
+                    // (not built for a sink whose log line is off: it is the
+                    // largest cost of a message there after the parsing).
+                    let id = if wants_trace || log_enabled() {
+                        format!("{}-{}", self.info.id, self.messages)
+                    } else {
+                        String::new()
+                    };
+                    let trace = if wants_trace {
                         s.received_header(Some(&id), only, ts, 0)
                     } else {
                         Vec::new()

@@ -42,6 +42,7 @@ impl Session {
     /// borrowing the session: prepares the event, which the next
     /// `poll_event` hands out. For loops that do I/O until an event is
     /// ready and then return it (a borrow checker-friendly `poll_event`).
+    #[inline]
     pub fn has_event(&mut self) -> bool {
         if self.ready.is_some() || !self.notices.is_empty() {
             return true;

@@ -239,6 +239,7 @@ impl Session {
     // ----- helpers -----
 
     /// The input buffer's size: never smaller than a maximal line.
+    #[inline]
     pub(super) fn input_capacity(&self) -> usize {
         let l = &self.config.limits;
         l.input_buffer

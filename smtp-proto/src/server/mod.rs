@@ -634,41 +634,49 @@ impl Session {
     // ----- getters -----
 
     /// The configuration.
+    #[inline]
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }
 
     /// The peer (after the PROXY header, if any).
+    #[inline]
     pub fn peer(&self) -> &PeerInfo {
         &self.peer
     }
 
     /// The HELO/EHLO/LHLO name, once accepted.
+    #[inline]
     pub fn helo_name(&self) -> Option<&str> {
         self.helo.map(|_| self.helo_name.as_str())
     }
 
     /// The greeting command used, once accepted.
+    #[inline]
     pub fn helo_kind(&self) -> Option<HeloKind> {
         self.helo
     }
 
     /// Whether the connection is under TLS.
+    #[inline]
     pub fn is_tls(&self) -> bool {
         self.peer.tls.is_some()
     }
 
     /// The authenticated user name, if AUTH succeeded.
+    #[inline]
     pub fn authenticated(&self) -> Option<&str> {
         self.authenticated.as_deref()
     }
 
     /// Whether the current transaction said SMTPUTF8.
+    #[inline]
     pub fn is_smtputf8(&self) -> bool {
         self.txn.smtputf8
     }
 
     /// The current transaction's BODY type.
+    #[inline]
     pub fn body_type(&self) -> BodyType {
         self.txn.body
     }
@@ -688,12 +696,14 @@ impl Session {
     }
 
     /// Whether a decision is awaited (nothing is parsed meanwhile).
+    #[inline]
     pub fn is_waiting(&self) -> bool {
         self.pending.is_some()
     }
 
     /// Whether the session is over: once [`Session::transmit`] is empty,
     /// close the connection.
+    #[inline]
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
@@ -701,6 +711,7 @@ impl Session {
     /// Whether the caller should read from the socket now. False while the
     /// input buffer is full, while replies pile up unread (backpressure),
     /// during the STARTTLS handshake, and once closed.
+    #[inline]
     pub fn wants_read(&self) -> bool {
         !matches!(self.phase, Phase::Closed | Phase::StartTls)
             && !self.output_full()
@@ -708,6 +719,7 @@ impl Session {
     }
 
     /// Whether there are bytes to write.
+    #[inline]
     pub fn wants_write(&self) -> bool {
         self.out_pos < self.out.len()
     }

@@ -7,11 +7,13 @@ impl Session {
     // ----- output -----
 
     /// Bytes to send to the client.
+    #[inline]
     pub fn transmit(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }
 
     /// Reports that `n` bytes of [`Session::transmit`] were written.
+    #[inline]
     pub fn transmitted(&mut self, n: usize) {
         self.out_pos = (self.out_pos + n).min(self.out.len());
         if self.out_pos == self.out.len() {
@@ -23,6 +25,7 @@ impl Session {
         }
     }
 
+    #[inline]
     pub(super) fn output_full(&self) -> bool {
         self.out.len() - self.out_pos > self.config.limits.max_pending_output
     }

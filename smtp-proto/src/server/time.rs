@@ -38,6 +38,7 @@ impl Session {
     /// before answering a decision that took a while (an async handler):
     /// the client's next deadline counts from the answer, not from the
     /// command. The `smtp-server` kit's `Dispatcher` does this.
+    #[inline]
     pub fn set_time(&mut self, now: Instant) {
         self.now = self.now.max(now);
     }
@@ -47,6 +48,7 @@ impl Session {
     ///
     /// Besides the client's deadline, this is the soft deadline after which
     /// an idle session frees its buffers (`Timeouts::release_idle`).
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.pending.is_some() || self.is_closed() {
             return None;
@@ -60,6 +62,7 @@ impl Session {
     /// When the session gives up on the client (`421 4.4.2` and close) if
     /// nothing arrives: the hard part of [`Session::poll_timeout`]. `None`
     /// while a decision is pending or the session is closed.
+    #[inline]
     pub fn client_deadline(&self) -> Option<Instant> {
         if self.pending.is_some() || self.is_closed() {
             return None;
