@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::PathBuf;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use futures_rustls::TlsAcceptor;
-use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 use smtp_proto::config::Config;
 use smtp_proto::reply::Reply;
@@ -22,7 +21,7 @@ use smtp_proto::server::PeerInfo;
 
 use crate::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
-    Stop, StopSignal, StopWatch, implicit_tls_outcome, tls_info,
+    Stop, StopSignal, implicit_tls_outcome, tls_info,
 };
 use crate::connection::{Connection, Stream};
 use crate::handler::Handler;
@@ -185,7 +184,6 @@ impl Control {
         self.killed.store(true, Ordering::SeqCst);
         self.stop.set(Stop::Abort);
     }
-
 
     /// Completes once no session task is alive.
     async fn all_done(&self) {
@@ -353,7 +351,7 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
             #[cfg(unix)]
             Accepted::Unix(_) => None,
         };
-        let Some(mut slot) = self.shared.limiter.admit(ip) else {
+        let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
             self.runtime.spawn(async move {
                 match accepted {
@@ -364,48 +362,70 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
             });
             return;
         };
-        let shared = self.shared.clone();
-        let live = Live::new(&shared.control);
-        let stop = shared.control.stop.watch();
-        self.runtime.spawn(async move {
-            let _live = live;
-            let serve = async {
-                // Only the plain TCP path is held inline: the task's future
-                // is as big as its biggest path, and an implicit-TLS
-                // connection (rustls state inline) or a Unix one would more
-                // than double every idle session's memory (issue 7, bench (f)).
-                // `serve_tcp` boxes the TLS path; the Unix one is boxed here.
-                match accepted {
-                    Accepted::Tcp(tcp, remote, tls) => {
-                        serve_tcp::<R, H>(&shared, tcp, remote, tls, stop, &mut slot).await
-                    }
-                    #[cfg(unix)]
-                    Accepted::Unix(s) => {
-                        let c = Connection::<R, _, H>::new(
-                            s,
-                            PeerInfo::default(),
-                            shared.unix.clone(),
-                            shared.handler.clone(),
-                        );
-                        let c = c.with_acceptor(shared.acceptor.clone()).with_stop(stop);
-                        Box::pin(c.run()).await
-                    }
-                }
-            };
-            let mut serve = pin!(std::panic::AssertUnwindSafe(serve).catch_unwind());
-            let ended = poll_fn(|cx| {
-                if shared.control.killed.load(Ordering::Relaxed) {
-                    return Poll::Ready(Ok(Ok(())));
-                }
-                serve.as_mut().poll(cx)
-            })
-            .await;
-            match ended {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                Err(_) => tracing::error!("a connection task panicked; the server goes on"),
+        let live = Live::new(&self.shared.control);
+        let serve = serve::<R, H>(self.shared.clone(), accepted, slot);
+        self.runtime.spawn(Supervised { serve, live });
+    }
+}
+
+/// Serves one admitted connection: the body of its session task.
+///
+/// Built outside any `async` block and polled in place by [`Supervised`]:
+/// a future captured by an `async` block and awaited there is stored
+/// twice, and this one is most of an idle session's memory.
+async fn serve<R: Runtime, H: Handler>(
+    shared: Arc<Shared<H>>,
+    accepted: Accepted<R>,
+    mut slot: Slot,
+) -> io::Result<()> {
+    // Only the plain TCP path is held inline: the task's future is as big
+    // as its biggest path, and an implicit-TLS connection (rustls state
+    // inline) or a Unix one would more than double every idle session's
+    // memory (issue 7, bench (f)). `serve_tcp` boxes the TLS path; the Unix
+    // one is boxed here.
+    match accepted {
+        Accepted::Tcp(tcp, remote, tls) => {
+            serve_tcp::<R, H>(&shared, tcp, remote, tls, &mut slot).await
+        }
+        #[cfg(unix)]
+        Accepted::Unix(s) => {
+            let (config, handler) = (shared.unix.clone(), shared.handler.clone());
+            let c = Connection::<R, _, H>::new(s, PeerInfo::default(), config, handler);
+            let c = c.with_acceptor(shared.acceptor.clone());
+            Box::pin(c.with_stop(shared.control.stop.watch()).run()).await
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A session task: ends at once when the server kills its sessions
+    /// (one atomic load a poll), turns a panic into a log line, and counts
+    /// as live until dropped.
+    struct Supervised<F> {
+        #[pin]
+        serve: F,
+        live: Live,
+    }
+}
+
+impl<F: Future<Output = io::Result<()>>> Future for Supervised<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.live.0.killed.load(Ordering::Relaxed) {
+            return Poll::Ready(());
+        }
+        let serve = this.serve;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => {}
+            Ok(Poll::Ready(Err(e))) => {
+                tracing::debug!(error = %e, "connection ended with an error")
             }
-        });
+            Err(_) => tracing::error!("a connection task panicked; the server goes on"),
+        }
+        Poll::Ready(())
     }
 }
 
@@ -453,7 +473,6 @@ async fn serve_tcp<R: Runtime, H: Handler>(
     mut tcp: R::TcpStream,
     remote: SocketAddr,
     tls: bool,
-    stop: StopWatch,
     slot: &mut Slot,
 ) -> io::Result<()> {
     let mut peer = PeerInfo {
@@ -472,6 +491,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             }
         }
     }
+    let stop = shared.control.stop.watch();
     if !tls {
         let c = Connection::<R, _, H>::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
         return c
