@@ -9,9 +9,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_io::{Async, Timer};
-use async_net::TcpStream;
 use futures_rustls::TlsAcceptor;
 use smtp_server::runtime::{Alarm, FuturesIo, Runtime};
+
+/// Accepted TCP streams: `Async` itself (16 bytes), not `async_net`'s
+/// stream (about 140, with its readiness futures), since the session
+/// task holds the accepted stream until its connection takes it.
+type TcpStream = Async<std::net::TcpStream>;
 
 #[cfg(not(any(feature = "smol", feature = "async-std")))]
 compile_error!("smtp-async-std needs a runtime: enable the `smol` or the `async-std` feature");
@@ -75,7 +79,7 @@ impl Runtime for AsyncIoRuntime {
     #[cfg(unix)]
     type UnixListener = Async<std::os::unix::net::UnixListener>;
     #[cfg(unix)]
-    type UnixStream = async_net::unix::UnixStream;
+    type UnixStream = Async<std::os::unix::net::UnixStream>;
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         #[cfg(feature = "smol")]
@@ -96,7 +100,7 @@ impl Runtime for AsyncIoRuntime {
     }
 
     fn local_addr(stream: &TcpStream) -> io::Result<SocketAddr> {
-        stream.local_addr()
+        stream.get_ref().local_addr()
     }
 
     async fn peek(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
@@ -116,7 +120,7 @@ impl Runtime for AsyncIoRuntime {
         poll_accept(listener, cx, |l| {
             let (s, remote) = l.accept()?;
             let _ = s.set_nodelay(true);
-            Ok((TcpStream::try_from(s)?, remote))
+            Ok((Async::new(s)?, remote))
         })
     }
 
@@ -132,7 +136,7 @@ impl Runtime for AsyncIoRuntime {
     ) -> Poll<io::Result<Self::UnixStream>> {
         poll_accept(listener, cx, |l| {
             let (s, _) = l.accept()?;
-            async_net::unix::UnixStream::try_from(s)
+            Async::new(s)
         })
     }
 }
