@@ -4,7 +4,9 @@
 //! The core ([`smtp_proto::server::Session`]) is a pure state machine; the
 //! [`smtp_server::handler::Dispatcher`] runs your [`Handler`] on its events.
 //! This crate is the glue to any `futures-io` stream (`AsyncRead +
-//! AsyncWrite + Unpin`) on an `async-io` reactor:
+//! AsyncWrite + Unpin`) on an `async-io` reactor: [`AsyncIoRuntime`]
+//! implements the kit's [`Runtime`](smtp_server::runtime::Runtime), and
+//! the kit's generic connection and server are named here in this idiom:
 //!
 //! - [`Server`]: listeners (plain with STARTTLS, implicit TLS, Unix),
 //!   connection limits, graceful shutdown.
@@ -63,7 +65,9 @@
 //!
 //! # What the adapter does
 //!
-//! It reads into the session's buffer and writes its replies concurrently,
+//! The kit's [`Connection`](smtp_server::connection::Connection) and
+//! [`Server`](smtp_server::server::Server) do the work, written once for
+//! every runtime. They read into the session's buffer and writes its replies concurrently,
 //! never reads while the session does not want input (so a client that
 //! pipelines without reading replies is paused, not buffered), arms an
 //! [`async_io::Timer`] at [`smtp_proto::server::Session::poll_timeout`],
@@ -75,14 +79,82 @@
 pub use futures_rustls;
 pub use futures_rustls::rustls;
 pub use smtp_proto;
+pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 pub use smtp_server::handler::Handler;
 
-mod connection;
-mod rt;
-mod server;
+pub mod runtime;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use connection::{Connection, serve_stream};
-pub use server::{BoundServer, DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS, Server};
+pub use runtime::AsyncIoRuntime;
+
+/// One SMTP connection over any `futures-io` stream (`AsyncRead +
+/// AsyncWrite + Unpin + Send`): the kit's
+/// [`Connection`](smtp_server::connection::Connection) on `async-io`.
+/// STARTTLS takes a [`futures_rustls::TlsAcceptor`] (`with_tls`).
+///
+/// ```no_run
+/// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// use smtp_proto::{config::Config, server::PeerInfo};
+/// use smtp_server::store::SinkHandler;
+///
+/// let peer = PeerInfo::new(tcp.peer_addr()?);
+/// let config = Arc::new(Config::new("mx.example"));
+/// smtp_async_std::Connection::new(tcp, peer, config, Arc::new(SinkHandler)).run().await
+/// # }
+/// ```
+///
+/// The low level, `next_event` with every answer given by hand:
+///
+/// ```no_run
+/// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
+///
+/// let peer = PeerInfo::new(tcp.peer_addr()?);
+/// let mut conn = smtp_async_std::Connection::manual(tcp, peer, Arc::new(Config::new("mx.example")));
+/// let mut body = Vec::new();
+/// while let Some(event) = conn.next_event().await? {
+///     match event {
+///         Event::Body(chunk) => body.extend_from_slice(chunk),
+///         Event::StartTls => conn.upgrade().await,
+///         Event::Throttle(d) => {
+///             async_io::Timer::after(d).await;
+///         }
+///         other => {
+///             if let Some(ticket) = other.into_ticket() {
+///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
+///             }
+///         }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub type Connection<S, H> = smtp_server::connection::Connection<AsyncIoRuntime, S, H>;
+
+/// The server builder on smol or async-std: the kit's
+/// [`Server`](smtp_server::server::Server). See the [crate docs](crate) for
+/// an example; `executor(Arc<smol::Executor>)` runs sessions on that
+/// executor instead of smol's global one (whose thread count is the
+/// `SMOL_THREADS` environment variable, default 1).
+pub type Server<H> = smtp_server::server::Server<AsyncIoRuntime, H>;
+
+/// A server whose listeners are bound: the kit's
+/// [`BoundServer`](smtp_server::server::BoundServer).
+pub type BoundServer<H> = smtp_server::server::BoundServer<AsyncIoRuntime, H>;
+
+/// Serves one already-accepted plain stream (no STARTTLS) until the session
+/// closes. For STARTTLS, build a [`Connection`] and call `with_tls`.
+pub fn serve_stream<S, H: Handler>(
+    stream: S,
+    peer: smtp_proto::server::PeerInfo,
+    config: std::sync::Arc<smtp_proto::config::Config>,
+    handler: std::sync::Arc<H>,
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send,
+{
+    Connection::new(stream, peer, config, handler).run()
+}

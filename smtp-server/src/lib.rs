@@ -11,6 +11,12 @@
 //!   session's events to it; [`sync_handler`] for hooks without futures.
 //! - [`accept`]: connection limits, session ids, shutdown phases, the I/O
 //!   step shared by the async adapters, the PROXY front, TLS settings.
+//! - [`runtime`]: the small [`runtime::Runtime`] trait an async adapter
+//!   implements (spawn, one timer, TCP/Unix listen and accept, how its
+//!   streams are read and written), and the one generic
+//!   [`connection::Connection`] and [`server::Server`] over it: the I/O
+//!   loop, STARTTLS and implicit TLS (over `futures-rustls`, written once),
+//!   limits, the PROXY front and graceful shutdown.
 //! - `store` (feature `store`): debug, sink, Maildir and mbox handlers, served domains.
 //! - `relay` (feature `relay`): forwarding to an upstream server, local-or-relay routing.
 //! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
@@ -54,13 +60,18 @@
 pub mod accept;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod connection;
 pub mod handler;
 #[cfg(feature = "relay")]
 pub mod relay;
+pub mod runtime;
+pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod sync_handler;
 
+/// The TLS the generic connection and server speak (over `futures-io`).
+pub use futures_rustls;
 /// The rustls crate the TLS settings use.
 pub use rustls;
 /// The protocol crate this kit drives.

@@ -1,144 +1,100 @@
-//! The low level: one connection driving one [`Session`].
+//! The low level, written once for every async runtime: one connection
+//! driving one [`Session`].
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
+use futures_util::io::{AsyncRead, AsyncWrite};
 use smtp_proto::config::Config;
 use smtp_proto::server::{Event, PeerInfo, Session};
-use smtp_server::accept::{
-    Alarm, IoStep, PollIo, SessionIds, StopSeen, StopWatch, drive_until_abort, tls_info,
-};
-use smtp_server::handler::{Dispatcher, Drive, Handler};
 use tracing::Instrument;
 
-use crate::rt::timeout;
+use crate::accept::{IoStep, PollIo, SessionIds, StopSeen, StopWatch, drive_until_abort, tls_info};
+use crate::handler::{Dispatcher, Drive, Handler};
+use crate::runtime::{IoOp, Runtime, StreamIo, Wrap, sleep, timeout};
 
-/// A plain stream, or the same stream after STARTTLS.
-enum Stream<S> {
+/// A plain stream, or the same stream after STARTTLS (or an implicit-TLS
+/// handshake).
+pub(crate) enum Stream<R, S> {
     Plain(S),
-    Tls(Box<TlsStream<S>>),
+    Tls(Box<TlsStream<Wrap<R, S>>>),
     /// During (and after a failed) handshake.
     Gone,
 }
 
-fn gone() -> io::Error {
-    io::Error::from(io::ErrorKind::NotConnected)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
+impl<R: Runtime, S: Unpin> Stream<R, S>
+where
+    R::Io: StreamIo<S>,
+{
+    #[inline(always)]
+    fn poll_op(&mut self, cx: &mut Context<'_>, op: IoOp<'_>) -> Poll<io::Result<usize>> {
+        let tls = match self {
+            Stream::Plain(s) => return R::Io::poll_io(s, cx, op),
+            Stream::Tls(s) => std::pin::Pin::new(&mut **s),
+            Stream::Gone if matches!(op, IoOp::Close) => return Poll::Ready(Ok(0)),
+            Stream::Gone => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        };
+        match op {
+            IoOp::Read(buf) => tls.poll_read(cx, buf),
+            IoOp::Write(buf) => tls.poll_write(cx, buf),
+            IoOp::Flush => tls.poll_flush(cx).map_ok(|()| 0),
+            IoOp::Close => tls.poll_close(cx).map_ok(|()| 0),
         }
+    }
+
+    async fn op(&mut self, op: impl Fn() -> IoOp<'static>) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_op(cx, op())).await
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_close(cx),
-            Stream::Tls(s) => Pin::new(s).poll_close(cx),
-            Stream::Gone => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> PollIo for Stream<S> {
+impl<R: Runtime, S: Unpin> PollIo for Stream<R, S>
+where
+    R::Io: StreamIo<S>,
+{
+    #[inline(always)]
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        AsyncRead::poll_read(Pin::new(self), cx, buf)
+        self.poll_op(cx, IoOp::Read(buf))
     }
 
+    #[inline(always)]
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(self), cx, buf)
+        self.poll_op(cx, IoOp::Write(buf))
     }
 
+    #[inline(always)]
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(self), cx)
-    }
-}
-
-/// The connection's one `async_io::Timer`, re-armed in place (a busy
-/// session does not touch the reactor's timers at every command).
-struct Alarmer(Timer);
-
-impl Alarm for Alarmer {
-    fn set(&mut self, at: Instant) {
-        self.0.set_at(at);
-    }
-
-    fn poll_alarm(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(drop)
+        self.poll_op(cx, IoOp::Flush).map_ok(drop)
     }
 }
 
 /// One SMTP connection: a stream, a [`Session`] and a [`Dispatcher`] for a
-/// [`Handler`].
+/// [`Handler`], on the runtime `R`.
 ///
 /// [`Connection::run`] reads and writes concurrently (a client that
 /// pipelines a lot never deadlocks the server), stops reading while replies
-/// pile up unread (backpressure), enforces the session's timeouts with
-/// [`async_io::Timer`], bounds every write by the command timeout, and
+/// pile up unread (backpressure), enforces the session's timeouts with the
+/// runtime's timer, bounds every write by the command timeout, and
 /// performs the STARTTLS upgrade when an acceptor was given with
-/// [`Connection::with_tls`]. Any runtime built on `async-io` drives it
-/// (smol, async-std).
-///
-/// ```no_run
-/// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
-/// use std::sync::Arc;
-/// use smtp_proto::{config::Config, server::PeerInfo};
-/// use smtp_server::store::SinkHandler;
-///
-/// let peer = PeerInfo::new(tcp.peer_addr()?);
-/// let config = Arc::new(Config::new("mx.example"));
-/// smtp_async_std::Connection::new(tcp, peer, config, Arc::new(SinkHandler)).run().await
-/// # }
-/// ```
-pub struct Connection<S, H> {
-    stream: Stream<S>,
+/// [`Connection::with_tls`]. The adapters name it in their idiom
+/// (`smtp_tokio::Connection<S, H>`, `smtp_async_std::Connection<S, H>`),
+/// where `S` is any stream of that runtime's I/O traits.
+pub struct Connection<R: Runtime, S, H> {
+    stream: Stream<R, S>,
     session: Session,
     dispatcher: Dispatcher<H>,
     tls: Option<TlsAcceptor>,
     stop: Option<StopWatch>,
     seen: StopSeen,
     io: IoStep,
-    timer: Alarmer,
+    timer: R::Timer,
 }
 
-impl<S, H> std::fmt::Debug for Connection<S, H> {
+impl<R: Runtime, S, H> std::fmt::Debug for Connection<R, S, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("session", &self.session)
@@ -146,9 +102,10 @@ impl<S, H> std::fmt::Debug for Connection<S, H> {
     }
 }
 
-impl<S> Connection<S, ()>
+impl<R: Runtime, S> Connection<R, S, ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    R::Io: StreamIo<S>,
+    S: Unpin + Send,
 {
     /// A connection without a handler, for [`Connection::next_event`]:
     /// the caller answers the events itself.
@@ -157,9 +114,10 @@ where
     }
 }
 
-impl<S, H> Connection<S, H>
+impl<R: Runtime, S, H> Connection<R, S, H>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    R::Io: StreamIo<S>,
+    S: Unpin + Send,
     H: Handler,
 {
     /// A connection over an accepted `stream` from `peer`. Set `peer.tls`
@@ -167,22 +125,35 @@ where
     /// close_notify) at the end; a plain stream is just dropped (closing a
     /// socket sends its FIN; a `shutdown` first is one more system call).
     pub fn new(stream: S, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
+        Self::over(Stream::Plain(stream), peer, config, handler)
+    }
+
+    pub(crate) fn over(
+        stream: Stream<R, S>,
+        peer: PeerInfo,
+        config: Arc<Config>,
+        handler: Arc<H>,
+    ) -> Self {
         Connection {
-            stream: Stream::Plain(stream),
+            stream,
             session: Session::new(config, peer, Instant::now()),
             dispatcher: Dispatcher::new(handler, SessionIds::global().next_id()),
             tls: None,
             stop: None,
             seen: StopSeen::default(),
             io: IoStep::default(),
-            timer: Alarmer(Timer::never()),
+            timer: R::timer(),
         }
     }
 
     /// Enables the STARTTLS upgrade with `acceptor`. STARTTLS is offered
     /// only if the configuration says so (`config.extensions.starttls`).
-    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
+    pub fn with_tls(self, acceptor: R::TlsAcceptor) -> Self {
+        self.with_acceptor(Some(R::tls_acceptor(acceptor)))
+    }
+
+    pub(crate) fn with_acceptor(mut self, acceptor: Option<TlsAcceptor>) -> Self {
+        self.tls = acceptor;
         self
     }
 
@@ -216,31 +187,7 @@ where
     /// reads nothing while a decision is pending); on
     /// [`Event::StartTls`] call [`Connection::upgrade`]; on
     /// [`Event::Throttle`] wait that long first. Do not mix with `run`.
-    ///
-    /// ```no_run
-    /// # async fn f(tcp: async_net::TcpStream) -> std::io::Result<()> {
-    /// use std::sync::Arc;
-    /// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
-    ///
-    /// let peer = PeerInfo::new(tcp.peer_addr()?);
-    /// let mut conn = smtp_async_std::Connection::manual(tcp, peer, Arc::new(Config::new("mx.example")));
-    /// let mut body = Vec::new();
-    /// while let Some(event) = conn.next_event().await? {
-    ///     match event {
-    ///         Event::Body(chunk) => body.extend_from_slice(chunk),
-    ///         Event::StartTls => conn.upgrade().await,
-    ///         Event::Throttle(d) => {
-    ///             async_io::Timer::after(d).await;
-    ///         }
-    ///         other => {
-    ///             if let Some(ticket) = other.into_ticket() {
-    ///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
-    ///             }
-    ///         }
-    ///     }
-    /// }
-    /// # Ok(()) }
-    /// ```
+    /// The adapters' docs show the loop in their runtime's idiom.
     pub async fn next_event(&mut self) -> io::Result<Option<Event<'_>>> {
         loop {
             self.apply_stop();
@@ -290,7 +237,7 @@ where
                 }
                 Drive::Throttle(d) => {
                     self.flush().await?;
-                    Timer::after(d).await;
+                    sleep::<R>(d).await;
                     continue;
                 }
                 Drive::Closed => {
@@ -328,7 +275,7 @@ where
         let res = self.flush().await;
         if self.session.is_tls() {
             let t = self.session.config().timeouts.command;
-            let _ = timeout(t, self.stream.close()).await;
+            let _ = timeout::<R, _>(t, self.stream.op(|| IoOp::Close)).await;
         }
         res
     }
@@ -341,16 +288,16 @@ where
         let t = session.config().timeouts.command;
         let all = async {
             while session.wants_write() {
-                let n = stream.write(session.transmit()).await?;
+                let n = poll_fn(|cx| stream.poll_op(cx, IoOp::Write(session.transmit()))).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 session.transmitted(n);
             }
-            stream.flush().await
+            stream.op(|| IoOp::Flush).await.map(drop)
         };
         self.io.flushed();
-        timeout(t, all)
+        timeout::<R, _>(t, all)
             .await
             .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
     }
@@ -362,7 +309,8 @@ where
             self.session.tls_failed();
             return;
         };
-        match timeout(handshake_timeout, Box::pin(acceptor.accept(plain))).await {
+        let handshake = Box::pin(acceptor.accept(Wrap::new(plain)));
+        match timeout::<R, _>(handshake_timeout, handshake).await {
             Some(Ok(tls)) => {
                 let info = tls_info(tls.get_ref().1);
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
@@ -398,18 +346,22 @@ where
     }
 }
 
-/// Serves one already-accepted plain stream (no STARTTLS) until the session closes.
+/// Serves one already-accepted plain stream (no STARTTLS) until the session
+/// closes, on the runtime `R`.
 ///
 /// For STARTTLS, build a [`Connection`] and call [`Connection::with_tls`].
-pub async fn serve_stream<S, H>(
+pub async fn serve_stream<R: Runtime, S, H>(
     stream: S,
     peer: PeerInfo,
     config: Arc<Config>,
     handler: Arc<H>,
 ) -> io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    R::Io: StreamIo<S>,
+    S: Unpin + Send,
     H: Handler,
 {
-    Connection::new(stream, peer, config, handler).run().await
+    Connection::<R, S, H>::new(stream, peer, config, handler)
+        .run()
+        .await
 }
