@@ -17,6 +17,10 @@
 //!   `cargo run -p smtp-async-std --features cli --example smtpd -- --maildir ./mail`
 //!   (on async-std: `--no-default-features --features async-std,store,cli`).
 //!
+//! **smol is the primary runtime.** async-std is discontinued upstream (its
+//! maintainers point users to smol); it stays supported here, tested in CI,
+//! for code that already runs on it, but new users should pick smol.
+//!
 //! The runtime is a feature: `smol` (default) or `async-std` (with
 //! `default-features = false`, so a smol user never compiles async-std and
 //! the other way round). It decides only where session tasks are spawned;
