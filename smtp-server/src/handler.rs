@@ -358,6 +358,42 @@ impl Handler for () {
     }
 }
 
+/// The async hooks a [`Layer`] forwards, listed once: `$mac!` gets each
+/// hook's name, parameters and output.
+macro_rules! hooks {
+    ($mac:ident) => {
+        $mac! {
+            connect(session: &SessionInfo) -> Decision;
+            helo(session: &SessionInfo, kind: HeloKind, name: &str) -> Decision;
+            mail(session: &SessionInfo, from: &str, options: &MailOptions) -> Decision;
+            rcpt(session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision;
+            verify(session: &SessionInfo, arg: &str, expand: bool) -> Decision;
+            auth(session: &SessionInfo, credentials: &Credentials) -> Decision;
+            message(session: &SessionInfo, envelope: &Envelope, message: &Arc<Message>)
+                -> MessageDecision;
+        }
+    };
+}
+
+/// [`Layer`]'s default hooks: the inner handler's.
+macro_rules! layer_defaults {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {$(
+        #[doc = concat!("[`Handler::", stringify!($name), "`]; forwards to the inner handler unless overridden.")]
+        fn $name(&self, $($arg: $ty),*) -> impl Future<Output = $out> + Send {
+            self.inner().$name($($arg),*)
+        }
+    )*};
+}
+
+/// Every layer's `Handler` hooks: the layer's.
+macro_rules! layer_forwards {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {$(
+        fn $name(&self, $($arg: $ty),*) -> impl Future<Output = $out> + Send {
+            Layer::$name(self, $($arg),*)
+        }
+    )*};
+}
+
 /// A handler that wraps another one (a policy, a router, a logger): every
 /// hook forwards to [`Layer::inner`] unless the layer overrides it, so a
 /// wrapper states only the hooks it changes. Implement `Layer`, not
@@ -399,69 +435,7 @@ pub trait Layer: Send + Sync + 'static {
         self.inner().wants_trace()
     }
 
-    /// [`Handler::connect`]; forwards to the inner handler unless overridden.
-    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
-        self.inner().connect(session)
-    }
-
-    /// [`Handler::helo`]; forwards to the inner handler unless overridden.
-    fn helo(
-        &self,
-        session: &SessionInfo,
-        kind: HeloKind,
-        name: &str,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner().helo(session, kind, name)
-    }
-
-    /// [`Handler::mail`]; forwards to the inner handler unless overridden.
-    fn mail(
-        &self,
-        session: &SessionInfo,
-        from: &str,
-        options: &MailOptions,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner().mail(session, from, options)
-    }
-
-    /// [`Handler::rcpt`]; forwards to the inner handler unless overridden.
-    fn rcpt(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        to: &Recipient,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner().rcpt(session, envelope, to)
-    }
-
-    /// [`Handler::verify`]; forwards to the inner handler unless overridden.
-    fn verify(
-        &self,
-        session: &SessionInfo,
-        arg: &str,
-        expand: bool,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner().verify(session, arg, expand)
-    }
-
-    /// [`Handler::auth`]; forwards to the inner handler unless overridden.
-    fn auth(
-        &self,
-        session: &SessionInfo,
-        credentials: &Credentials,
-    ) -> impl Future<Output = Decision> + Send {
-        self.inner().auth(session, credentials)
-    }
-
-    /// [`Handler::message`]; forwards to the inner handler unless overridden.
-    fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> impl Future<Output = MessageDecision> + Send {
-        self.inner().message(session, envelope, message)
-    }
+    hooks!(layer_defaults);
 
     /// [`Handler::disconnect`]; forwards to the inner handler unless overridden.
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
@@ -474,62 +448,7 @@ impl<L: Layer> Handler for L {
         Layer::wants_trace(self)
     }
 
-    fn connect(&self, session: &SessionInfo) -> impl Future<Output = Decision> + Send {
-        Layer::connect(self, session)
-    }
-
-    fn helo(
-        &self,
-        session: &SessionInfo,
-        kind: HeloKind,
-        name: &str,
-    ) -> impl Future<Output = Decision> + Send {
-        Layer::helo(self, session, kind, name)
-    }
-
-    fn mail(
-        &self,
-        session: &SessionInfo,
-        from: &str,
-        options: &MailOptions,
-    ) -> impl Future<Output = Decision> + Send {
-        Layer::mail(self, session, from, options)
-    }
-
-    fn rcpt(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        to: &Recipient,
-    ) -> impl Future<Output = Decision> + Send {
-        Layer::rcpt(self, session, envelope, to)
-    }
-
-    fn verify(
-        &self,
-        session: &SessionInfo,
-        arg: &str,
-        expand: bool,
-    ) -> impl Future<Output = Decision> + Send {
-        Layer::verify(self, session, arg, expand)
-    }
-
-    fn auth(
-        &self,
-        session: &SessionInfo,
-        credentials: &Credentials,
-    ) -> impl Future<Output = Decision> + Send {
-        Layer::auth(self, session, credentials)
-    }
-
-    fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> impl Future<Output = MessageDecision> + Send {
-        Layer::message(self, session, envelope, message)
-    }
+    hooks!(layer_forwards);
 
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
         Layer::disconnect(self, session, reason);
