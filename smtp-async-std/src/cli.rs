@@ -5,7 +5,7 @@ use std::io;
 use std::process::ExitCode;
 
 use futures_lite::{StreamExt, future};
-use smtp_server::cli::{CliHandler, Setup, exit_code, log_listening};
+use smtp_server::cli::{CliHandler, Setup, exit_code};
 
 use crate::Server;
 
@@ -62,13 +62,9 @@ async fn serve(
     setup: Setup,
     tune: impl FnOnce(Server<CliHandler>) -> Server<CliHandler>,
 ) -> io::Result<()> {
-    let server = tune(Server::new(setup.handler))
-        .options(setup.options)
-        .shutdown_signal(shutdown_signal())
-        .bind()
-        .await?;
-    log_listening(server.local_addrs());
-    server.run().await
+    tune(Server::new(setup.handler))
+        .serve_smtpd(setup.options, shutdown_signal())
+        .await
 }
 
 /// Completes on SIGINT or SIGTERM (SIGINT only where there is no SIGTERM).

@@ -133,6 +133,21 @@ impl<R: Runtime, H: Handler> Server<R, H> {
     pub async fn run(self) -> io::Result<()> {
         self.bind().await?.run().await
     }
+
+    /// What every adapter's `smtpd` does once its runtime is up: takes the
+    /// [`Setup`](crate::cli::Setup)'s options, binds, logs one
+    /// `listening addr=…` line per address (scripts and tests read the
+    /// OS-picked ports from them), and runs until `stop`.
+    #[cfg(feature = "cli")]
+    pub async fn serve_smtpd(
+        self,
+        options: crate::accept::ServerOptions,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let server = self.options(options).shutdown_signal(stop).bind().await?;
+        crate::cli::log_listening(server.local_addrs());
+        server.run().await
+    }
 }
 
 enum Listener<R: Runtime> {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use smtp_server::cli::{Setup, exit_code, log_listening};
+use smtp_server::cli::{Setup, exit_code};
 
 use crate::Server;
 
@@ -35,15 +35,8 @@ pub fn smtpd(setup: Setup) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let server = Server::new(setup.handler)
-            .options(setup.options)
-            .shutdown_signal(shutdown_signal())
-            .bind()
-            .await?;
-        log_listening(server.local_addrs());
-        server.run().await
-    });
+    let result =
+        runtime.block_on(Server::new(setup.handler).serve_smtpd(setup.options, shutdown_signal()));
     exit_code(result)
 }
 
