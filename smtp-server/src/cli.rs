@@ -183,7 +183,7 @@ pub struct Args {
     /// Clients in this network may relay to any domain (repeatable; CIDR,
     /// e.g. 10.0.0.0/8). Authenticated clients always may.
     #[arg(long, value_name = "CIDR", requires = "relay")]
-    pub relay_from_network: Vec<ipnet::IpNet>,
+    pub relay_from_network: Vec<crate::accept::Cidr>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log: tracing::Level,

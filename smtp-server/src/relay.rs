@@ -698,7 +698,7 @@ pub struct Router<L> {
     domains: DomainPolicy<()>,
     local: Option<L>,
     upstream: Option<Arc<Upstream>>,
-    networks: Vec<ipnet::IpNet>,
+    networks: Vec<crate::accept::Cidr>,
     sessions: Mutex<HashMap<String, SessionState>>,
     /// A session state unused this long belongs to a session that is gone
     /// (its `disconnect` never came): it is dropped, its upstream closed.
@@ -725,7 +725,7 @@ impl<L: Handler> Router<L> {
         domains: Vec<String>,
         local: Option<L>,
         upstream: Option<Upstream>,
-        networks: Vec<ipnet::IpNet>,
+        networks: Vec<crate::accept::Cidr>,
     ) -> Self {
         // Longer than any session can stay idle with the default timeouts
         // (RFC 5321: 5 minutes per command), and than the upstream's bound.
@@ -793,7 +793,7 @@ impl<L: Handler> Router<L> {
                     IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
                     v4 => v4,
                 };
-                ip.is_loopback() || self.networks.iter().any(|n| n.contains(&ip))
+                ip.is_loopback() || self.networks.iter().any(|n| n.contains(ip))
             }
         }
     }
