@@ -43,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
@@ -652,10 +652,16 @@ impl UpState {
     }
 }
 
+/// Every session's routing state, and when to look for stale ones next.
+struct States {
+    map: HashMap<String, SessionState>,
+    next_sweep: Instant,
+}
+
 /// Per-session routing state.
 struct SessionState {
     /// The thread for upstream I/O, once a recipient was relayed.
-    worker: Option<Arc<Worker>>,
+    worker: Option<Worker>,
     /// The upstream side (taken while the worker has it).
     up: UpState,
     /// The sender and parameters of the current transaction.
@@ -699,7 +705,7 @@ pub struct Router<L> {
     local: Option<L>,
     upstream: Option<Arc<Upstream>>,
     networks: Vec<crate::accept::Cidr>,
-    sessions: Mutex<HashMap<String, SessionState>>,
+    sessions: Mutex<States>,
     /// A session state unused this long belongs to a session that is gone
     /// (its `disconnect` never came): it is dropped, its upstream closed.
     stale_after: Duration,
@@ -739,7 +745,10 @@ impl<L: Handler> Router<L> {
             local,
             upstream: upstream.map(Arc::new),
             networks,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(States {
+                map: HashMap::new(),
+                next_sweep: Instant::now(),
+            }),
             stale_after,
         }
     }
@@ -753,26 +762,33 @@ impl<L: Handler> Router<L> {
         self
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, SessionState>> {
+    fn sessions(&self) -> MutexGuard<'_, States> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take_state(&self, id: &str) -> SessionState {
-        self.sessions().remove(id).unwrap_or_default()
+        self.sessions().map.remove(id).unwrap_or_default()
     }
 
+    /// Puts a session's state back; now and then (every quarter of
+    /// `stale_after`, not at every hook) drops the stale ones.
     fn put_state(&self, id: &str, mut state: SessionState) {
         let now = Instant::now();
         state.touched = now;
         let stale: Vec<SessionState> = {
-            let mut sessions = self.sessions();
-            sessions.insert(id.to_owned(), state);
-            let gone: Vec<String> = sessions
+            let mut states = self.sessions();
+            states.map.insert(id.to_owned(), state);
+            if now < states.next_sweep {
+                return;
+            }
+            states.next_sweep = now + self.stale_after / 4;
+            let gone: Vec<String> = states
+                .map
                 .iter()
                 .filter(|(_, s)| now.saturating_duration_since(s.touched) > self.stale_after)
                 .map(|(k, _)| k.clone())
                 .collect();
-            gone.iter().filter_map(|k| sessions.remove(k)).collect()
+            gone.iter().filter_map(|k| states.map.remove(k)).collect()
         };
         for s in stale {
             tracing::warn!("dropping the relay state of a session that ended without disconnect");
@@ -788,12 +804,9 @@ impl<L: Handler> Router<L> {
         match session.peer.remote.map(|a| a.ip()) {
             // A Unix-domain socket: a local client.
             None => true,
+            // `::ffff:127.0.0.1` is loopback too; Cidr maps it itself.
             Some(ip) => {
-                let ip = match ip {
-                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                    v4 => v4,
-                };
-                ip.is_loopback() || self.networks.iter().any(|n| n.contains(ip))
+                ip.to_canonical().is_loopback() || self.networks.iter().any(|n| n.contains(ip))
             }
         }
     }
@@ -832,10 +845,10 @@ impl<L: Handler> Router<L> {
             return Reply::RELAY_DENIED.into();
         };
         let mut state = self.take_state(id);
-        let worker = match &state.worker {
-            Some(w) => w.clone(),
+        let worker = match state.worker.take() {
+            Some(w) => w,
             None => match Worker::spawn() {
-                Ok(w) => state.worker.insert(Arc::new(w)).clone(),
+                Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start a relay thread");
                     self.put_state(id, state);
@@ -851,6 +864,7 @@ impl<L: Handler> Router<L> {
                 (up, d)
             })
             .await;
+        state.worker = Some(worker);
         let decision = match result {
             Some((up, d)) => {
                 state.up = up;
@@ -1078,7 +1092,6 @@ fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Resul
             up,
             "DATA",
         );
-        st.mail_sent = false;
         return Err(unavailable());
     }
     let Some(conn) = st.conn.as_mut() else {
@@ -1176,8 +1189,8 @@ impl<L: Handler> Handler for Router<L> {
             Route::Relay => self.relay_rcpt(&session.id, to).await,
         };
         if matches!(decision, Decision::Accept) && self.upstream.is_some() {
-            let mut sessions = self.sessions();
-            let state = sessions.entry(session.id.clone()).or_default();
+            let mut states = self.sessions();
+            let state = states.map.entry(session.id.clone()).or_default();
             state.routes.truncate(envelope.recipients.len());
             state.routes.push(route);
         }
@@ -1332,13 +1345,13 @@ mod tests {
             .stale_after(Duration::from_millis(50));
         let from = MailOptions::default();
         futures_executor::block_on(router.mail(&session("gone"), "a@x", &from));
-        assert_eq!(router.sessions().len(), 1);
+        assert_eq!(router.sessions().map.len(), 1);
         std::thread::sleep(Duration::from_millis(100));
         futures_executor::block_on(router.mail(&session("live"), "a@x", &from));
-        let ids: Vec<String> = router.sessions().keys().cloned().collect();
+        let ids: Vec<String> = router.sessions().map.keys().cloned().collect();
         assert_eq!(ids, ["live"]);
         router.disconnect(&session("live"), CloseReason::Quit);
-        assert!(router.sessions().is_empty());
+        assert!(router.sessions().map.is_empty());
     }
 
     /// Issue 12 items 3, 4 and 8: who may relay where.
