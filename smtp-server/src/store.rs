@@ -18,7 +18,7 @@
 //! # let _ = handler;
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -60,15 +60,21 @@ fn write_failure(e: &io::Error) -> Reply {
 
 /// Makes a directory's entries (created, renamed or removed files)
 /// durable: `fsync` of the directory. Replaceable so tests can watch it.
+/// Also remembers the mailbox directories already made durable, so a
+/// delivery to a known mailbox neither looks at nor syncs them again.
 #[derive(Clone)]
-struct DirSync(Arc<SyncFn>);
+struct DirSync(Arc<SyncFn>, Arc<Mutex<HashSet<PathBuf>>>);
+
+/// Known-durable directories remembered at most (then forgotten, which
+/// costs a few `stat` calls and syncs, never durability).
+const KNOWN_DIRS: usize = 100_000;
 
 /// The function behind a [`DirSync`].
 type SyncFn = dyn Fn(&Path) -> io::Result<()> + Send + Sync;
 
 impl Default for DirSync {
     fn default() -> Self {
-        DirSync(Arc::new(|dir: &Path| File::open(dir)?.sync_all()))
+        DirSync::new(Arc::new(|dir: &Path| File::open(dir)?.sync_all()))
     }
 }
 
@@ -79,6 +85,10 @@ impl std::fmt::Debug for DirSync {
 }
 
 impl DirSync {
+    fn new(f: Arc<SyncFn>) -> DirSync {
+        DirSync(f, Arc::default())
+    }
+
     fn sync(&self, dir: &Path) -> io::Result<()> {
         (self.0)(dir)
     }
@@ -94,9 +104,15 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Creates whichever of `dirs` are missing, with their missing parents,
 /// and syncs every directory whose entries changed: each one found missing
-/// and the directory it was made in. A directory another session created
-/// meanwhile is synced too, so no answer relies on a sync still to come.
+/// and the directory it was made in. Sessions do this one at a time, and a
+/// directory counts as known only once its sync succeeded: a delivery that
+/// finds a directory another session made is never answered before that
+/// directory is durable (one not yet known is synced again, with its parent).
 fn create_dirs_synced(dirs: &[PathBuf], sync: &DirSync) -> io::Result<()> {
+    let mut known = sync.1.lock().unwrap_or_else(|e| e.into_inner());
+    if dirs.iter().all(|d| known.contains(d)) {
+        return Ok(());
+    }
     let mut changed: Vec<PathBuf> = Vec::new();
     for dir in dirs {
         let mut missing: Vec<&Path> = Vec::new();
@@ -115,6 +131,13 @@ fn create_dirs_synced(dirs: &[PathBuf], sync: &DirSync) -> io::Result<()> {
             }
         }
         let Some(top) = missing.last() else {
+            // Present but not known durable: made by a session whose sync
+            // failed, or before this process (syncing again is harmless).
+            for d in [parent_dir(dir), dir.as_path()] {
+                if !known.contains(d) && !changed.iter().any(|c| c == d) {
+                    changed.push(d.to_path_buf());
+                }
+            }
             continue;
         };
         for d in [parent_dir(top)].into_iter().chain(missing.iter().copied()) {
@@ -133,20 +156,47 @@ fn create_dirs_synced(dirs: &[PathBuf], sync: &DirSync) -> io::Result<()> {
     for d in &changed {
         sync.sync(d)?;
     }
+    if known.len() + dirs.len() > KNOWN_DIRS {
+        known.clear();
+    }
+    known.extend(dirs.iter().cloned());
     Ok(())
 }
 
-/// Writes `data` with every CRLF turned into LF (a lone CR stays).
-fn write_lf(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
-    let mut start = 0;
-    for i in memchr::memchr_iter(b'\n', data) {
-        if i > start && data[i - 1] == b'\r' {
-            w.write_all(&data[start..i - 1])?;
-            w.write_all(b"\n")?;
-            start = i + 1;
+/// Writes `data` with CRLF line ends turned into LF (a lone CR stays),
+/// prefixing `>` to the lines `quote` picks. With `close`, a last line
+/// without a line end gets one (its trailing CR dropped); without, it is
+/// written as it is. Maildir, mbox and the debug printer all use this.
+fn write_lf_lines(
+    w: &mut impl Write,
+    data: &[u8],
+    quote: impl Fn(&[u8]) -> bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, next, ended) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..], true),
+            None => (rest, &[][..], false),
+        };
+        if quote(line) {
+            w.write_all(b">")?;
         }
+        if ended || close {
+            w.write_all(line.strip_suffix(b"\r").unwrap_or(line))?;
+            w.write_all(b"\n")?;
+        } else {
+            w.write_all(line)?;
+        }
+        rest = next;
     }
-    w.write_all(&data[start..])
+    Ok(())
+}
+
+/// [`write_lf_lines`] into a buffer, every line closed.
+fn push_lf_lines(out: &mut Vec<u8>, data: &[u8], quote: impl Fn(&[u8]) -> bool) {
+    // Writing to a Vec cannot fail.
+    let _ = write_lf_lines(out, data, quote, true);
 }
 
 /// This machine's host name (for Maildir file names and default identities).
@@ -371,8 +421,8 @@ fn write_tmp(c: &Copy, message: &Message, sync: &DirSync) -> io::Result<PathBuf>
     let res = (|| {
         let mut w = BufWriter::with_capacity(64 * 1024, &f);
         w.write_all(&c.head)?;
-        write_lf(&mut w, &message.trace)?;
-        write_lf(&mut w, &message.data)?;
+        write_lf_lines(&mut w, &message.trace, |_| false, false)?;
+        write_lf_lines(&mut w, &message.data, |_| false, false)?;
         w.flush()?;
         drop(w);
         f.sync_all()
@@ -720,25 +770,6 @@ impl<H: Handler> Layer for DomainPolicy<H> {
     }
 }
 
-/// Appends `data` with CRLF line ends turned into LF, prefixing `>` to lines
-/// for which `quote` says so. A last line without a line end gets one.
-fn push_lf_lines(out: &mut Vec<u8>, data: &[u8], quote: impl Fn(&[u8]) -> bool) {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &[][..]),
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if quote(line) {
-            out.push(b'>');
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-        rest = next;
-    }
-}
-
 /// `Thu Jan  1 00:00:00 1970` (UTC) for Unix seconds.
 fn asctime(t: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -1030,7 +1061,7 @@ mod tests {
             (b"\n\r\n", b"\n\n"),
         ] {
             let mut out = Vec::new();
-            write_lf(&mut out, input).unwrap();
+            write_lf_lines(&mut out, input, |_| false, false).unwrap();
             assert_eq!(out, want, "{:?}", String::from_utf8_lossy(input));
         }
     }
@@ -1042,7 +1073,7 @@ mod tests {
     fn recording_sync() -> (DirSync, SyncLog) {
         let log: SyncLog = Arc::default();
         let l = log.clone();
-        let sync = DirSync(Arc::new(move |dir: &Path| {
+        let sync = DirSync::new(Arc::new(move |dir: &Path| {
             let n = fs::read_dir(dir)?.count();
             l.lock().unwrap().push((dir.to_owned(), n));
             DirSync::default().sync(dir)
