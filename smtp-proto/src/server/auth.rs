@@ -4,9 +4,12 @@ use super::*;
 use crate::sasl::SaslError;
 
 impl Session {
+    /// Whether AUTH is offered now (in EHLO, and as room for MAIL's
+    /// `AUTH=`): never before TLS when TLS is required, whatever
+    /// `allow_plaintext` says.
     pub(super) fn auth_offered(&self) -> bool {
         !self.config.auth.mechanisms.is_empty()
-            && (self.is_tls() || self.config.auth.allow_plaintext)
+            && (self.is_tls() || (self.config.auth.allow_plaintext && !self.config.require_tls))
     }
 
     pub(super) fn start_auth(

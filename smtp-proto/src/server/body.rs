@@ -22,9 +22,7 @@ impl Session {
                 end,
                 consumed,
             } => {
-                if self.looks_for_nul() && memchr::memchr(0, &buf[start..end]).is_some() {
-                    self.txn.nul = true;
-                }
+                self.note_nul(self.start + start..self.start + end);
                 let len = (end - start) as u64;
                 self.txn.body_len += len;
                 let max = self.config.limits.max_message_size;
@@ -58,10 +56,15 @@ impl Session {
 
     /// Whether body chunks are searched for NUL octets: a text body under
     /// the refusing policy, not already refused.
-    pub(super) fn looks_for_nul(&self) -> bool {
-        self.config.limits.nul_bytes == ContentPolicy::Reject
+    /// Notes a NUL octet in `self.input[bytes]`, body text the policy
+    /// refuses NUL in (looked for until the first is found).
+    fn note_nul(&mut self, bytes: std::ops::Range<usize>) {
+        let look = self.config.limits.nul_bytes == ContentPolicy::Reject
             && !self.txn.nul
-            && self.txn.body != BodyType::BinaryMime
+            && self.txn.body != BodyType::BinaryMime;
+        if look && memchr::memchr(0, &self.input[bytes]).is_some() {
+            self.txn.nul = true;
+        }
     }
 
     /// Why a complete body must be refused, if it must (size, then the
@@ -74,7 +77,8 @@ impl Session {
             Some(AbortReason::TooBig)
         } else if text && bare && limits.bare_line_endings == ContentPolicy::Reject {
             Some(AbortReason::BareLineEnding)
-        } else if text && self.txn.nul && limits.nul_bytes == ContentPolicy::Reject {
+        } else if self.txn.nul {
+            // Only ever set for text under the refusing policy (note_nul).
             Some(AbortReason::NulByte)
         } else if text && long_line && limits.long_lines == ContentPolicy::Reject {
             Some(AbortReason::LongLine)
@@ -182,9 +186,7 @@ impl Session {
             self.consume(n);
             return Step::Continue;
         }
-        if self.looks_for_nul() && memchr::memchr(0, &self.input[range.clone()]).is_some() {
-            self.txn.nul = true;
-        }
+        self.note_nul(range.clone());
         self.checker.feed(&self.input[range.clone()]);
         self.release = n;
         Step::Emit(Emit::Body {

@@ -837,9 +837,11 @@ const ROOM_REQUIRETLS: usize = 11;
 const ROOM_NOTIFY: usize = 29;
 /// ` ORCPT=` and 500 octets (RFC 3461 §4.2).
 const ROOM_ORCPT: usize = 507;
-/// The most any MAIL or RCPT line may add.
+/// The most any MAIL or RCPT line may add (MAIL's parameters; RCPT's add
+/// less, which the assertion below keeps true).
 const MAX_PARAM_ROOM: usize =
     ROOM_SIZE + ROOM_BODY + ROOM_SMTPUTF8 + ROOM_RET + ROOM_ENVID + ROOM_AUTH + ROOM_REQUIRETLS;
+const _: () = assert!(ROOM_NOTIFY + ROOM_ORCPT <= MAX_PARAM_ROOM);
 
 /// What [`Session::next_line`] found.
 #[derive(Debug)]
