@@ -160,5 +160,5 @@ pub fn serve_stream<S, H: Handler>(
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send,
 {
-    Connection::new(stream, peer, config, handler).run()
+    smtp_server::connection::serve_stream::<AsyncIoRuntime, _, _>(stream, peer, config, handler)
 }

@@ -220,7 +220,12 @@ pub enum Store {
 
 impl Handler for Store {
     fn wants_trace(&self) -> bool {
-        !matches!(self, Store::Sink(_))
+        match self {
+            Store::Debug(h) => h.wants_trace(),
+            Store::Sink(h) => h.wants_trace(),
+            Store::Maildir(h) => h.wants_trace(),
+            Store::Mbox(h) => h.wants_trace(),
+        }
     }
 
     async fn rcpt(&self, s: &SessionInfo, e: &Envelope, to: &Recipient) -> Decision {

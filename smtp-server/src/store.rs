@@ -280,6 +280,11 @@ impl DebugHandler {
 }
 
 impl Handler for DebugHandler {
+    /// The printout shows the message as received, without our trace.
+    fn wants_trace(&self) -> bool {
+        false
+    }
+
     async fn message(
         &self,
         session: &SessionInfo,

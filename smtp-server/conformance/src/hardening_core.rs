@@ -2,11 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-use crate::cases::{p, send_through, stored_body, tls_server, tmp};
+use crate::cases::{p, stored_body, tls_server, tmp};
 use crate::support::cases;
-#[allow(unused_imports)]
-use crate::support::{Ctx, all_files, delivered};
+use crate::support::{Ctx, all_files};
 
 cases!(
     hardening_timeout_bounds_data,
