@@ -45,14 +45,8 @@ pub struct TlsInfo<'a> {
 /// The `with` protocol keyword of a trace header (RFC 3848, RFC 6531 §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WithProtocol {
-    /// `SMTP`: HELO.
+    /// `SMTP`: HELO, without TLS or AUTH.
     Smtp,
-    /// `SMTPA`: HELO, authenticated.
-    Smtpa,
-    /// `SMTPS`: HELO over TLS (implicit TLS, or STARTTLS then HELO).
-    Smtps,
-    /// `SMTPSA`: HELO over TLS, authenticated.
-    Smtpsa,
     /// `ESMTP`: EHLO.
     Esmtp,
     /// `ESMTPA`: EHLO, authenticated.
@@ -92,16 +86,15 @@ impl WithProtocol {
     ///
     /// `extended` tells EHLO (or LHLO) from HELO. The `S` and `A` suffixes
     /// say exactly whether TLS and AUTH were used (RFC 3848), after HELO
-    /// too (`SMTPS`, `SMTPA`, `SMTPSA`: TLS may be implicit, and AUTH works
-    /// after HELO); `utf8` (the message was sent with SMTPUTF8) implies
-    /// EHLO and wins over `extended`. With `lmtp`, `extended` is ignored.
+    /// too: TLS may be implicit and AUTH works after HELO, and RFC 3848
+    /// registers only the ESMTP forms, so a HELO session with TLS or AUTH
+    /// is `ESMTPS`, `ESMTPA` or `ESMTPSA` (plain HELO stays `SMTP`); `utf8`
+    /// (the message was sent with SMTPUTF8) implies EHLO and wins over
+    /// `extended`. With `lmtp`, `extended` is ignored.
     pub fn new(lmtp: bool, extended: bool, tls: bool, authenticated: bool, utf8: bool) -> Self {
         use WithProtocol::*;
         match (lmtp, utf8, tls, authenticated) {
             (false, false, false, false) if !extended => Smtp,
-            (false, false, false, true) if !extended => Smtpa,
-            (false, false, true, false) if !extended => Smtps,
-            (false, false, true, true) if !extended => Smtpsa,
             (false, false, false, false) => Esmtp,
             (false, false, false, true) => Esmtpa,
             (false, false, true, false) => Esmtps,
@@ -125,9 +118,6 @@ impl WithProtocol {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Smtp => "SMTP",
-            Self::Smtpa => "SMTPA",
-            Self::Smtps => "SMTPS",
-            Self::Smtpsa => "SMTPSA",
             Self::Esmtp => "ESMTP",
             Self::Esmtpa => "ESMTPA",
             Self::Esmtps => "ESMTPS",
@@ -734,9 +724,9 @@ mod tests {
         use WithProtocol as W;
         let cases = [
             ((false, false, false, false, false), W::Smtp, "SMTP"),
-            ((false, false, false, true, false), W::Smtpa, "SMTPA"),
-            ((false, false, true, false, false), W::Smtps, "SMTPS"),
-            ((false, false, true, true, false), W::Smtpsa, "SMTPSA"),
+            ((false, false, false, true, false), W::Esmtpa, "ESMTPA"),
+            ((false, false, true, false, false), W::Esmtps, "ESMTPS"),
+            ((false, false, true, true, false), W::Esmtpsa, "ESMTPSA"),
             ((false, true, false, false, false), W::Esmtp, "ESMTP"),
             ((false, true, false, true, false), W::Esmtpa, "ESMTPA"),
             ((false, true, true, false, false), W::Esmtps, "ESMTPS"),

@@ -329,12 +329,12 @@ fn received_with_keyword_after_helo_says_tls_and_auth() {
     h.exchange(b"HELO c\r\n");
     assert_eq!(with_keyword(&h), "SMTP");
     h.exchange(b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n");
-    assert_eq!(with_keyword(&h), "SMTPA");
+    assert_eq!(with_keyword(&h), "ESMTPA");
     let mut h = Harness::with_peer(c.clone(), tls_peer());
     h.exchange(b"HELO c\r\n");
-    assert_eq!(with_keyword(&h), "SMTPS");
+    assert_eq!(with_keyword(&h), "ESMTPS");
     h.exchange(b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n");
-    assert_eq!(with_keyword(&h), "SMTPSA");
+    assert_eq!(with_keyword(&h), "ESMTPSA");
     let mut h = Harness::with_peer(c.clone(), tls_peer());
     h.exchange(b"EHLO c\r\n");
     assert_eq!(with_keyword(&h), "ESMTPS");
