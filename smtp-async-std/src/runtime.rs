@@ -113,6 +113,12 @@ impl Runtime for AsyncIoRuntime {
         Ok((listener, local))
     }
 
+    async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.get_ref().set_nodelay(true);
+        Ok(s)
+    }
+
     fn poll_accept_tcp(
         listener: &Self::TcpListener,
         cx: &mut Context<'_>,

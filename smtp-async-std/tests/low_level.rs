@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_net::TcpListener;
 use common::{Client, Rt, localhost, within};
@@ -35,16 +36,14 @@ async fn next_event_low_level<R: Rt>() {
                         Decision::Accept
                     };
                     rcpts.push(to);
-                    conn.session_mut().respond(ticket, d).unwrap();
-                }
-                Event::StartTls => conn.upgrade().await,
-                Event::Throttle(d) => {
-                    async_io::Timer::after(d).await;
+                    conn.session_mut()
+                        .respond(ticket, d, Instant::now())
+                        .unwrap();
                 }
                 other => {
                     if let Some(ticket) = other.into_ticket() {
                         conn.session_mut()
-                            .respond(ticket, Decision::Accept)
+                            .respond(ticket, Decision::Accept, Instant::now())
                             .unwrap();
                     }
                 }

@@ -8,14 +8,15 @@
 //! cargo run -p smtp-blocking --example event_loop -- 127.0.0.1:0
 //! ```
 //!
-//! Each turn of the loop accepts what is waiting, then for every connection:
-//! drains the session's events (answering decisions), writes
-//! [`Session::transmit`] as far as the socket takes it, reads into
-//! [`Session::read_buf`] while [`Session::wants_read`] (never otherwise:
-//! that is the backpressure), and calls [`Session::handle_timeout`] once
-//! [`Session::poll_timeout`] has passed. A turn that moved nothing sleeps a
+//! Each turn of the loop accepts what is waiting, then for every connection
+//! keeps the [drive loop](smtp_proto::drive#the-drive-loop): polls the
+//! session until it gives an [`Instruction`] (answering decisions on the
+//! way), writes [`Session::transmit`] as far as the socket takes it, reads
+//! into [`Session::read_buf`] only when the instruction says `read` (that
+//! is the backpressure), and calls [`Session::handle_timeout`] once the
+//! instruction's deadline has passed. A turn that moved nothing sleeps a
 //! few milliseconds; a real loop would wait on epoll/kqueue (e.g. `mio`)
-//! for readiness and the earliest `poll_timeout()` instead.
+//! for readiness and the earliest deadline instead.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_proto::config::Config;
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
 use smtp_proto::server::{Decision, Event, PeerInfo, Session};
 use smtp_server::handler::{forward_path_text, reverse_path_text};
@@ -48,10 +50,15 @@ struct Conn {
 }
 
 impl Conn {
-    /// Answers every pending event; returns whether there was any.
-    fn events(&mut self, sink: &mut Vec<Stored>) -> bool {
+    /// Answers every pending event; returns whether there was any, and
+    /// what the session wants done next.
+    fn events(&mut self, now: Instant, sink: &mut Vec<Stored>) -> (bool, Instruction) {
         let mut any = false;
-        while let Some(event) = self.session.poll_event() {
+        loop {
+            let event = match self.session.poll() {
+                Output::Event(e) => e,
+                Output::Instruction(i) => return (any, i),
+            };
             any = true;
             let decision = match event {
                 Event::Mail { ticket, from, .. } => {
@@ -84,28 +91,35 @@ impl Conn {
                     self.body.clear();
                     None
                 }
-                // No TLS in this example (STARTTLS is not offered anyway).
-                Event::StartTls => {
-                    self.session.tls_failed();
-                    None
-                }
                 // AUTH is not offered; refuse it anyway.
                 Event::Auth { ticket, .. } => Some((ticket, Decision::Reply(Reply::AUTH_FAILED))),
-                // Connect, HELO/EHLO, VRFY: accept. Throttle, Violation, Closing: nothing.
+                // Connect, HELO/EHLO, VRFY: accept. Violation, Closing: nothing.
                 other => other.into_ticket().map(|t| (t, Decision::Accept)),
             };
             if let Some((ticket, d)) = decision {
-                if let Err(e) = self.session.respond(ticket, d) {
+                if let Err(e) = self.session.respond(ticket, d, now) {
                     eprintln!("answer refused: {e}");
                 }
             }
         }
-        any
     }
 
     /// One turn for this connection; returns whether anything moved.
     fn turn(&mut self, now: Instant, sink: &mut Vec<Stored>) -> io::Result<bool> {
-        let mut moved = self.events(sink);
+        let (mut moved, instruction) = self.events(now, sink);
+        let (read, deadline) = match instruction {
+            Instruction::Idle { read, deadline } => (read, deadline),
+            // No TLS in this example (STARTTLS is not offered anyway).
+            Instruction::StartTls => {
+                self.session.tls_failed(now);
+                return Ok(true);
+            }
+            // Past the soft error limit: reply later, read nothing meanwhile.
+            Instruction::Throttle(until) => (false, Some(until)),
+            // Closed: write the last replies. (Every decision is answered
+            // in `events`, so none is pending.)
+            _ => (false, None),
+        };
         while self.session.wants_write() {
             match self.tcp.write(self.session.transmit()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -117,10 +131,10 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        if self.session.wants_read() {
+        if read {
             match self.tcp.read(self.session.read_buf()) {
                 Ok(0) => {
-                    self.session.receive_eof();
+                    self.session.receive_eof(now);
                     moved = true;
                 }
                 Ok(n) => {
@@ -131,7 +145,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        if self.session.poll_timeout().is_some_and(|t| now >= t) {
+        if deadline.is_some_and(|t| now >= t) {
             self.session.handle_timeout(now);
             moved = true;
         }

@@ -9,16 +9,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::ServerConfig;
 use smtp_proto::config::Config;
-use smtp_proto::server::{Event, PeerInfo, Session, TlsInfo};
-use smtp_server::accept::{SessionIds, Stop, StopSeen, tls_info};
-use smtp_server::handler::{Dispatcher, Drive, Handler};
+use smtp_proto::drive::Instruction;
+use smtp_proto::server::{Event, PeerInfo, Session};
+use smtp_server::accept::{SessionIds, Stop};
+use smtp_server::handler::{Dispatcher, Handler};
 
+use crate::link::{Link, Stream, TlsSide, TlsStream};
 use crate::stop::Waiter;
-
-/// How often a session blocked on a read looks at the server's stop phase.
-const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// A blocking byte stream whose reads and writes can be bounded in time.
 ///
@@ -90,38 +89,6 @@ impl<S: Read + Write> Socket for Untimed<S> {
     }
 }
 
-/// A TLS stream over a [`Socket`].
-pub(crate) type TlsStream<S> = StreamOwned<ServerConnection, S>;
-
-/// A plain stream, or the same stream after STARTTLS.
-enum Stream<S: Socket> {
-    Plain(S),
-    Tls(Box<TlsStream<S>>),
-    /// During (and after a failed) handshake.
-    Gone,
-}
-
-impl<S: Socket> Stream<S> {
-    fn sock(&self) -> Option<&S> {
-        match self {
-            Stream::Plain(s) => Some(s),
-            Stream::Tls(t) => Some(&t.sock),
-            Stream::Gone => None,
-        }
-    }
-
-    fn io(&mut self) -> io::Result<&mut dyn ReadWrite> {
-        match self {
-            Stream::Plain(s) => Ok(s),
-            Stream::Tls(t) => Ok(&mut **t),
-            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write + ?Sized> ReadWrite for T {}
-
 /// Sets a socket timeout to what is left until `deadline` (at least 1 ms:
 /// a zero timeout means "none" to the OS).
 pub(crate) fn bound(sock: &impl Socket, deadline: Instant, read: bool) -> io::Result<()> {
@@ -133,7 +100,7 @@ pub(crate) fn bound(sock: &impl Socket, deadline: Instant, read: bool) -> io::Re
 /// [`Timeouts::SLACK`] of the last is not set again: a syscall saved per
 /// read and write, a deadline kept within a few milliseconds.
 #[derive(Debug, Default, Clone, Copy)]
-struct Timeouts {
+pub(crate) struct Timeouts {
     read: Option<Option<Duration>>,
     write: Option<Option<Duration>>,
 }
@@ -142,7 +109,7 @@ impl Timeouts {
     const SLACK: Duration = Duration::from_millis(5);
 
     /// Bounds the next reads (`read`) or writes by `deadline` (`None`: unbounded).
-    fn bound(
+    pub(crate) fn bound(
         &mut self,
         sock: &impl Socket,
         deadline: Option<Instant>,
@@ -175,7 +142,7 @@ impl Timeouts {
     }
 }
 
-fn timed_out(e: &io::Error) -> bool {
+pub(crate) fn timed_out(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -185,36 +152,11 @@ fn timed_out(e: &io::Error) -> bool {
 /// The server side of a TLS handshake on `sock`, all of it within `limit`.
 pub(crate) fn handshake<S: Socket>(
     config: Arc<ServerConfig>,
-    mut sock: S,
+    sock: S,
     limit: Duration,
-) -> io::Result<(TlsStream<S>, TlsInfo)> {
-    let deadline = Instant::now() + limit;
-    let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
-    while conn.is_handshaking() {
-        if Instant::now() >= deadline {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        if conn.wants_write() {
-            bound(&sock, deadline, false)?;
-            conn.write_tls(&mut sock)?;
-            continue;
-        }
-        bound(&sock, deadline, true)?;
-        match conn.read_tls(&mut sock) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        if let Err(e) = conn.process_new_packets() {
-            // The alert, best effort.
-            let _ = sock.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = conn.write_tls(&mut sock);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-        }
-    }
-    let info = tls_info(&conn);
-    Ok((StreamOwned::new(conn, sock), info))
+) -> io::Result<(TlsStream<S>, smtp_proto::server::TlsInfo)> {
+    let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+    crate::link::handshake(conn, sock, limit)
 }
 
 /// One SMTP connection: a blocking stream, a [`Session`] and a
@@ -240,21 +182,14 @@ pub(crate) fn handshake<S: Socket>(
 /// # }
 /// ```
 pub struct Connection<S: Socket, H> {
-    stream: Stream<S>,
-    session: Session,
+    link: Link<S, Session>,
     dispatcher: Dispatcher<H>,
-    tls: Option<Arc<ServerConfig>>,
-    stop: Option<Waiter>,
-    seen: StopSeen,
-    /// The socket timeouts last set (read, write), to skip setsockopt calls
-    /// that would change nothing.
-    timeouts: Timeouts,
 }
 
 impl<S: Socket, H> std::fmt::Debug for Connection<S, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("session", &self.session)
+            .field("session", &self.link.machine)
             .finish_non_exhaustive()
     }
 }
@@ -281,30 +216,31 @@ impl<S: Socket, H: Handler> Connection<S, H> {
         config: Arc<Config>,
         handler: Arc<H>,
     ) -> Self {
-        Connection::over(Stream::Tls(Box::new(stream)), peer, config, handler)
+        Connection::over(Stream::Server(Box::new(stream)), peer, config, handler)
     }
 
     fn over(stream: Stream<S>, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
+        let io_timeout = config.timeouts.command;
         Connection {
-            stream,
-            session: Session::new(config, peer, Instant::now()),
-            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id()),
-            tls: None,
-            stop: None,
-            seen: StopSeen::default(),
-            timeouts: Timeouts::default(),
+            link: Link::new(
+                stream,
+                Session::new(config, peer, Instant::now()),
+                io_timeout,
+            ),
+            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id())
+                .with_dialer(crate::dial::dialer()),
         }
     }
 
     /// Enables the STARTTLS upgrade with `tls`. STARTTLS is offered only if
     /// the configuration says so (`config.extensions.starttls`).
     pub fn with_tls(mut self, tls: Arc<ServerConfig>) -> Self {
-        self.tls = Some(tls);
+        self.link.set_tls(Some(TlsSide::Accept(tls)));
         self
     }
 
     pub(crate) fn with_stop(mut self, waiter: Waiter) -> Self {
-        self.stop = Some(waiter);
+        self.link.stop = Some(waiter);
         self
     }
 
@@ -315,28 +251,29 @@ impl<S: Socket, H: Handler> Connection<S, H> {
 
     /// The session state.
     pub fn session(&self) -> &Session {
-        &self.session
+        &self.link.machine
     }
 
     /// The session state, for answering events from [`Connection::next_event`]
-    /// (`respond(ticket, decision)`).
+    /// (`respond(ticket, decision, now)`).
     pub fn session_mut(&mut self) -> &mut Session {
-        &mut self.session
+        &mut self.link.machine
     }
 
     /// The low level: does blocking I/O until the session has an event and
     /// returns it; `None` once the session is over and its last replies
     /// are written (then drop the connection: that closes a plain socket;
-    /// a TLS one has been shut down already). Timeouts, backpressure and
-    /// shutdown work as in [`Connection::run`]. Answer each decision event with
-    /// `session_mut().respond(ticket, ..)` before calling again (the session
-    /// reads nothing while a decision is pending); on
-    /// [`Event::StartTls`] call [`Connection::upgrade`]; on
-    /// [`Event::Throttle`] wait that long first. Do not mix with `run`.
+    /// a TLS one has been shut down already). Timeouts, backpressure,
+    /// STARTTLS (with [`Connection::with_tls`]), throttling and shutdown
+    /// work as in [`Connection::run`]. Answer each decision event with
+    /// `session_mut().respond(ticket, decision, now)` before calling again
+    /// (the session reads nothing while a decision is pending, and calling
+    /// with one pending is an `InvalidInput` error). Do not mix with `run`.
     ///
     /// ```no_run
     /// # fn f(tcp: std::net::TcpStream) -> std::io::Result<()> {
     /// use std::sync::Arc;
+    /// use std::time::Instant;
     /// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
     ///
     /// let peer = PeerInfo::new(tcp.peer_addr()?);
@@ -345,11 +282,9 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     /// while let Some(event) = conn.next_event()? {
     ///     match event {
     ///         Event::Body(chunk) => body.extend_from_slice(chunk),
-    ///         Event::StartTls => conn.upgrade(),
-    ///         Event::Throttle(d) => std::thread::sleep(d),
     ///         other => {
     ///             if let Some(ticket) = other.into_ticket() {
-    ///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
+    ///                 conn.session_mut().respond(ticket, Decision::Accept, Instant::now()).ok();
     ///             }
     ///         }
     ///     }
@@ -357,95 +292,34 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     /// # Ok(()) }
     /// ```
     pub fn next_event(&mut self) -> io::Result<Option<Event<'_>>> {
-        loop {
-            self.apply_stop();
-            if self.session.has_event() {
-                return Ok(self.session.poll_event());
-            }
-            if self.session.is_closed() {
-                return self.finish().map(|()| None);
-            }
-            self.io_step()?;
-        }
-    }
-
-    /// Performs the STARTTLS handshake the session asked for with
-    /// [`Event::StartTls`] (writes the `220` first; a failure is reported
-    /// to the session, which answers or closes).
-    pub fn upgrade(&mut self) {
-        if self.flush().is_err() {
-            self.session.tls_failed();
-            return;
-        }
-        let t = self.session.config().timeouts.command;
-        self.start_tls(t);
+        self.link.next_event()
     }
 
     /// Serves the connection until the session closes. Errors are I/O
     /// errors and write timeouts; the client has been answered as far as possible.
     pub fn run(self) -> io::Result<()> {
-        let peer = self.session.peer().remote;
+        let peer = self.session().peer().remote;
         let span = tracing::info_span!("smtp", id = %self.id(), peer = ?peer);
         span.in_scope(|| self.run_inner())
     }
 
     fn run_inner(mut self) -> io::Result<()> {
         tracing::debug!("session start");
-        let command_timeout = self.session.config().timeouts.command;
         loop {
-            self.apply_stop();
-            match self.drive() {
-                Drive::Idle => {}
-                Drive::StartTls => {
-                    self.flush()?;
-                    self.start_tls(command_timeout);
-                    continue;
-                }
-                Drive::Throttle(d) => {
-                    self.flush()?;
-                    std::thread::sleep(d);
-                    continue;
-                }
-                Drive::Closed => {
-                    let res = self.finish();
-                    tracing::debug!("session end");
-                    return res;
-                }
+            self.link.apply_stop();
+            let i = self.drive();
+            if self.link.obey(i)? {
+                tracing::debug!("session end");
+                return Ok(());
             }
-            self.io_step()?;
-        }
-    }
-
-    /// Writes the pending replies, then reads once.
-    fn io_step(&mut self) -> io::Result<()> {
-        self.flush()?;
-        self.read_step()
-    }
-
-    /// The end of a closed session: writes its last replies, then closes.
-    fn finish(&mut self) -> io::Result<()> {
-        let res = self.flush();
-        self.close();
-        res
-    }
-
-    /// Applies a stop phase the connection has not acted on yet.
-    fn apply_stop(&mut self) {
-        if let Some(w) = &self.stop {
-            self.seen.apply(w.phase(), &mut self.session);
         }
     }
 
     /// Runs the dispatcher; an abort from the server interrupts a slow hook.
-    fn drive(&mut self) -> Drive {
-        let Connection {
-            session,
-            dispatcher,
-            stop,
-            seen,
-            ..
-        } = self;
-        let Some(w) = stop.as_ref().filter(|_| seen.get() < Stop::Abort) else {
+    fn drive(&mut self) -> Instruction {
+        let Connection { link, dispatcher } = self;
+        let session = &mut link.machine;
+        let Some(w) = link.stop.as_ref().filter(|_| link.seen.get() < Stop::Abort) else {
             return block_on(dispatcher.drive(session));
         };
         let done = {
@@ -459,129 +333,8 @@ impl<S: Socket, H: Handler> Connection<S, H> {
         if let Some(d) = done {
             return d;
         }
-        seen.apply(Stop::Abort, session);
+        link.seen.apply(Stop::Abort, session);
         block_on(dispatcher.drive(session))
-    }
-
-    /// Writes everything pending, all of it within the command timeout.
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.session.wants_write() {
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.session.config().timeouts.command;
-        let Connection {
-            stream,
-            session,
-            timeouts,
-            ..
-        } = self;
-        let mut sock_bound = |stream: &Stream<S>| match stream.sock() {
-            Some(s) => timeouts.bound(s, Some(deadline), false),
-            None => Ok(()),
-        };
-        let res = (|| {
-            while session.wants_write() {
-                sock_bound(stream)?;
-                let n = stream.io()?.write(session.transmit())?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                session.transmitted(n);
-            }
-            sock_bound(stream)?;
-            stream.io()?.flush()
-        })();
-        if let Err(e) = &res {
-            if timed_out(e) {
-                tracing::info!("write timed out; closing");
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-        }
-        res
-    }
-
-    /// Closes our side of a TLS stream: close_notify, then a FIN, each
-    /// bounded. A plain socket gets its FIN when it is dropped (a
-    /// `shutdown` first would be one more system call).
-    fn close(&mut self) {
-        let limit = self.session.config().timeouts.command;
-        self.timeouts = Timeouts::default();
-        if let Stream::Tls(t) = &mut self.stream {
-            t.conn.send_close_notify();
-            let _ = t.sock.set_write_timeout(Some(limit));
-            let _ = t.flush();
-            let _ = t.sock.shutdown_write();
-        }
-    }
-
-    fn start_tls(&mut self, limit: Duration) {
-        // The handshake sets the socket's timeouts itself.
-        self.timeouts = Timeouts::default();
-        let stream = std::mem::replace(&mut self.stream, Stream::Gone);
-        let (Some(config), Stream::Plain(plain)) = (self.tls.clone(), stream) else {
-            tracing::warn!("STARTTLS without a TLS configuration");
-            self.session.tls_failed();
-            return;
-        };
-        match handshake(config, plain, limit) {
-            Ok((tls, info)) => {
-                tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
-                self.stream = Stream::Tls(Box::new(tls));
-                if let Err(e) = self.session.tls_established(info) {
-                    tracing::error!(error = %e, "tls_established refused");
-                }
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "STARTTLS handshake failed");
-                self.session.tls_failed();
-            }
-        }
-    }
-
-    /// One read, bounded by the session's deadline (and, under a server, by
-    /// [`STOP_CHECK`]); feeds the bytes, the EOF or the time to the session.
-    fn read_step(&mut self) -> io::Result<()> {
-        let now = Instant::now();
-        let deadline = self.session.poll_timeout();
-        if deadline.is_some_and(|d| now >= d) || !self.session.wants_read() {
-            // Nothing to read now: let time pass (a session that wants no
-            // input and has no deadline only waits for a stop phase).
-            self.session.handle_timeout(now);
-            if !self.session.is_closed() && !self.session.wants_read() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            return Ok(());
-        }
-        let check = self.stop.as_ref().map(|_| now + STOP_CHECK);
-        let wake = match (deadline, check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let Connection {
-            stream,
-            session,
-            timeouts,
-            ..
-        } = self;
-        if let Some(sock) = stream.sock() {
-            timeouts.bound(sock, wake, true)?;
-        }
-        let buf = session.read_buf();
-        if buf.is_empty() {
-            // (A zero-length read would look like an EOF.)
-            return Ok(());
-        }
-        match stream.io()?.read(buf) {
-            Ok(0) => session.receive_eof(),
-            Ok(n) => session.filled(n, Instant::now()),
-            Err(e) if timed_out(&e) => session.handle_timeout(Instant::now()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "read failed");
-                session.receive_eof();
-            }
-        }
-        Ok(())
     }
 }
 

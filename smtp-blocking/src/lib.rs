@@ -69,6 +69,8 @@ pub use smtp_server::handler::Handler;
 pub use smtp_server::sync_handler::{SyncAdapter, SyncHandler};
 
 mod connection;
+mod dial;
+mod link;
 mod pool;
 mod server;
 mod stop;

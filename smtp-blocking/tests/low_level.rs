@@ -7,6 +7,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Instant;
 
 use common::{Client, localhost};
 use smtp_proto::config::Config;
@@ -34,14 +35,14 @@ fn next_event_low_level() {
                         Decision::Accept
                     };
                     rcpts.push(to);
-                    conn.session_mut().respond(ticket, d).unwrap();
+                    conn.session_mut()
+                        .respond(ticket, d, Instant::now())
+                        .unwrap();
                 }
-                Event::StartTls => conn.upgrade(),
-                Event::Throttle(d) => std::thread::sleep(d),
                 other => {
                     if let Some(ticket) = other.into_ticket() {
                         conn.session_mut()
-                            .respond(ticket, Decision::Accept)
+                            .respond(ticket, Decision::Accept, Instant::now())
                             .unwrap();
                     }
                 }

@@ -16,7 +16,8 @@
 //!   for smol and async-std, `smtp-blocking` for threads).
 //!
 //! The modules:
-//! - [`server`]: the session state machine (the calling contract is on its module page).
+//! - [`drive`]: the drive contract both roles keep ([`drive::Drive`], the drive loop).
+//! - [`server`]: the session state machine.
 //! - [`command`], [`parse`]: the command grammar (RFC 5321, 2033, 3207, 3030, 4954, 6531, 1870, 3461).
 //! - [`reply`]: typed replies with enhanced status codes (RFC 3463), and a reply parser.
 //! - [`data`]: the streaming DATA decoder (dot-unstuffing, smuggling-safe end of data).
@@ -77,18 +78,19 @@
 //!     b"QUIT\r\n",
 //! ];
 //! for input in script {
-//!     s.receive(input, Instant::now());
-//!     while let Some(event) = s.poll_event() {
+//!     let now = Instant::now();
+//!     s.receive(input, now);
+//!     while let Some(event) = s.poll().event() {
 //!         match event {
 //!             Event::Rcpt { ticket, to, .. } => {
 //!                 let known = format!("{to:?}").contains("bob");
 //!                 let answer = if known { Decision::Accept } else { Reply::NO_SUCH_USER.into() };
-//!                 s.respond(ticket, answer).unwrap();
+//!                 s.respond(ticket, answer, now).unwrap();
 //!             }
 //!             Event::Body(chunk) => body.extend_from_slice(chunk),
 //!             other => {
 //!                 if let Some(ticket) = other.into_ticket() {
-//!                     s.respond(ticket, Decision::Accept).unwrap();
+//!                     s.respond(ticket, Decision::Accept, now).unwrap();
 //!                 }
 //!             }
 //!         }
@@ -111,6 +113,7 @@ pub mod command;
 pub mod config;
 pub mod data;
 mod decided;
+pub mod drive;
 pub mod parse;
 pub mod proxy;
 pub mod reply;

@@ -28,13 +28,13 @@ fn feed(s: &mut Session, input: &[u8], now: Instant) {
             "stuck with {:?} left",
             String::from_utf8_lossy(rest)
         );
-        while let Some(ev) = s.poll_event() {
+        while let Some(ev) = s.poll().event() {
             let ticket = match ev {
                 Event::Body(_) => None,
                 other => other.into_ticket(),
             };
             if let Some(t) = ticket {
-                s.respond(t, Decision::Accept).unwrap();
+                s.respond(t, Decision::Accept, now).unwrap();
             }
         }
         let n = s.transmit().len();

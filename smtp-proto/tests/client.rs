@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use smtp_proto::client::{
-    Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope, Recipient, TlsPolicy,
-    UsageError,
+    Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Envelope, Misuse, Recipient,
+    TlsInfo, TlsPolicy,
 };
 use smtp_proto::command::{BodyType, Notify, Ret};
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::EnhancedCode;
 use smtp_proto::sasl::Mechanism;
 
@@ -17,7 +18,11 @@ struct T {
     now: Instant,
     /// What the client wrote and the test has not checked yet.
     wire: Vec<u8>,
-    events: Vec<ClientEvent>,
+    /// The events, and the instructions `StartTls` and `Closed` where
+    /// they began.
+    events: Vec<Output<ClientEvent>>,
+    /// The last instruction `poll` returned.
+    last: Option<Instruction>,
 }
 
 fn config() -> ClientConfig {
@@ -45,6 +50,7 @@ impl T {
             now,
             wire: Vec::new(),
             events: Vec::new(),
+            last: None,
         };
         t.pump();
         t
@@ -62,8 +68,19 @@ impl T {
     }
 
     fn pump(&mut self) {
-        while let Some(e) = self.c.poll_event() {
-            self.events.push(e);
+        loop {
+            match self.c.poll() {
+                Output::Event(e) => self.events.push(Output::Event(e)),
+                Output::Instruction(i) => {
+                    // An instruction is a state: recorded once, when it begins.
+                    let new = self.last != Some(i);
+                    self.last = Some(i);
+                    if new && matches!(i, Instruction::StartTls | Instruction::Closed) {
+                        self.events.push(Output::Instruction(i));
+                    }
+                    break;
+                }
+            }
         }
         let out = self.c.transmit().to_vec();
         self.c.transmitted(out.len());
@@ -86,22 +103,23 @@ impl T {
         std::mem::take(&mut self.events)
             .into_iter()
             .map(|e| match e {
-                ClientEvent::Ready { .. } => "Ready".into(),
-                ClientEvent::StartTls => "StartTls".into(),
-                ClientEvent::Authenticated => "Authenticated".into(),
-                ClientEvent::SendBody => "SendBody".into(),
-                ClientEvent::Recipient { index, reply } => {
+                Output::Instruction(Instruction::StartTls) => "StartTls".into(),
+                Output::Instruction(Instruction::Closed) => "Closed".into(),
+                Output::Instruction(i) => format!("{i:?}"),
+                Output::Event(ClientEvent::Ready { .. }) => "Ready".into(),
+                Output::Event(ClientEvent::Authenticated) => "Authenticated".into(),
+                Output::Event(ClientEvent::SendBody) => "SendBody".into(),
+                Output::Event(ClientEvent::Recipient { index, reply }) => {
                     format!("Recipient {index} {}", reply.code())
                 }
-                ClientEvent::MessageAccepted { recipient, reply } => {
+                Output::Event(ClientEvent::MessageAccepted { recipient, reply }) => {
                     format!("Accepted {recipient:?} {}", reply.code())
                 }
-                ClientEvent::MessageRejected { recipient, reply } => {
+                Output::Event(ClientEvent::MessageRejected { recipient, reply }) => {
                     format!("Rejected {recipient:?} {}", reply.code())
                 }
-                ClientEvent::Error(e) => format!("Error {}", short(&e)),
-                ClientEvent::Closed => "Closed".into(),
-                e => format!("{e:?}"),
+                Output::Event(ClientEvent::Error(e)) => format!("Error {}", short(&e)),
+                Output::Event(e) => format!("{e:?}"),
             })
             .collect()
     }
@@ -173,7 +191,7 @@ fn ehlo_extensions() {
         "AUTH PLAIN LOGIN",
         "REQUIRETLS",
     ]));
-    let Some(ClientEvent::Ready { extensions: e }) = t.events.pop() else {
+    let Some(Output::Event(ClientEvent::Ready { extensions: e })) = t.events.pop() else {
         panic!()
     };
     assert_eq!(e.name, "mx.example");
@@ -234,7 +252,7 @@ fn greeting_554_quits_and_421_closes() {
     t.server("554 5.7.1 No service\r\n");
     assert_eq!(t.ev(), ["Error Rejected 554"]);
     assert_eq!(t.sent(), "QUIT\r\n");
-    t.c.receive_eof();
+    t.c.receive_eof(t.now);
     t.pump();
     assert_eq!(t.ev(), ["Closed"]);
 
@@ -282,15 +300,29 @@ fn starttls_required_upgrades_then_ehlo_again() {
     assert!(!t.c.wants_read());
     assert_eq!(t.c.poll_timeout(), None);
     assert!(!t.c.is_tls());
-    t.c.tls_established(t.now).unwrap();
+    // Until the handshake is reported, the client keeps asking for it.
+    assert!(matches!(
+        t.c.poll(),
+        Output::Instruction(Instruction::StartTls)
+    ));
+    assert_eq!(t.c.tls_info(), None);
+    let info = TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS_AES_128_GCM_SHA256".into(),
+    };
+    t.c.tls_established(info.clone(), t.now).unwrap();
     t.pump();
     assert!(t.c.is_tls());
+    assert_eq!(t.c.tls_info(), Some(&info));
     assert_eq!(t.sent(), "EHLO client.example\r\n");
     // STARTTLS advertised again (a confused server) is not used again.
     t.server(&ehlo(&["PIPELINING", "STARTTLS"]));
     assert_eq!(t.ev(), ["Ready"]);
     assert_eq!(t.sent(), "");
-    assert_eq!(t.c.tls_established(t.now), Err(UsageError::NotStartingTls));
+    assert_eq!(
+        t.c.tls_established(TlsInfo::default(), t.now),
+        Err(Misuse::NotStartingTls)
+    );
 }
 
 #[test]
@@ -304,10 +336,7 @@ fn starttls_required_but_not_offered() {
     assert_eq!(t.ev(), ["Error TlsUnavailable"]);
     assert_eq!(t.sent(), "QUIT\r\n", "no mail in clear text");
     assert!(!t.c.is_ready());
-    assert_eq!(
-        t.c.send_mail(&env(&["b@c"]), t.now),
-        Err(UsageError::Closed)
-    );
+    assert_eq!(t.c.send_mail(&env(&["b@c"]), t.now), Err(Misuse::Closed));
     t.server("221 bye\r\n");
     assert_eq!(t.ev(), ["Closed"]);
 }
@@ -388,7 +417,10 @@ fn starttls_response_injection_is_an_error() {
     assert_eq!(t.ev(), ["StartTls"]);
     t.server("250 injected\r\n");
     assert_eq!(t.ev(), ["Error TlsInjection", "Closed"]);
-    assert_eq!(t.c.tls_established(t.now), Err(UsageError::NotStartingTls));
+    assert_eq!(
+        t.c.tls_established(TlsInfo::default(), t.now),
+        Err(Misuse::NotStartingTls)
+    );
 }
 
 #[test]
@@ -401,7 +433,7 @@ fn tls_failed_closes() {
     t.server("220 go ahead\r\n");
     t.ev();
     t.sent();
-    t.c.tls_failed();
+    t.c.tls_failed(t.now);
     t.pump();
     assert_eq!(t.ev(), ["Error TlsFailed", "Closed"]);
     assert_eq!(t.sent(), "");
@@ -509,7 +541,7 @@ fn auth_after_starttls() {
     let mut t = authenticating(c, &["STARTTLS", "AUTH PLAIN"]);
     assert_eq!(t.sent(), "STARTTLS\r\n");
     t.server("220 go\r\n");
-    t.c.tls_established(t.now).unwrap();
+    t.c.tls_established(TlsInfo::default(), t.now).unwrap();
     t.pump();
     assert_eq!(t.sent(), "EHLO client.example\r\n");
     t.server(&ehlo(&["AUTH PLAIN"]));
@@ -550,7 +582,7 @@ fn pipelined_data_with_a_refused_recipient() {
     t.end();
     assert_eq!(t.sent(), "last line\r\n.\r\n");
     assert!(!t.c.is_ready());
-    assert_eq!(t.c.push_body(b"more", t.now), Err(UsageError::NoBody));
+    assert_eq!(t.c.push_body(b"more", t.now), Err(Misuse::NoBody));
     t.server("250 2.0.0 Queued as X\r\n");
     assert_eq!(t.ev(), ["Accepted None 250"]);
     assert!(t.c.is_ready());
@@ -637,7 +669,7 @@ fn all_recipients_refused_pipelined_data_refused() {
     t.server("250 OK\r\n550 no\r\n554 5.5.1 No valid recipients\r\n");
     assert_eq!(t.ev(), ["Recipient 0 550", "Rejected None 550"]);
     assert_eq!(t.sent(), "RSET\r\n");
-    assert_eq!(t.c.push_body(b"x", t.now), Err(UsageError::NoBody));
+    assert_eq!(t.c.push_body(b"x", t.now), Err(Misuse::NoBody));
     // Pipelined: the next transaction follows RSET at once.
     t.mail(&env(&["b@example.net"]));
     assert_eq!(
@@ -700,7 +732,7 @@ fn data_refused() {
     t.server("250 OK\r\n250 OK\r\n451 4.3.0 Try later\r\n");
     assert_eq!(t.ev(), ["Recipient 0 250", "Rejected None 451"]);
     assert_eq!(t.sent(), "RSET\r\n");
-    assert_eq!(t.c.end_body(t.now), Err(UsageError::NoBody));
+    assert_eq!(t.c.end_body(t.now), Err(Misuse::NoBody));
 }
 
 #[test]
@@ -805,7 +837,7 @@ fn bdat_chunk_refused() {
     t.body(b"abcdefgh");
     assert_eq!(t.sent(), "BDAT 4\r\nabcdBDAT 4\r\nefgh");
     t.server("552 5.3.4 Too big\r\n");
-    assert_eq!(t.c.push_body(b"ijkl", t.now), Err(UsageError::NoBody));
+    assert_eq!(t.c.push_body(b"ijkl", t.now), Err(Misuse::NoBody));
     t.server("503 5.5.1 No transaction\r\n");
     assert_eq!(t.ev(), ["Recipient 0 250", "SendBody", "Rejected None 552"]);
     assert_eq!(t.sent(), "RSET\r\n");
@@ -818,7 +850,7 @@ fn binarymime_needs_bdat() {
     let mut t = T::ready(config(), &["PIPELINING", "8BITMIME"]);
     assert_eq!(
         t.c.send_mail(&e, t.now),
-        Err(UsageError::Unsupported("BINARYMIME"))
+        Err(Misuse::Unsupported("BINARYMIME"))
     );
     assert_eq!(t.sent(), "");
     let mut c = config();
@@ -914,7 +946,7 @@ fn multi_line_and_enhanced_codes() {
     let mut t = T::ready(config(), &["PIPELINING", "ENHANCEDSTATUSCODES"]);
     t.mail(&env(&["b@example.net"]));
     t.server("250 2.1.0 OK\r\n550-5.1.1 The email account that you tried to reach\r\n550-5.1.1 does not exist.\r\n550 5.1.1 Please try again.\r\n");
-    let ClientEvent::Recipient { index: 0, reply } = t.events.remove(0) else {
+    let Output::Event(ClientEvent::Recipient { index: 0, reply }) = t.events.remove(0) else {
         panic!()
     };
     assert_eq!(reply.code(), 550);
@@ -1053,7 +1085,7 @@ fn service_closing_at_any_point() {
         let mut t = T::new(c);
         for step in &steps[..cut] {
             match *step {
-                "TLS" => t.c.tls_established(t.now).unwrap(),
+                "TLS" => t.c.tls_established(TlsInfo::default(), t.now).unwrap(),
                 "MAIL" => t.c.send_mail(&env(&["b@example.net"]), t.now).unwrap(),
                 "BODY" => t.c.end_body(t.now).unwrap(),
                 "QUIT" => t.c.quit(t.now).unwrap(),
@@ -1146,18 +1178,18 @@ fn premature_eof() {
     let mut t = T::ready(config(), &["PIPELINING"]);
     t.mail(&env(&["b@example.net"]));
     t.server("250 OK\r\n");
-    t.c.receive_eof();
+    t.c.receive_eof(t.now);
     t.pump();
     assert_eq!(t.ev(), ["Error UnexpectedEof", "Closed"]);
     // While idle too.
     let mut t = T::ready(config(), &[]);
-    t.c.receive_eof();
+    t.c.receive_eof(t.now);
     t.pump();
     assert_eq!(t.ev(), ["Error UnexpectedEof", "Closed"]);
     // After QUIT it is the normal end, 221 or not.
     let mut t = T::ready(config(), &[]);
     t.quit();
-    t.c.receive_eof();
+    t.c.receive_eof(t.now);
     t.pump();
     assert_eq!(t.ev(), ["Closed"]);
 }
@@ -1172,7 +1204,7 @@ fn quit_mid_transaction_closes_at_once() {
     t.quit();
     assert_eq!(t.sent(), "", "neither the rest of the body nor QUIT");
     assert_eq!(t.ev(), ["Recipient 0 250", "SendBody", "Closed"]);
-    assert_eq!(t.c.quit(t.now), Err(UsageError::Closed));
+    assert_eq!(t.c.quit(t.now), Err(Misuse::Closed));
 }
 
 #[test]
@@ -1190,32 +1222,35 @@ fn quit_before_ready_waits_for_the_greeting() {
 fn usage_errors() {
     let mut t = T::new(config());
     let e = env(&["b@example.net"]);
-    assert_eq!(t.c.send_mail(&e, t.now), Err(UsageError::NotReady));
-    assert_eq!(t.c.push_body(b"x", t.now), Err(UsageError::NoBody));
-    assert_eq!(t.c.end_body(t.now), Err(UsageError::NoBody));
-    assert_eq!(t.c.tls_established(t.now), Err(UsageError::NotStartingTls));
+    assert_eq!(t.c.send_mail(&e, t.now), Err(Misuse::NotReady));
+    assert_eq!(t.c.push_body(b"x", t.now), Err(Misuse::NoBody));
+    assert_eq!(t.c.end_body(t.now), Err(Misuse::NoBody));
+    assert_eq!(
+        t.c.tls_established(TlsInfo::default(), t.now),
+        Err(Misuse::NotStartingTls)
+    );
     t.server("220 mx\r\n");
     t.server(&ehlo(&["PIPELINING", "SIZE 100"]));
     t.sent();
     t.mail(&e);
-    assert_eq!(t.c.send_mail(&e, t.now), Err(UsageError::NotReady));
+    assert_eq!(t.c.send_mail(&e, t.now), Err(Misuse::NotReady));
     t.end();
-    assert_eq!(t.c.end_body(t.now), Err(UsageError::NoBody));
+    assert_eq!(t.c.end_body(t.now), Err(Misuse::NoBody));
     let mut t = T::ready(config(), &["SIZE 100"]);
     assert_eq!(
         t.c.send_mail(&Envelope::new(None, Vec::<String>::new()), t.now),
-        Err(UsageError::NoRecipients)
+        Err(Misuse::NoRecipients)
     );
     let mut big = env(&["b@example.net"]);
     big.size = Some(101);
     assert_eq!(
         t.c.send_mail(&big, t.now),
-        Err(UsageError::TooBig { limit: 100 })
+        Err(Misuse::TooBig { limit: 100 })
     );
     for bad in ["no-at", "a@b\r\nRSET", "<a@b>", "a b@c", ""] {
         assert_eq!(
             t.c.send_mail(&env(&[bad]), t.now),
-            Err(UsageError::InvalidAddress(bad.into())),
+            Err(Misuse::InvalidAddress(bad.into())),
             "{bad:?}"
         );
     }
@@ -1223,13 +1258,13 @@ fn usage_errors() {
     e.requiretls = true;
     assert_eq!(
         t.c.send_mail(&e, t.now),
-        Err(UsageError::Unsupported("REQUIRETLS"))
+        Err(Misuse::Unsupported("REQUIRETLS"))
     );
     let mut e = env(&["b@example.net"]);
     e.body = Some(BodyType::EightBitMime);
     assert_eq!(
         t.c.send_mail(&e, t.now),
-        Err(UsageError::Unsupported("8BITMIME"))
+        Err(Misuse::Unsupported("8BITMIME"))
     );
     assert_eq!(t.sent(), "", "nothing was sent");
     assert!(t.c.is_ready());
@@ -1241,12 +1276,12 @@ fn smtputf8_only_when_offered() {
     let mut t = T::ready(config(), &["PIPELINING", "8BITMIME"]);
     assert_eq!(
         t.c.send_mail(&utf8, t.now),
-        Err(UsageError::Unsupported("SMTPUTF8"))
+        Err(Misuse::Unsupported("SMTPUTF8"))
     );
     let rcpt8 = env(&["用户@例子.广告"]);
     assert_eq!(
         t.c.send_mail(&rcpt8, t.now),
-        Err(UsageError::Unsupported("SMTPUTF8"))
+        Err(Misuse::Unsupported("SMTPUTF8"))
     );
     assert_eq!(t.sent(), "");
     let mut t = T::ready(config(), &["PIPELINING", "SMTPUTF8"]);
@@ -1470,7 +1505,7 @@ fn open_transaction_reset_and_mail_refused() {
         .unwrap();
     t.pump();
     // Not while replies are awaited.
-    assert_eq!(t.c.reset(t.now), Err(UsageError::NotReady));
+    assert_eq!(t.c.reset(t.now), Err(Misuse::NotReady));
     t.server("250 ok\r\n250 ok\r\n");
     assert_eq!(t.ev(), ["Recipient 0 250"]);
     t.sent();
@@ -1489,7 +1524,7 @@ fn open_transaction_reset_and_mail_refused() {
     assert_eq!(t.ev(), ["Rejected None 550"]);
     assert_eq!(
         t.c.add_recipient(&Recipient::new("b@y.example"), t.now),
-        Err(UsageError::NotReady)
+        Err(Misuse::NotReady)
     );
     assert!(t.c.is_ready());
     // A UTF-8 recipient needs SMTPUTF8 in the envelope.
@@ -1500,6 +1535,6 @@ fn open_transaction_reset_and_mail_refused() {
     .unwrap();
     assert_eq!(
         t.c.add_recipient(&Recipient::new("jörg@y.example"), t.now),
-        Err(UsageError::Unsupported("SMTPUTF8"))
+        Err(Misuse::Unsupported("SMTPUTF8"))
     );
 }

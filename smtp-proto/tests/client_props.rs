@@ -12,6 +12,7 @@ use smtp_proto::client::{
 };
 use smtp_proto::command::ForwardPath;
 use smtp_proto::config::{Config, ContentPolicy};
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::{Reply, parse_reply};
 use smtp_proto::sasl::Mechanism;
 use smtp_proto::server::{Decision, Event, PeerInfo, Session, TlsInfo};
@@ -228,7 +229,25 @@ fn run(
     for _round in 0..100_000 {
         let mut progress = false;
         // The server.
-        while let Some(ev) = server.poll_event() {
+        loop {
+            let ev = match server.poll() {
+                Output::Event(ev) => ev,
+                Output::Instruction(Instruction::StartTls) => {
+                    progress = true;
+                    // The 220 goes out in clear text, then the handshake.
+                    let bytes = server.transmit().to_vec();
+                    server.transmitted(bytes.len());
+                    proxy.push(&bytes);
+                    server.tls_established(TlsInfo::default(), now).unwrap();
+                    continue;
+                }
+                Output::Instruction(Instruction::Throttle(until)) => {
+                    // Past the soft error limit: wait out the delay.
+                    server.handle_timeout(until);
+                    continue;
+                }
+                Output::Instruction(_) => break,
+            };
             progress = true;
             let d = decide(&ev);
             match ev {
@@ -236,7 +255,7 @@ fn run(
                 Event::BodyStart { .. } | Event::MessageAborted(_) | Event::Reset => body.clear(),
                 Event::Mail { ticket, .. } => {
                     rcpts.clear();
-                    server.respond(ticket, d).unwrap();
+                    server.respond(ticket, d, now).unwrap();
                 }
                 Event::Rcpt { ticket, to, .. } => {
                     if matches!(d, Decision::Accept) {
@@ -245,14 +264,7 @@ fn run(
                             ForwardPath::Postmaster => "Postmaster".into(),
                         });
                     }
-                    server.respond(ticket, d).unwrap();
-                }
-                Event::StartTls => {
-                    // The 220 goes out in clear text, then the handshake.
-                    let bytes = server.transmit().to_vec();
-                    server.transmitted(bytes.len());
-                    proxy.push(&bytes);
-                    server.tls_established(TlsInfo::default()).unwrap();
+                    server.respond(ticket, d, now).unwrap();
                 }
                 Event::MessageEnd {
                     ticket, recipients, ..
@@ -261,15 +273,15 @@ fn run(
                         .push((std::mem::take(&mut rcpts), std::mem::take(&mut body)));
                     if setup.lmtp {
                         server
-                            .respond_each(ticket, vec![Decision::Accept; recipients])
+                            .respond_each(ticket, vec![Decision::Accept; recipients], now)
                             .unwrap();
                     } else {
-                        server.respond(ticket, Decision::Accept).unwrap();
+                        server.respond(ticket, Decision::Accept, now).unwrap();
                     }
                 }
                 ev => {
                     if let Some(t) = ev.into_ticket() {
-                        server.respond(t, d).unwrap();
+                        server.respond(t, d, now).unwrap();
                     }
                 }
             }
@@ -292,17 +304,34 @@ fn run(
         }
         if proxy.eof && proxy.to_client.is_empty() && !eof_sent {
             eof_sent = true;
-            client.receive_eof();
+            client.receive_eof(clock);
             progress = true;
         }
         // The client.
-        while let Some(ev) = client.poll_event() {
+        loop {
+            let ev = match client.poll() {
+                Output::Event(ev) => ev,
+                Output::Instruction(Instruction::StartTls) => {
+                    progress = true;
+                    out.events.push("StartTls".into());
+                    client.tls_established(TlsInfo::default(), clock).unwrap();
+                    continue;
+                }
+                Output::Instruction(Instruction::Closed) => {
+                    // Recorded once, when the client first says it.
+                    if !out.client_closed {
+                        progress = true;
+                        out.events.push("Closed".into());
+                        out.client_closed = true;
+                    }
+                    break;
+                }
+                Output::Instruction(_) => break,
+            };
             progress = true;
             out.events.push(describe(&ev));
             match ev {
                 ClientEvent::Error(e) => out.errors.push(e),
-                ClientEvent::Closed => out.client_closed = true,
-                ClientEvent::StartTls => client.tls_established(clock).unwrap(),
                 ClientEvent::MessageAccepted { recipient, .. } => {
                     let m = out.started - 1;
                     let all: Vec<usize> = (0..messages[m].to.len())

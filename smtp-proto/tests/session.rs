@@ -141,67 +141,112 @@ fn pipelined_replies_come_in_order() {
 #[test]
 fn decisions_hold_later_commands() {
     // Drive by hand: while MAIL awaits its decision, nothing else is parsed.
+    use smtp_proto::drive::{Instruction, Output};
     use smtp_proto::server::{Decision, Event};
     use std::sync::Arc;
     use std::time::Instant;
     let now = Instant::now();
     let mut s = smtp_proto::server::Session::new(Arc::new(cfg()), PeerInfo::default(), now);
     let t = next_ticket(&mut s);
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     s.receive(
         b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
         now,
     );
     let t = next_ticket(&mut s);
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     let t = loop {
-        match s.poll_event().unwrap() {
+        match s.poll().event().unwrap() {
             Event::Mail { ticket, .. } => break ticket,
             Event::Violation(_) => continue,
             other => panic!("{other:?}"),
         }
     };
     assert!(
-        s.poll_event().is_none(),
+        matches!(s.poll(), Output::Instruction(Instruction::AwaitingDecision)),
         "nothing parsed while a decision is open"
     );
     assert!(
         s.poll_timeout().is_none(),
         "no client timeout while we decide"
     );
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     let t = loop {
-        match s.poll_event().unwrap() {
+        match s.poll().event().unwrap() {
             Event::Rcpt { ticket, .. } => break ticket,
             Event::Violation(_) => continue,
             other => panic!("{other:?}"),
         }
     };
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     let out = String::from_utf8_lossy(s.transmit()).into_owned();
     assert!(out.ends_with("250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"));
 }
 
 #[test]
 fn stale_ticket_is_misuse() {
-    use smtp_proto::server::{Decision, MisuseKind};
+    use smtp_proto::server::{Decision, Misuse};
     use std::sync::Arc;
     use std::time::Instant;
     let now = Instant::now();
     let mut s = smtp_proto::server::Session::new(Arc::new(cfg()), PeerInfo::default(), now);
     let t = next_ticket(&mut s);
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     s.receive(b"EHLO c\r\n", now);
     let t1 = next_ticket(&mut s);
-    s.respond(t1, Decision::Accept).unwrap();
+    s.respond(t1, Decision::Accept, now).unwrap();
     s.receive(b"VRFY x\r\n", now);
     let t2 = next_ticket(&mut s);
     let err = s
-        .respond_each(t2, vec![Decision::Accept, Decision::Accept])
+        .respond_each(t2, vec![Decision::Accept, Decision::Accept], now)
         .unwrap_err();
-    assert_eq!(err.kind, MisuseKind::WrongReplyCount);
-    let t2 = err.ticket.unwrap();
-    s.respond(t2, Decision::Accept).unwrap();
+    assert!(matches!(err, Misuse::WrongReplyCount(_)), "{err:?}");
+    let t2 = err.into_ticket().unwrap();
+    s.respond(t2, Decision::Accept, now).unwrap();
+}
+
+#[test]
+fn a_ticket_from_another_session_is_refused() {
+    use smtp_proto::drive::{Instruction, Output};
+    use smtp_proto::server::{Decision, Misuse, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let now = Instant::now();
+    let mut a = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
+    let mut b = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
+    // Both wait for the same decision (each one's first: the connection).
+    let ta = next_ticket(&mut a);
+    let tb = next_ticket(&mut b);
+    let shown = format!("{ta:?}");
+    // Answered on the wrong session: refused, the same ticket handed back,
+    // nothing queued, the session still waiting for its own.
+    let refused = |b: &mut Session, r: Result<(), Misuse>| {
+        let err = r.unwrap_err();
+        assert!(matches!(err, Misuse::UnknownTicket(_)), "{err:?}");
+        let t = err.into_ticket().expect("the ticket handed back");
+        assert_eq!(format!("{t:?}"), shown, "the same ticket handed back");
+        assert!(
+            b.transmit().is_empty(),
+            "a reply for another session's ticket"
+        );
+        assert!(matches!(
+            b.poll(),
+            Output::Instruction(Instruction::AwaitingDecision)
+        ));
+        t
+    };
+    let r = b.respond(ta, Decision::Accept, now);
+    let ta = refused(&mut b, r);
+    // The same through `respond_each`.
+    let r = b.respond_each(ta, vec![Decision::Accept], now);
+    let ta = refused(&mut b, r);
+    // Its own session still takes it, and the other its own.
+    assert!(a.transmit().is_empty());
+    a.respond(ta, Decision::Accept, now).unwrap();
+    assert!(!a.is_waiting());
+    assert!(String::from_utf8_lossy(a.transmit()).starts_with("220 "));
+    b.respond(tb, Decision::Accept, now).unwrap();
+    assert!(String::from_utf8_lossy(b.transmit()).starts_with("220 "));
 }
 
 #[test]
@@ -887,6 +932,51 @@ fn too_many_errors_closes() {
 }
 
 #[test]
+fn past_the_soft_error_limit_the_session_waits() {
+    use smtp_proto::drive::{Instruction, Output};
+    use smtp_proto::server::{Decision, Event, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let mut c = cfg();
+    c.limits.soft_error_limit = 1;
+    c.limits.error_delay = Duration::from_secs(2);
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(c), PeerInfo::default(), now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept, now).unwrap();
+    s.receive(b"EHLO c\r\n", now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept, now).unwrap();
+    let n = s.transmit().len();
+    s.transmitted(n);
+    s.receive(b"X\r\nX\r\nNOOP\r\n", now);
+    let instruction = |s: &mut Session| loop {
+        match s.poll() {
+            Output::Event(Event::Violation(_)) => {}
+            Output::Event(other) => panic!("{other:?}"),
+            Output::Instruction(i) => break i,
+        }
+    };
+    // The second error is past the limit: its reply goes out, then the
+    // session waits, parsing nothing (the NOOP stays unanswered).
+    let until = now + Duration::from_secs(2);
+    assert_eq!(instruction(&mut s), Instruction::Throttle(until));
+    let out = String::from_utf8_lossy(s.transmit()).into_owned();
+    assert_eq!(out.matches("500 5.5.2").count(), 2, "{out}");
+    assert!(!out.contains("250"), "{out}");
+    // A state: the same again, and an early timer changes nothing.
+    assert_eq!(instruction(&mut s), Instruction::Throttle(until));
+    s.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(instruction(&mut s), Instruction::Throttle(until));
+    assert_eq!(String::from_utf8_lossy(s.transmit()), out);
+    // At its end the session goes on.
+    s.handle_timeout(until);
+    assert!(matches!(instruction(&mut s), Instruction::Idle { .. }));
+    let after = String::from_utf8_lossy(s.transmit()).into_owned();
+    assert_eq!(after.strip_prefix(out.as_str()), Some("250 2.0.0 OK\r\n"));
+}
+
+#[test]
 fn junk_commands_count_as_errors_past_the_limit() {
     let mut c = cfg();
     c.limits.junk_command_limit = 5;
@@ -920,7 +1010,7 @@ fn pre_greeting_input_is_a_violation() {
     let mut s = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
     s.receive(b"EHLO eager\r\n", now);
     let mut saw = false;
-    while let Some(ev) = s.poll_event() {
+    while let Some(ev) = s.poll().event() {
         if matches!(
             ev,
             Event::Violation(smtp_proto::server::Violation::PreGreeting)
@@ -928,7 +1018,8 @@ fn pre_greeting_input_is_a_violation() {
             saw = true;
         }
         if let Some(t) = ev.into_ticket() {
-            s.respond(t, smtp_proto::server::Decision::Accept).unwrap();
+            s.respond(t, smtp_proto::server::Decision::Accept, now)
+                .unwrap();
         }
     }
     assert!(saw);
@@ -945,14 +1036,15 @@ fn backpressure_client_that_never_reads() {
     );
     let now = std::time::Instant::now();
     let t = next_ticket(&mut s);
-    s.respond(t, smtp_proto::server::Decision::Accept).unwrap();
+    s.respond(t, smtp_proto::server::Decision::Accept, now)
+        .unwrap();
     let noops = b"NOOP\r\n".repeat(100_000);
     let mut fed = 0;
     // Never call transmitted(): the output must stop growing and input stop being taken.
     for _ in 0..10_000 {
         let n = s.receive(&noops[fed..], now);
         fed += n;
-        while s.poll_event().is_some() {}
+        while s.poll().event().is_some() {}
         if n == 0 {
             break;
         }
@@ -1041,7 +1133,7 @@ fn ehlo_keywords_can_be_hidden_and_added() {
 /// The next decision's ticket, skipping informational events.
 fn next_ticket(s: &mut smtp_proto::server::Session) -> smtp_proto::server::Ticket {
     loop {
-        if let Some(t) = s.poll_event().expect("an event").into_ticket() {
+        if let Some(t) = s.poll().event().expect("an event").into_ticket() {
             return t;
         }
     }
@@ -1136,13 +1228,13 @@ fn accepting_helo_with_a_custom_reply_is_no_error() {
     let now = Instant::now();
     let mut s = Session::new(Arc::new(c), PeerInfo::default(), now);
     let t = next_ticket(&mut s);
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     for _ in 0..3 {
         s.receive(b"HELO c\r\n", now);
         let t = next_ticket(&mut s);
-        s.respond(t, smtp_proto::reply::Reply::plain(250, "hi there"))
+        s.respond(t, smtp_proto::reply::Reply::plain(250, "hi there"), now)
             .unwrap();
-        while s.poll_event().is_some() {}
+        while s.poll().event().is_some() {}
     }
     assert!(!s.is_closed());
 }
@@ -1156,10 +1248,14 @@ fn a_421_decision_closes() {
     let now = Instant::now();
     let mut s = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
     let t = next_ticket(&mut s);
-    s.respond(t, Decision::Accept).unwrap();
+    s.respond(t, Decision::Accept, now).unwrap();
     s.receive(b"EHLO c\r\n", now);
     let t = next_ticket(&mut s);
-    s.respond(t, Reply::new(421, EnhancedCode::new(4, 3, 2), "Going down"))
-        .unwrap();
+    s.respond(
+        t,
+        Reply::new(421, EnhancedCode::new(4, 3, 2), "Going down"),
+        now,
+    )
+    .unwrap();
     assert!(s.is_closed());
 }

@@ -27,8 +27,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use smtp_proto::reply::Reply;
-use smtp_proto::server::{CloseReason, Session};
+use smtp_proto::server::Session;
 
 /// Connections allowed at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -350,7 +349,7 @@ pub async fn drive_until_abort<H: crate::handler::Handler>(
     session: &mut Session,
     stop: Option<&mut StopWatch>,
     seen: &mut StopSeen,
-) -> crate::handler::Drive {
+) -> smtp_proto::drive::Instruction {
     use std::task::Poll;
     let Some(w) = stop.filter(|_| seen.get() < Stop::Abort) else {
         return dispatcher.drive(session).await;
@@ -375,18 +374,14 @@ pub async fn drive_until_abort<H: crate::handler::Handler>(
 pub struct StopSeen(Stop);
 
 impl StopSeen {
-    /// Applies `now` to `session` if it is a later phase than the one seen;
+    /// Applies `now` to `machine` if it is a later phase than the one seen;
     /// returns whether anything changed.
-    pub fn apply(&mut self, now: Stop, session: &mut Session) -> bool {
+    pub fn apply(&mut self, now: Stop, machine: &mut impl crate::link::Stoppable) -> bool {
         if now <= self.0 {
             return false;
         }
         self.0 = now;
-        match now {
-            Stop::Drain => session.shutdown(),
-            Stop::Abort => session.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown),
-            Stop::Run => {}
-        }
+        machine.stop(now, std::time::Instant::now());
         true
     }
 
@@ -409,19 +404,17 @@ impl StopSeen {
 /// use std::time::{Duration, Instant};
 /// use smtp_server::accept::WriteDeadline;
 ///
-/// let mut config = smtp_proto::config::Config::new("mx.example");
-/// config.timeouts.command = Duration::from_secs(60);
+/// let minute = Duration::from_secs(60);
 /// let t0 = Instant::now();
-/// let session = smtp_proto::server::Session::new(config.into(), Default::default(), t0);
 /// let mut w = WriteDeadline::default();
 /// // The greeting is pending: wake at the write deadline at the latest.
-/// let wake = w.arm(true, &session, t0).unwrap();
-/// assert!(wake <= t0 + Duration::from_secs(60));
+/// let wake = w.arm(true, minute, Some(t0 + 5 * minute), t0).unwrap();
+/// assert_eq!(wake, t0 + minute);
 /// assert!(w.expired(true, t0 + Duration::from_secs(61)), "still unwritten: close");
 /// assert!(!w.expired(false, t0 + Duration::from_secs(61)), "written meanwhile");
 /// // A timer that fires early changes nothing.
 /// let mut w = WriteDeadline::default();
-/// w.arm(true, &session, t0);
+/// w.arm(true, minute, None, t0);
 /// assert!(!w.expired(true, t0 + Duration::from_secs(1)));
 /// assert!(w.expired(true, t0 + Duration::from_secs(60)));
 /// ```
@@ -429,22 +422,23 @@ impl StopSeen {
 pub struct WriteDeadline(Option<std::time::Instant>);
 
 impl WriteDeadline {
-    /// Before waiting for I/O: arms the deadline if output is `pending`
-    /// (unwritten or unflushed) and it is not armed yet, disarms it
-    /// otherwise. Returns when to wake: the earlier of the deadline and
-    /// [`Session::poll_timeout`].
+    /// Before waiting for I/O: arms the deadline (`write_timeout` from
+    /// `now`) if output is `pending` (unwritten or unflushed) and it is not
+    /// armed yet, disarms it otherwise. Returns when to wake: the earlier of
+    /// the write deadline and the machine's own `deadline`.
     pub fn arm(
         &mut self,
         pending: bool,
-        session: &Session,
+        write_timeout: std::time::Duration,
+        deadline: Option<std::time::Instant>,
         now: std::time::Instant,
     ) -> Option<std::time::Instant> {
         if !pending {
             self.0 = None;
         } else if self.0.is_none() {
-            self.0 = Some(now + session.config().timeouts.command);
+            self.0 = Some(now + write_timeout);
         }
-        match (session.poll_timeout(), self.0) {
+        match (deadline, self.0) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -519,6 +513,18 @@ pub trait Alarm {
     fn poll_alarm(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
 }
 
+/// What an [`IoStep`] waits for: the machine's `Idle` instruction, and
+/// how long unread output may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// Whether to read.
+    pub read: bool,
+    /// When to call the machine's `handle_timeout`.
+    pub deadline: Option<std::time::Instant>,
+    /// Output the peer does not read for this long ends the connection.
+    pub write_timeout: std::time::Duration,
+}
+
 /// What one wait of an [`IoStep`] produced.
 enum IoDone {
     Wrote(usize),
@@ -549,21 +555,26 @@ impl IoStep {
         self.need_flush = false;
     }
 
-    /// One step. Errors are I/O errors and a write timeout; a failed read
-    /// counts as the end of the stream.
-    pub async fn run(
+    /// One step for a machine that said `Idle` (`wait`). Errors are I/O
+    /// errors and a write timeout; a failed read counts as the end of the
+    /// stream.
+    pub async fn run<E: smtp_proto::drive::Drive>(
         &mut self,
         stream: &mut impl PollIo,
         alarm: &mut impl Alarm,
-        session: &mut Session,
+        session: &mut E,
+        wait: Wait,
         mut stop: Option<&mut StopWatch>,
         seen: Stop,
     ) -> std::io::Result<()> {
         use std::task::Poll;
-        let pending = session.wants_write() || self.need_flush;
-        let wake = self
-            .write_deadline
-            .arm(pending, session, std::time::Instant::now());
+        let pending = !session.transmit().is_empty() || self.need_flush;
+        let wake = self.write_deadline.arm(
+            pending,
+            wait.write_timeout,
+            wait.deadline,
+            std::time::Instant::now(),
+        );
         if let Some(w) = wake {
             if self.armed.is_none_or(|a| w < a) {
                 alarm.set(w);
@@ -571,7 +582,7 @@ impl IoStep {
             }
         }
         let done = std::future::poll_fn(|cx| {
-            if session.wants_write() {
+            if !session.transmit().is_empty() {
                 match stream.poll_write(cx, session.transmit()) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
@@ -587,7 +598,7 @@ impl IoStep {
                     Poll::Pending => {}
                 }
             }
-            if session.wants_read() {
+            if wait.read {
                 let buf = session.read_buf();
                 if !buf.is_empty() {
                     match stream.poll_read(cx, buf) {
@@ -617,7 +628,7 @@ impl IoStep {
                 self.need_flush = true;
                 self.write_deadline.progressed();
             }
-            IoDone::Read(0) => session.receive_eof(),
+            IoDone::Read(0) => session.receive_eof(std::time::Instant::now()),
             IoDone::Read(n) => session.filled(n, std::time::Instant::now()),
             IoDone::Stop => {}
             IoDone::Timer => {
@@ -625,7 +636,7 @@ impl IoStep {
                 let now = std::time::Instant::now();
                 // Output still unwritten past its deadline: the client does
                 // not read. (A flush that completed meanwhile is no timeout.)
-                let pending = self.need_flush || session.wants_write();
+                let pending = self.need_flush || !session.transmit().is_empty();
                 if self.write_deadline.expired(pending, now) {
                     tracing::info!("write timed out; closing");
                     return Err(std::io::ErrorKind::TimedOut.into());
@@ -639,7 +650,7 @@ impl IoStep {
 
 /// The names of a rustls connection's TLS version and cipher suite
 /// (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), for the `Received:` header.
-pub fn tls_info(conn: &rustls::ServerConnection) -> smtp_proto::server::TlsInfo {
+pub fn tls_info(conn: &rustls::CommonState) -> smtp_proto::server::TlsInfo {
     use rustls::ProtocolVersion;
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
@@ -1166,6 +1177,7 @@ mod tests {
     #[test]
     fn disconnect_runs_once_however_the_session_ends() {
         use crate::handler::{Dispatcher, Handler, SessionInfo};
+        use smtp_proto::server::CloseReason;
         use std::time::Instant;
 
         #[derive(Default)]
@@ -1193,7 +1205,7 @@ mod tests {
         s.receive(b"QUIT\r\n", Instant::now());
         assert_eq!(
             futures_executor::block_on(d.drive(&mut s)),
-            crate::handler::Drive::Closed
+            smtp_proto::drive::Instruction::Closed
         );
         drop(d);
         assert_eq!(*h.0.lock().unwrap(), [CloseReason::Quit]);

@@ -43,13 +43,14 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 
 use smtp_proto::command::{
     BodyType, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath,
 };
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Credentials;
 use smtp_proto::server::{CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket};
@@ -70,6 +71,10 @@ pub struct SessionInfo {
     /// The session speaks LMTP: one answer per recipient after the body, so
     /// a store may fail one recipient alone ([`MessageDecision::PerRecipient`]).
     pub lmtp: bool,
+    /// How to reach another server on this session's own runtime (the
+    /// relay's upstream); set by every adapter's connection, `None` for a
+    /// [`Dispatcher`] driven by hand unless [`Dispatcher::with_dialer`] set it.
+    pub dialer: Option<crate::dial::Dialer>,
 }
 
 impl SessionInfo {
@@ -460,20 +465,6 @@ impl<L: Layer> Handler for L {
 /// worth (idle sessions would hold it until they close).
 const KEEP_BODY_CAPACITY: usize = 64 * 1024;
 
-/// What [`Dispatcher::drive`] stopped for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drive {
-    /// Write [`Session::transmit`], then read more input.
-    Idle,
-    /// Write [`Session::transmit`], then do the TLS handshake and call
-    /// [`Session::tls_established`] or [`Session::tls_failed`].
-    StartTls,
-    /// Wait this long, then call `drive` again (soft error limit).
-    Throttle(Duration),
-    /// Write [`Session::transmit`], then close the connection.
-    Closed,
-}
-
 /// Feeds a session's events to a [`Handler`] and answers its decisions.
 #[derive(Debug)]
 pub struct Dispatcher<H> {
@@ -531,21 +522,27 @@ impl<H: Handler> Dispatcher<H> {
         }
     }
 
+    /// Gives the handlers a way to reach other servers on the session's
+    /// runtime ([`SessionInfo::dialer`]).
+    pub fn with_dialer(mut self, dialer: crate::dial::Dialer) -> Self {
+        self.info.dialer = Some(dialer);
+        self
+    }
+
     /// The session information as last seen.
     pub fn info(&self) -> &SessionInfo {
         &self.info
     }
 
-    /// Processes events until the session needs I/O. Runs the handler's
-    /// hooks; a panicking hook aborts the session with `421 4.3.0`.
-    pub async fn drive(&mut self, s: &mut Session) -> Drive {
+    /// Processes events until the session has an [`Instruction`] for the
+    /// driver, and returns it (never [`Instruction::AwaitingDecision`]:
+    /// every decision is answered here). Runs the handler's hooks; a
+    /// panicking hook aborts the session with `421 4.3.0`.
+    pub async fn drive(&mut self, s: &mut Session) -> Instruction {
         loop {
-            let Some(event) = s.poll_event() else {
-                return if s.is_closed() {
-                    Drive::Closed
-                } else {
-                    Drive::Idle
-                };
+            let event = match s.poll() {
+                Output::Event(e) => e,
+                Output::Instruction(i) => return i,
             };
             match event {
                 Event::Connect { ticket, .. } => {
@@ -660,8 +657,8 @@ impl<H: Handler> Dispatcher<H> {
                             if let Some((id, size, stored)) = &logged {
                                 log_message(&self.info, id, &envelope, *size, &decisions, stored);
                             }
-                            s.set_time(std::time::Instant::now());
-                            if let Err(e) = s.respond_each(ticket, decisions) {
+                            let now = std::time::Instant::now();
+                            if let Err(e) = s.respond_each(ticket, decisions, now) {
                                 tracing::error!(error = %e, "message decision refused");
                                 s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
                             }
@@ -679,9 +676,7 @@ impl<H: Handler> Dispatcher<H> {
                     self.recycle_body();
                     self.envelope = Envelope::default();
                 }
-                Event::StartTls => return Drive::StartTls,
                 Event::Violation(v) => tracing::info!(violation = ?v, "protocol violation"),
-                Event::Throttle(d) => return Drive::Throttle(d),
                 Event::Closing(reason) => {
                     tracing::debug!(?reason, "session closing");
                     if !self.closed {
@@ -707,8 +702,7 @@ impl<H: Handler> Dispatcher<H> {
     fn answer(&mut self, s: &mut Session, ticket: Ticket, d: Option<Decision>) {
         match d {
             Some(d) => {
-                s.set_time(std::time::Instant::now());
-                if let Err(e) = s.respond(ticket, d) {
+                if let Err(e) = s.respond(ticket, d, std::time::Instant::now()) {
                     tracing::error!(error = %e, "decision refused");
                     s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
                 }

@@ -11,6 +11,11 @@
 //!   session's events to it; [`sync_handler`] for hooks without futures.
 //! - [`accept`]: connection limits, session ids, shutdown phases, the I/O
 //!   step shared by the async adapters, the PROXY front, TLS settings.
+//! - [`link`]: the one async driver of a sans-IO machine over a runtime's
+//!   stream, for both roles ([`smtp_proto::drive::Drive`]: the server's
+//!   sessions and the relay's upstream client).
+//! - [`dial`]: how a handler reaches another server on its session's own
+//!   runtime ([`dial::Dialer`], in every [`handler::SessionInfo`]).
 //! - [`runtime`]: the small [`runtime::Runtime`] trait an async adapter
 //!   implements (spawn, one timer, TCP/Unix listen and accept, how its
 //!   streams are read and written), and the one generic
@@ -29,7 +34,8 @@
 //! use smtp_proto::config::Config;
 //! use smtp_proto::reply::Reply;
 //! use smtp_proto::server::{Decision, PeerInfo, Session};
-//! use smtp_server::handler::{Dispatcher, Drive, Envelope, Handler, Recipient, SessionInfo};
+//! use smtp_proto::drive::Instruction;
+//! use smtp_server::handler::{Dispatcher, Envelope, Handler, Recipient, SessionInfo};
 //!
 //! struct OnlyBob;
 //!
@@ -48,7 +54,8 @@
 //! let mut out = Vec::new();
 //! for input in [&b""[..], b"EHLO me\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<eve@example.net>\r\n"] {
 //!     s.receive(input, Instant::now());
-//!     assert_eq!(futures_executor::block_on(d.drive(&mut s)), Drive::Idle);
+//!     let next = futures_executor::block_on(d.drive(&mut s));
+//!     assert!(matches!(next, Instruction::Idle { read: true, .. }));
 //!     out.extend_from_slice(s.transmit());
 //!     let n = s.transmit().len();
 //!     s.transmitted(n);
@@ -61,7 +68,9 @@ pub mod accept;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod connection;
+pub mod dial;
 pub mod handler;
+pub mod link;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod runtime;

@@ -4,10 +4,13 @@
 //! `MailmanProxy`, Pike's `*` domain).
 //!
 //! [`Router`] is a [`Handler`]: put it in front of any local handler. Each
-//! session's upstream connection runs on a thread of its own over
-//! `std::net` (and rustls for STARTTLS), so the relay works unchanged on
-//! every adapter, and a slow upstream never holds up the thread pool the
-//! local stores write on.
+//! session's upstream connection is opened with the session's own
+//! [`Dialer`](crate::dial::Dialer) and driven inside the hooks' futures: on
+//! tokio and smol a [`Link`](crate::link::Link) on the server's runtime
+//! (no thread and no thread-pool hop per upstream I/O), on `smtp-blocking`
+//! a socket on the session's own thread. The upstream [`Client`] keeps the
+//! same [drive loop](smtp_proto::drive#the-drive-loop) as the server's
+//! sessions.
 //!
 //! What the client sees is what the upstream said:
 //! - each relayed `RCPT` is proxied as it arrives: the upstream's refusal is
@@ -42,22 +45,23 @@
 //! client. `postmaster` is ours only bare or at a served domain.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConnection, RootCertStore, StreamOwned};
+
+use crate::dial::{ClientLink, ClientTls, DialRequest, Dialer};
 
 use crate::handler::{
     Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
 };
 use crate::store::DomainPolicy;
 use smtp_proto::client::{
-    self, Client, ClientAuth, ClientConfig, ClientError, ClientEvent, TlsPolicy, UsageError,
+    self, Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Misuse, TlsPolicy,
 };
 use smtp_proto::command::BodyType;
 use smtp_proto::reply::{EnhancedCode, Reply};
@@ -176,6 +180,23 @@ impl Upstream {
         c
     }
 
+    /// The client's STARTTLS settings (the upstream's host as the name).
+    fn client_tls(&self) -> Result<Option<ClientTls>, Failure> {
+        let Some(config) = self.tls_config() else {
+            return Ok(None);
+        };
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = ServerName::try_from(host)
+            .map_err(|e| Failure::Misuse(format!("bad upstream name: {e}")))?;
+        Ok(Some(ClientTls { config, name }))
+    }
+
     fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -254,7 +275,7 @@ enum Failure {
     Protocol(ClientError),
     /// Our request does not fit what the upstream offers (nothing was sent;
     /// the connection is still usable).
-    Usage(UsageError),
+    Usage(Misuse),
     Misuse(String),
 }
 
@@ -297,37 +318,37 @@ fn unavailable() -> Reply {
 /// The permanent refusal for a transaction the upstream can never take
 /// (it lacks an extension the message needs, or the message is over its
 /// SIZE); `None` when the mismatch is ours to retry (`451 4.4.1`).
-fn mismatch_reply(e: &UsageError) -> Option<Reply> {
+fn mismatch_reply(e: &Misuse) -> Option<Reply> {
     Some(match e {
-        UsageError::Unsupported("SMTPUTF8") => Reply::new(
+        Misuse::Unsupported("SMTPUTF8") => Reply::new(
             553,
             EnhancedCode::new(5, 6, 7),
             "The upstream server does not support SMTPUTF8",
         ),
-        UsageError::Unsupported(ext @ ("8BITMIME" | "BINARYMIME")) => Reply::new(
+        Misuse::Unsupported(ext @ ("8BITMIME" | "BINARYMIME")) => Reply::new(
             554,
             EnhancedCode::new(5, 6, 3),
             format!("The upstream server does not support {ext}"),
         ),
-        UsageError::Unsupported("REQUIRETLS") => Reply::new(
+        Misuse::Unsupported("REQUIRETLS") => Reply::new(
             550,
             EnhancedCode::new(5, 7, 30),
             "REQUIRETLS support required by the message is not available upstream",
         ),
-        UsageError::Unsupported(ext) => Reply::new(
+        Misuse::Unsupported(ext) => Reply::new(
             554,
             EnhancedCode::new(5, 5, 1),
             format!("The upstream server does not support {ext}"),
         ),
-        UsageError::TooBig { limit } => Reply::new(
+        Misuse::TooBig { limit } => Reply::new(
             552,
             EnhancedCode::new(5, 3, 4),
             format!("Message too big for the upstream server (limit {limit})"),
         ),
-        UsageError::InvalidAddress(_) => {
+        Misuse::InvalidAddress(_) => {
             Reply::new(553, EnhancedCode::new(5, 1, 3), "Address cannot be relayed")
         }
-        UsageError::InvalidParameter(p) => Reply::new(
+        Misuse::InvalidParameter(p) => Reply::new(
             501,
             EnhancedCode::new(5, 5, 4),
             format!("{p} cannot be relayed"),
@@ -336,277 +357,94 @@ fn mismatch_reply(e: &UsageError) -> Option<Reply> {
     })
 }
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Io {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Io::Plain(s) => s,
-            Io::Tls(s) => &s.sock,
-        }
-    }
-}
-
-impl Read for Io {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf),
-            Io::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Io {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.write(buf),
-            Io::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Io::Plain(s) => s.flush(),
-            Io::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// A blocking session with the upstream: a socket driving a [`Client`].
+/// A session with the upstream: a [`Client`] on the session's runtime.
 struct Conn {
-    io: Option<Io>,
-    client: Client,
-    timeout: Duration,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    host: String,
+    link: Box<dyn ClientLink>,
 }
 
 impl Conn {
     /// Connects and waits until the client is ready for a transaction. An
     /// opportunistic TLS session whose handshake fails is retried once on a
     /// new connection in clear text, when that sends no credentials in clear.
-    fn open(up: &Upstream) -> Result<Conn, Failure> {
-        match Conn::open_with(up, up.client_config(false)) {
+    async fn open(dialer: Dialer, up: &Upstream) -> Result<Conn, Failure> {
+        match Conn::open_with(dialer, up, up.client_config(false)).await {
             Err(Failure::Tls(e))
                 if matches!(up.tls, UpstreamTls::Opportunistic)
                     && (up.auth.is_none() || up.auth_insecure) =>
             {
                 tracing::info!(error = %e, upstream = %up.address,
                     "opportunistic TLS to the upstream failed; retrying in clear text");
-                Conn::open_with(up, up.client_config(true))
+                Conn::open_with(dialer, up, up.client_config(true)).await
             }
             other => other,
         }
     }
 
-    fn open_with(up: &Upstream, config: ClientConfig) -> Result<Conn, Failure> {
-        let addrs = up.address.to_socket_addrs().map_err(Failure::Io)?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, up.timeout) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let tcp = tcp.ok_or(Failure::Io(last))?;
-        let _ = tcp.set_nodelay(true);
-        tcp.set_write_timeout(Some(up.timeout))
-            .map_err(Failure::Io)?;
-        let host = up
-            .address
-            .rsplit_once(':')
-            .map_or(up.address.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let mut conn = Conn {
-            io: Some(Io::Plain(tcp)),
-            client: Client::new(config, Instant::now()),
+    async fn open_with(
+        dialer: Dialer,
+        up: &Upstream,
+        config: ClientConfig,
+    ) -> Result<Conn, Failure> {
+        let request = DialRequest {
+            address: up.address.clone(),
             timeout: up.timeout,
-            tls: up.tls_config(),
-            host,
+            client: Client::new(config, Instant::now()),
+            tls: up.client_tls()?,
         };
+        let link = dialer.connect(request).await.map_err(Failure::Io)?;
+        let mut conn = Conn { link };
         loop {
-            match conn.event()? {
+            match conn.event().await? {
                 ClientEvent::Ready { .. } => return Ok(conn),
                 // Informational on the way to Ready (AUTH before the first
                 // transaction).
                 ClientEvent::Authenticated => {}
-                ClientEvent::Closed => return Err(Failure::Protocol(ClientError::UnexpectedEof)),
                 other => return Err(Failure::Misuse(format!("unexpected {other:?}"))),
             }
         }
     }
 
-    fn io(&mut self) -> Result<&mut Io, Failure> {
-        self.io
-            .as_mut()
-            .ok_or_else(|| Failure::Misuse("connection gone".into()))
+    fn client(&mut self) -> &mut Client {
+        self.link.client()
     }
 
     /// Writes what the client holds.
-    fn flush(&mut self) -> Result<(), Failure> {
-        while self.client.wants_write() {
-            let out = self.client.transmit().to_vec();
-            let io = self.io()?;
-            let n = io.write(&out).map_err(Failure::Io)?;
-            if n == 0 {
-                return Err(Failure::Io(io::ErrorKind::WriteZero.into()));
-            }
-            self.client.transmitted(n);
-        }
-        self.io()?.flush().map_err(Failure::Io)
+    async fn flush(&mut self) -> Result<(), Failure> {
+        self.link.flush().await.map_err(Failure::Io)
     }
 
-    /// Drives the session until the client has an event (TLS handshakes
-    /// done here); errors are reported as [`Failure::Protocol`].
-    fn event(&mut self) -> Result<ClientEvent, Failure> {
-        loop {
-            if let Some(ev) = self.client.poll_event() {
-                match ev {
-                    ClientEvent::StartTls => {
-                        self.flush()?;
-                        self.start_tls()?;
-                        continue;
-                    }
-                    ClientEvent::Error(e) => {
-                        // Writes the QUIT the client queued when the
-                        // protocol is still in step.
-                        let _ = self.flush();
-                        return Err(Failure::Protocol(e));
-                    }
-                    ev => return Ok(ev),
-                }
+    /// Drives the session until the client has an event; the session's
+    /// failure (or its end) is an error.
+    async fn event(&mut self) -> Result<ClientEvent, Failure> {
+        match self.link.next_event().await {
+            Ok(Some(ClientEvent::Error(e))) => {
+                // Writes the QUIT the client queued when the protocol is
+                // still in step.
+                let _ = self.flush().await;
+                Err(match e {
+                    ClientError::TlsFailed => Failure::Tls(io::Error::other("handshake failed")),
+                    e => Failure::Protocol(e),
+                })
             }
-            self.flush()?;
-            if self.client.is_closed() {
-                return Ok(ClientEvent::Closed);
-            }
-            let now = Instant::now();
-            let wait = self
-                .client
-                .poll_timeout()
-                .map_or(self.timeout, |t| t.saturating_duration_since(now))
-                .max(Duration::from_millis(1));
-            let mut buf = [0u8; 16 * 1024];
-            let io = self.io()?;
-            io.tcp().set_read_timeout(Some(wait)).map_err(Failure::Io)?;
-            match io.read(&mut buf) {
-                Ok(0) => self.client.receive_eof(),
-                Ok(n) => {
-                    let mut rest = buf.get(..n).unwrap_or_default();
-                    while !rest.is_empty() {
-                        let k = self.client.receive(rest, Instant::now());
-                        if k == 0 {
-                            return Err(Failure::Misuse("upstream input not taken".into()));
-                        }
-                        rest = rest.get(k..).unwrap_or_default();
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    self.client.handle_timeout(Instant::now());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Failure::Io(e)),
-            }
+            Ok(Some(ev)) => Ok(ev),
+            Ok(None) => Err(Failure::Protocol(ClientError::UnexpectedEof)),
+            Err(e) => Err(Failure::Io(e)),
         }
     }
 
-    fn start_tls(&mut self) -> Result<(), Failure> {
-        let Some(config) = self.tls.clone() else {
-            self.client.tls_failed();
-            return Ok(());
-        };
-        let Some(Io::Plain(mut tcp)) = self.io.take() else {
-            return Err(Failure::Misuse("STARTTLS twice".into()));
-        };
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| Failure::Misuse(format!("bad upstream name: {e}")))?;
-        let mut tls = ClientConnection::new(config, name)
-            .map_err(|e| Failure::Misuse(format!("TLS setup: {e}")))?;
-        tcp.set_read_timeout(Some(self.timeout))
-            .map_err(Failure::Io)?;
-        let deadline = Instant::now() + self.timeout;
-        while tls.is_handshaking() {
-            if Instant::now() >= deadline {
-                self.client.tls_failed();
-                return Err(Failure::Tls(io::ErrorKind::TimedOut.into()));
-            }
-            if let Err(e) = tls.complete_io(&mut tcp) {
-                tracing::info!(error = %e, "upstream TLS handshake failed");
-                self.client.tls_failed();
-                return Err(Failure::Tls(e));
-            }
-        }
-        self.io = Some(Io::Tls(Box::new(StreamOwned::new(tls, tcp))));
-        self.client
-            .tls_established(Instant::now())
-            .map_err(|e| Failure::Misuse(e.to_string()))
-    }
-
-    /// Ends the session politely where it is still in step (QUIT, then the
-    /// reply awaited briefly); a broken connection is just closed.
-    fn quit(mut self) {
-        self.timeout = self.timeout.min(Duration::from_secs(5));
-        if self.client.quit(Instant::now()).is_ok() {
-            let _ = self.event();
-        }
+    /// Ends the session politely where it is still in step (QUIT, its reply
+    /// awaited briefly, without holding up the caller); a broken connection
+    /// is just closed.
+    fn quit(self) {
+        self.link.close();
     }
 }
 
-/// The thread that does one session's upstream I/O. Relay I/O never runs
-/// on the pool the local stores write on, so a slow upstream cannot hold up
-/// local deliveries (nor one slow upstream session another). The thread
-/// ends when the worker is dropped (with the session's state).
-struct Worker {
-    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl Worker {
-    fn spawn() -> io::Result<Worker> {
-        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
-            .name("smtp-relay".into())
-            .stack_size(512 * 1024)
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
-        Ok(Worker { jobs })
-    }
-
-    /// Runs `f` on the worker's thread; `None` if it panicked or the
-    /// thread is gone.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        let job = Box::new(move || {
-            if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                let _ = tx.send(v);
-            }
-        });
-        self.jobs.send(job).ok()?;
-        rx.await.ok()
-    }
-}
-
-/// The upstream side of one session: moved to its worker for each step.
+/// The upstream side of one session.
 #[derive(Default)]
 struct UpState {
     /// The upstream session, once a recipient was relayed.
-    conn: Option<Box<Conn>>,
+    conn: Option<Conn>,
     /// Whether MAIL went upstream for the current transaction.
     mail_sent: bool,
     /// The upstream refused MAIL (or can never take this transaction):
@@ -621,12 +459,12 @@ struct UpState {
 
 impl UpState {
     /// A new transaction: an open upstream one is abandoned (RSET).
-    fn reset(&mut self) {
+    async fn reset(&mut self) {
         if self.mail_sent {
             if let Some(mut conn) = self.conn.take() {
                 // Nothing to reset when the upstream already ended it.
-                let _ = conn.client.reset(Instant::now());
-                if conn.flush().is_ok() {
+                let _ = conn.client().reset(Instant::now());
+                if conn.flush().await.is_ok() {
                     self.conn = Some(conn);
                 }
             }
@@ -642,8 +480,8 @@ impl UpState {
     /// the transaction is lost.
     fn fail(&mut self, e: &Failure, up: &Upstream, when: &str) {
         tracing::info!(error = %e, upstream = %up.address, "relay {when} failed");
-        if let Some(conn) = self.conn.take() {
-            if !conn.client.is_closed() && !matches!(e, Failure::Io(_)) {
+        if let Some(mut conn) = self.conn.take() {
+            if !conn.client().is_closed() && !matches!(e, Failure::Io(_)) {
                 conn.quit();
             }
         }
@@ -660,9 +498,7 @@ struct States {
 
 /// Per-session routing state.
 struct SessionState {
-    /// The thread for upstream I/O, once a recipient was relayed.
-    worker: Option<Worker>,
-    /// The upstream side (taken while the worker has it).
+    /// The upstream side.
     up: UpState,
     /// The sender and parameters of the current transaction.
     from: String,
@@ -676,7 +512,6 @@ struct SessionState {
 impl Default for SessionState {
     fn default() -> Self {
         SessionState {
-            worker: None,
             up: UpState::default(),
             from: String::new(),
             options: MailOptions::default(),
@@ -838,45 +673,19 @@ impl<L: Handler> Router<L> {
         }
     }
 
-    /// Proxies one RCPT on the session's worker: connects and sends MAIL
-    /// first if needed.
-    async fn relay_rcpt(&self, id: &str, to: &Recipient) -> Decision {
-        let Some(upstream) = self.upstream.clone() else {
+    /// Proxies one RCPT: connects and sends MAIL first if needed.
+    async fn relay_rcpt(&self, session: &SessionInfo, to: &Recipient) -> Decision {
+        let Some(upstream) = self.upstream.as_deref() else {
             return Reply::RELAY_DENIED.into();
         };
-        let mut state = self.take_state(id);
-        let worker = match state.worker.take() {
-            Some(w) => w,
-            None => match Worker::spawn() {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start a relay thread");
-                    self.put_state(id, state);
-                    return Decision::Reply(unavailable());
-                }
-            },
+        let Some(dialer) = session.dialer else {
+            tracing::error!("no dialer for this session: the relay cannot connect");
+            return Decision::Reply(unavailable());
         };
-        let mut up = std::mem::take(&mut state.up);
-        let (from, options, to) = (state.from.clone(), state.options.clone(), to.clone());
-        let result = worker
-            .run(move || {
-                let d = rcpt_upstream(&upstream, &mut up, &from, &options, &to);
-                (up, d)
-            })
-            .await;
-        state.worker = Some(worker);
-        let decision = match result {
-            Some((up, d)) => {
-                state.up = up;
-                d
-            }
-            None => {
-                // The step panicked: its connection is gone with it.
-                state.up.lost = true;
-                Decision::Reply(unavailable())
-            }
-        };
-        self.put_state(id, state);
+        let mut state = self.take_state(&session.id);
+        let (from, options) = (state.from.clone(), state.options.clone());
+        let decision = rcpt_upstream(dialer, upstream, &mut state.up, &from, &options, to).await;
+        self.put_state(&session.id, state);
         decision
     }
 }
@@ -886,16 +695,16 @@ fn upstream_name(up: &Option<Arc<Upstream>>) -> &str {
     up.as_deref().map_or("", |u| u.address.as_str())
 }
 
-/// Closes a state's upstream session (QUIT) on its own worker thread.
+/// Closes a state's upstream session (QUIT).
 fn close_state(state: SessionState) {
-    let SessionState { worker, up, .. } = state;
-    if let (Some(worker), Some(conn)) = (worker, up.conn) {
-        let _ = worker.jobs.send(Box::new(move || conn.quit()));
+    if let Some(conn) = state.up.conn {
+        conn.quit();
     }
 }
 
-/// On the worker: MAIL (once) and this RCPT upstream; the upstream's reply.
-fn rcpt_upstream(
+/// MAIL (once) and this RCPT upstream; the upstream's reply.
+async fn rcpt_upstream(
+    dialer: Dialer,
     up: &Upstream,
     st: &mut UpState,
     from: &str,
@@ -908,9 +717,9 @@ fn rcpt_upstream(
     if let Some(r) = &st.mail_refused {
         return Decision::Reply(r.clone());
     }
-    let result = (|| -> Result<Reply, Failure> {
+    let result = async {
         if st.conn.is_none() {
-            st.conn = Some(Box::new(Conn::open(up)?));
+            st.conn = Some(Conn::open(dialer, up).await?);
             st.mail_sent = false;
         }
         let conn = st
@@ -919,30 +728,28 @@ fn rcpt_upstream(
             .ok_or_else(|| Failure::Misuse("no upstream".into()))?;
         let now = Instant::now();
         if !st.mail_sent {
-            conn.client
+            conn.client()
                 .begin_mail(&up_envelope(from, options), now)
                 .map_err(Failure::Usage)?;
             st.mail_sent = true;
         }
         let index = conn
-            .client
+            .client()
             .add_recipient(&up_recipient(to), now)
             .map_err(Failure::Usage)?;
         loop {
-            match conn.event()? {
+            match conn.event().await? {
                 ClientEvent::Recipient { index: i, reply } if i == index => return Ok(reply),
                 // MAIL refused: every recipient of this transaction gets its reply.
                 ClientEvent::MessageRejected { reply, .. } => {
                     st.mail_refused = Some(with_enhanced(reply.clone()));
                     return Ok(reply);
                 }
-                ClientEvent::Closed => {
-                    return Err(Failure::Protocol(ClientError::UnexpectedEof));
-                }
                 _ => {}
             }
         }
-    })();
+    }
+    .await;
     match result {
         Ok(reply) if reply.is_positive() => {
             st.accepted += 1;
@@ -1035,18 +842,17 @@ fn decode_unitext(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// On the worker: sends the body upstream; the upstream's final reply, or why it failed.
-fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
-    let now = Instant::now();
-    conn.client
-        .close_recipients(now)
+/// Sends the body upstream; the upstream's final reply, or why it failed.
+async fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
+    conn.client()
+        .close_recipients(Instant::now())
         .map_err(|e| Failure::Misuse(e.to_string()))?;
     let mut parts = [message.trace.as_slice(), message.data.as_slice()];
     loop {
         for part in &mut parts {
-            while !part.is_empty() && conn.client.wants_body() {
+            while !part.is_empty() && conn.client().wants_body() {
                 let n = conn
-                    .client
+                    .client()
                     .push_body(part, Instant::now())
                     .map_err(|e| Failure::Misuse(e.to_string()))?;
                 if n == 0 {
@@ -1058,34 +864,35 @@ fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
         if parts.iter().all(|p| p.is_empty()) {
             break;
         }
-        conn.flush()?;
-        if !conn.client.wants_body() {
+        conn.flush().await?;
+        if !conn.client().wants_body() {
             // Waiting for the 354 (or refused): one event moves it on.
-            match conn.event()? {
-                ClientEvent::MessageRejected { reply, .. } => return Ok(reply),
-                ClientEvent::Closed => return Err(Failure::Protocol(ClientError::UnexpectedEof)),
-                _ => {}
+            if let ClientEvent::MessageRejected { reply, .. } = conn.event().await? {
+                return Ok(reply);
             }
         }
     }
-    conn.client
+    conn.client()
         .end_body(Instant::now())
         .map_err(|e| Failure::Misuse(e.to_string()))?;
     loop {
-        match conn.event()? {
+        match conn.event().await? {
             ClientEvent::MessageAccepted { reply, .. }
             | ClientEvent::MessageRejected { reply, .. } => {
                 return Ok(reply);
             }
-            ClientEvent::Closed => return Err(Failure::Protocol(ClientError::UnexpectedEof)),
             _ => {}
         }
     }
 }
 
-/// On the worker: the body of a transaction whose relayed recipients were
-/// accepted: the upstream's acceptance when it went upstream, else our reply.
-fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Result<Reply, Reply> {
+/// The body of a transaction whose relayed recipients were accepted: the
+/// upstream's acceptance when it went upstream, else our reply.
+async fn message_upstream(
+    up: &Upstream,
+    st: &mut UpState,
+    message: &Message,
+) -> Result<Reply, Reply> {
     if st.lost || !st.mail_sent || st.accepted == 0 {
         st.fail(
             &Failure::Misuse("upstream transaction lost".into()),
@@ -1097,7 +904,7 @@ fn message_upstream(up: &Upstream, st: &mut UpState, message: &Message) -> Resul
     let Some(conn) = st.conn.as_mut() else {
         return Err(unavailable());
     };
-    let result = data_upstream(conn, message);
+    let result = data_upstream(conn, message).await;
     st.mail_sent = false;
     st.accepted = 0;
     match result {
@@ -1153,22 +960,7 @@ impl<L: Handler> Handler for Router<L> {
             return Decision::Accept;
         }
         let mut state = self.take_state(&session.id);
-        let up = std::mem::take(&mut state.up);
-        state.up = match &state.worker {
-            Some(w) if up.mail_sent => w
-                .run(move || {
-                    let mut up = up;
-                    up.reset();
-                    up
-                })
-                .await
-                .unwrap_or_default(),
-            _ => {
-                let mut up = up;
-                up.reset();
-                up
-            }
-        };
+        state.up.reset().await;
         state.from = from.to_owned();
         state.options = options.clone();
         state.routes.clear();
@@ -1186,7 +978,7 @@ impl<L: Handler> Handler for Router<L> {
                 Some(l) => l.rcpt(session, envelope, to).await,
                 None => Reply::RELAY_DENIED.into(),
             },
-            Route::Relay => self.relay_rcpt(&session.id, to).await,
+            Route::Relay => self.relay_rcpt(session, to).await,
         };
         if matches!(decision, Decision::Accept) && self.upstream.is_some() {
             let mut states = self.sessions();
@@ -1217,7 +1009,7 @@ impl<L: Handler> Handler for Router<L> {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        let Some(upstream) = self.upstream.clone() else {
+        let Some(upstream) = self.upstream.as_deref() else {
             // Every accepted recipient is local.
             return match &self.local {
                 Some(l) => l.message(session, envelope, message).await,
@@ -1237,26 +1029,7 @@ impl<L: Handler> Handler for Router<L> {
         }
         let relayed = routes.contains(&Route::Relay);
         if relayed {
-            let up = std::mem::take(&mut state.up);
-            let result = match &state.worker {
-                Some(w) => {
-                    let msg = message.clone();
-                    w.run(move || {
-                        let mut up = up;
-                        let r = message_upstream(&upstream, &mut up, &msg);
-                        (up, r)
-                    })
-                    .await
-                }
-                None => None,
-            };
-            let verdict = match result {
-                Some((up, r)) => {
-                    state.up = up;
-                    r
-                }
-                None => Err(unavailable()),
-            };
+            let verdict = message_upstream(upstream, &mut state.up, message).await;
             self.put_state(&session.id, state);
             match verdict {
                 Ok(reply) => message.record_delivery(format!(

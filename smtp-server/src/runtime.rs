@@ -69,6 +69,9 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<(Self::TcpListener, SocketAddr)>> + Send;
 
+    /// Opens a TCP connection to `addr` (with `TCP_NODELAY` set).
+    fn connect_tcp(addr: SocketAddr) -> impl Future<Output = io::Result<Self::TcpStream>> + Send;
+
     /// Accepts a connection: the stream, with `TCP_NODELAY` set, and the peer's address.
     fn poll_accept_tcp(
         listener: &Self::TcpListener,

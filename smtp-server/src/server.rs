@@ -23,8 +23,9 @@ use crate::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
     Stop, StopSignal, implicit_tls_outcome, tls_info,
 };
-use crate::connection::{Connection, Stream};
+use crate::connection::Connection;
 use crate::handler::Handler;
+use crate::link::Stream;
 use crate::runtime::{IoOp, Runtime, StreamIo, Wrap, sleep, timeout};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -530,7 +531,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             tls: Some(tls_info(stream.get_ref().1)),
             ..peer
         };
-        let stream = Stream::Tls(Box::new(stream));
+        let stream = Stream::Tls(Box::new(stream.into()));
         Connection::<R, _, H>::over(stream, peer, shared.config.clone(), shared.handler.clone())
             .with_stop(stop)
             .run()

@@ -155,8 +155,9 @@ impl<H: SyncHandler> Handler for SyncAdapter<H> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::handler::{Dispatcher, Drive};
+    use crate::handler::Dispatcher;
     use smtp_proto::config::Config;
+    use smtp_proto::drive::Instruction;
     use smtp_proto::server::{PeerInfo, Session};
     use std::time::Instant;
 
@@ -187,7 +188,11 @@ mod tests {
         let mut d = Dispatcher::new(Arc::new(SyncAdapter(Picky)), "t");
         s.receive(input, Instant::now());
         let mut out = Vec::new();
-        while futures_executor::block_on(d.drive(&mut s)) == Drive::Idle && s.wants_write() {
+        while matches!(
+            futures_executor::block_on(d.drive(&mut s)),
+            Instruction::Idle { .. }
+        ) && s.wants_write()
+        {
             out.extend_from_slice(s.transmit());
             s.transmitted(s.transmit().len());
         }

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use futures_executor::block_on;
 use smtp_proto::config::Config;
+use smtp_proto::drive::Instruction;
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Mechanism;
 use smtp_proto::server::{Decision, PeerInfo, Session};
 use smtp_server::handler::{
-    Dispatcher, Drive, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo,
+    Dispatcher, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo,
 };
 
 /// (sender, recipients, raw data, parsed subject, trace header)
@@ -81,12 +82,16 @@ fn run(config: Config, handler: Arc<Recorder>, input: &[u8]) -> String {
         let n = s.transmit().len();
         s.transmitted(n);
         match r {
-            Drive::Closed => break,
-            Drive::StartTls => panic!("no TLS here"),
-            Drive::Throttle(_) | Drive::Idle => {}
+            Instruction::Closed => break,
+            Instruction::Throttle(until) => {
+                s.handle_timeout(until);
+                continue;
+            }
+            Instruction::Idle { .. } => {}
+            other => panic!("unexpected {other:?}"),
         }
         if rest.is_empty() {
-            s.receive_eof();
+            s.receive_eof(Instant::now());
             continue;
         }
         let n = s.receive(rest, Instant::now());
@@ -264,8 +269,8 @@ fn drive_all(config: Config, handler: Arc<Watcher>, input: &[u8]) -> String {
         let n = s.transmit().len();
         s.transmitted(n);
         match r {
-            Drive::Closed => break,
-            _ => s.receive_eof(),
+            Instruction::Closed => break,
+            _ => s.receive_eof(Instant::now()),
         }
     }
     String::from_utf8(out).unwrap()

@@ -112,24 +112,24 @@ impl Conn {
     /// Writes what the client holds, reads until it has an event.
     async fn event(&mut self) -> std::io::Result<ClientEvent> {
         loop {
-            if let Some(ev) = self.client.poll_event() {
+            if let Some(ev) = self.client.poll().event() {
                 return Ok(ev);
             }
             while self.client.wants_write() {
                 let n = self.tcp.write(self.client.transmit()).await?;
                 self.client.transmitted(n);
             }
-            if let Some(ev) = self.client.poll_event() {
+            if let Some(ev) = self.client.poll().event() {
                 return Ok(ev);
             }
             if self.client.is_closed() {
-                return Ok(ClientEvent::Closed);
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             let n = tokio::time::timeout(Duration::from_secs(60), self.tcp.read(&mut self.buf))
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             if n == 0 {
-                self.client.receive_eof();
+                self.client.receive_eof(Instant::now());
             } else {
                 let mut rest = &self.buf[..n];
                 while !rest.is_empty() {
@@ -177,7 +177,6 @@ impl Conn {
                     return Err(std::io::Error::other(format!("refused: {}", reply.code())));
                 }
                 ClientEvent::Error(e) => return Err(std::io::Error::other(e.to_string())),
-                ClientEvent::Closed => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 _ => {}
             }
         }

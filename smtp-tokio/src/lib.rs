@@ -96,6 +96,7 @@ pub use runtime::TokioRuntime;
 /// ```no_run
 /// # async fn f(tcp: tokio::net::TcpStream) -> std::io::Result<()> {
 /// use std::sync::Arc;
+/// use std::time::Instant;
 /// use smtp_proto::{config::Config, server::{Decision, Event, PeerInfo}};
 ///
 /// let peer = PeerInfo::new(tcp.peer_addr()?);
@@ -104,11 +105,9 @@ pub use runtime::TokioRuntime;
 /// while let Some(event) = conn.next_event().await? {
 ///     match event {
 ///         Event::Body(chunk) => body.extend_from_slice(chunk),
-///         Event::StartTls => conn.upgrade().await,
-///         Event::Throttle(d) => tokio::time::sleep(d).await,
 ///         other => {
 ///             if let Some(ticket) = other.into_ticket() {
-///                 conn.session_mut().respond(ticket, Decision::Accept).ok();
+///                 conn.session_mut().respond(ticket, Decision::Accept, Instant::now()).ok();
 ///             }
 ///         }
 ///     }

@@ -65,7 +65,12 @@ impl Runtime for TokioRuntime {
     type UnixStream = tokio::net::UnixStream;
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        drop(tokio::spawn(task));
+        // Outside a runtime (a hook's cleanup dropped after the runtime
+        // stopped) there is nowhere to run it: it is dropped, not a panic.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(task)),
+            Err(_) => tracing::debug!("no tokio runtime: background task dropped"),
+        }
     }
 
     fn timer() -> TokioTimer {
@@ -80,6 +85,12 @@ impl Runtime for TokioRuntime {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         Ok((listener, local))
+    }
+
+    async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
     }
 
     fn poll_accept_tcp(

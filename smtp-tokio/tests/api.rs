@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtp_conformance::Client;
 use smtp_proto::config::Config;
@@ -147,14 +147,14 @@ async fn next_event_low_level() {
                     } else {
                         Reply::NO_SUCH_USER.into()
                     };
-                    conn.session_mut().respond(ticket, d).unwrap();
+                    conn.session_mut()
+                        .respond(ticket, d, Instant::now())
+                        .unwrap();
                 }
-                Event::StartTls => conn.upgrade().await,
-                Event::Throttle(d) => tokio::time::sleep(d).await,
                 other => {
                     if let Some(ticket) = other.into_ticket() {
                         conn.session_mut()
-                            .respond(ticket, Decision::Accept)
+                            .respond(ticket, Decision::Accept, Instant::now())
                             .unwrap();
                     }
                 }

@@ -39,6 +39,7 @@ use smtp_proto::command::{
 };
 use smtp_proto::config::{Config, ContentPolicy, ViolationPolicy};
 use smtp_proto::data::{DataDecoder, DecodeStep, dot_stuff};
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::parse::{decode_xtext, parse_command, parse_mailbox};
 use smtp_proto::proxy::{
     MAX_HEADER_LEN, ProxyCommand, ProxyHeader, ProxyParse, Transport, parse_proxy_header,
@@ -325,7 +326,6 @@ enum Action {
         recipients: Option<usize>,
         message_end: bool,
     },
-    StartTls,
 }
 
 /// Drives one session with the harness's choices and records what it saw.
@@ -346,6 +346,13 @@ struct Driver<'a> {
     delivered: usize,
     held: Option<Held>,
     tls_pending: bool,
+    /// The session is under TLS (from the start, or after a handshake).
+    tls: bool,
+    /// The end of the throttle the session asked for, while the harness
+    /// lets it wait.
+    throttled: Option<Instant>,
+    /// The last time passed to `handle_timeout`.
+    last_timeout: Option<Instant>,
     tags: Vec<u32>,
     next_tag: u32,
     /// Never defer (the harness is unblocking the session).
@@ -355,6 +362,7 @@ struct Driver<'a> {
 impl<'a> Driver<'a> {
     fn new(config: Config, peer: PeerInfo, knobs: &'a [u8], stream: &'a [u8]) -> Self {
         let now = Instant::now();
+        let tls = peer.tls.is_some();
         Driver {
             max_out: config.limits.max_pending_output,
             max_text_line: config.limits.max_text_line,
@@ -375,6 +383,9 @@ impl<'a> Driver<'a> {
             delivered: 0,
             held: None,
             tls_pending: false,
+            tls,
+            throttled: None,
+            last_timeout: None,
             tags: Vec::new(),
             next_tag: 0,
             hurry: false,
@@ -387,17 +398,64 @@ impl<'a> Driver<'a> {
             let waiting = self.s.is_waiting();
             let closed = self.s.is_closed();
             let knob = self.knobs.next();
-            let Some(ev) = self.s.poll_event() else {
-                break;
+            let ev = match self.s.poll() {
+                Output::Event(ev) => ev,
+                Output::Instruction(Instruction::StartTls) => {
+                    if self.tls_pending {
+                        // The handshake the harness already owes.
+                        break;
+                    }
+                    assert!(!self.tls, "StartTls twice (or under TLS)");
+                    self.flush();
+                    self.tls_pending = true;
+                    if self.hurry || knob & 0x30 != 0x30 {
+                        self.finish_tls(knob);
+                        continue;
+                    }
+                    break;
+                }
+                Output::Instruction(Instruction::Throttle(until)) => {
+                    assert!(
+                        self.last_timeout.is_none_or(|t| until > t),
+                        "a throttle outlived a timer call at its end"
+                    );
+                    self.throttled = Some(until);
+                    // While throttled nothing moves: the same instruction
+                    // again, and no reply.
+                    let out = self.s.transmit().len();
+                    assert!(
+                        matches!(self.s.poll(), Output::Instruction(Instruction::Throttle(u)) if u == until),
+                        "a throttled session moved"
+                    );
+                    assert_eq!(self.s.transmit().len(), out, "a reply while throttled");
+                    if self.hurry || knob & 0x0c != 0x0c {
+                        self.end_throttle();
+                        continue;
+                    }
+                    break;
+                }
+                Output::Instruction(Instruction::AwaitingDecision) => {
+                    assert!(
+                        self.held.is_some(),
+                        "awaiting a decision the harness does not hold"
+                    );
+                    break;
+                }
+                Output::Instruction(Instruction::Closed) => {
+                    assert!(self.s.is_closed(), "Closed from an open session");
+                    break;
+                }
+                Output::Instruction(_) => {
+                    assert!(!self.s.is_closed(), "a closed session not saying Closed");
+                    break;
+                }
             };
             let notice = matches!(
                 ev,
                 Event::BodyStart { .. }
                     | Event::MessageAborted(_)
                     | Event::Reset
-                    | Event::StartTls
                     | Event::Violation(_)
-                    | Event::Throttle(_)
                     | Event::Closing(_)
             );
             assert!(
@@ -423,7 +481,6 @@ impl<'a> Driver<'a> {
                     self.body.clear();
                     Action::None
                 }
-                Event::StartTls => Action::StartTls,
                 Event::Closing(_) => {
                     assert!(self.s.is_closed(), "Closing from an open session");
                     Action::None
@@ -453,14 +510,6 @@ impl<'a> Driver<'a> {
             };
             match action {
                 Action::None => {}
-                Action::StartTls => {
-                    self.flush();
-                    assert!(!self.tls_pending, "StartTls twice");
-                    self.tls_pending = true;
-                    if self.hurry || knob & 0x30 != 0x30 {
-                        self.finish_tls(knob);
-                    }
-                }
                 Action::Decide {
                     ticket,
                     recipients,
@@ -555,7 +604,7 @@ impl<'a> Driver<'a> {
                         Decision::Accept => None,
                     }));
                 }
-                self.s.respond_each(ticket, ds)
+                self.s.respond_each(ticket, ds, self.now)
             }
             _ => {
                 let d = self.decision(knob);
@@ -564,7 +613,7 @@ impl<'a> Driver<'a> {
                     self.tags
                         .extend(std::iter::repeat_n(tag_of(r), n).flatten());
                 }
-                self.s.respond(ticket, d)
+                self.s.respond(ticket, d, self.now)
             }
         };
         if let Err(e) = result {
@@ -586,27 +635,44 @@ impl<'a> Driver<'a> {
         self.tls_pending = false;
         self.flush();
         if knob & 0x0c == 0x0c {
-            self.s.tls_failed();
+            self.s.tls_failed(self.now);
             assert!(self.s.is_closed(), "still open after a failed handshake");
             return;
         }
-        if let Err(e) = self.s.tls_established(TlsInfo::default()) {
+        if let Err(e) = self.s.tls_established(TlsInfo::default(), self.now) {
             assert!(self.s.is_closed(), "handshake refused: {e}");
             return;
         }
+        self.tls = true;
         // Plaintext pipelined before the handshake is never executed.
         let out = self.s.transmit().len();
-        while let Some(ev) = self.s.poll_event() {
-            assert!(
-                matches!(ev, Event::Violation(_) | Event::Throttle(_)),
-                "an event right after the handshake: {ev:?}"
-            );
+        loop {
+            match self.s.poll() {
+                Output::Event(ev) => assert!(
+                    matches!(ev, Event::Violation(_)),
+                    "an event right after the handshake: {ev:?}"
+                ),
+                Output::Instruction(Instruction::Throttle(until)) => {
+                    self.throttled = Some(until);
+                    self.end_throttle();
+                }
+                Output::Instruction(_) => break,
+            }
         }
         assert_eq!(
             self.s.transmit().len(),
             out,
             "a reply right after the handshake"
         );
+    }
+
+    /// The harness waited out the throttle: time reaches its end.
+    fn end_throttle(&mut self) {
+        if let Some(until) = self.throttled.take() {
+            self.now = self.now.max(until);
+            self.last_timeout = Some(self.now);
+            self.s.handle_timeout(self.now);
+        }
     }
 
     /// Writes `n` bytes (all when `None`) to the transcript.
@@ -649,7 +715,9 @@ impl<'a> Driver<'a> {
             0xed => self.s.shutdown(),
             0xee if !self.tls_pending => {
                 assert!(
-                    self.s.tls_established(TlsInfo::default()).is_err(),
+                    self.s
+                        .tls_established(TlsInfo::default(), self.now)
+                        .is_err(),
                     "tls_established accepted without StartTls"
                 );
             }
@@ -670,6 +738,10 @@ impl<'a> Driver<'a> {
         let was_closed = self.s.is_closed();
         let out = self.s.transmit().len();
         self.s.handle_timeout(self.now);
+        self.last_timeout = Some(self.now);
+        if self.throttled.is_some_and(|until| self.now >= until) {
+            self.throttled = None;
+        }
         match deadline {
             Some(d) if self.now >= d => {
                 assert!(
@@ -700,6 +772,7 @@ impl<'a> Driver<'a> {
             self.flush();
             self.answer_held();
             self.finish_tls(0);
+            self.end_throttle();
             self.drain();
             self.flush();
             self.hurry = false;
@@ -738,6 +811,11 @@ impl<'a> Driver<'a> {
                 let k = self.knobs.next();
                 self.finish_tls(k);
             }
+            if self.throttled.is_some()
+                && (self.pos >= self.stream.len() || self.knobs.next() & 1 == 0)
+            {
+                self.end_throttle();
+            }
             let k = self.knobs.next();
             self.time(k);
             if self.s.is_closed() {
@@ -746,9 +824,9 @@ impl<'a> Driver<'a> {
             if self.pos < self.stream.len() {
                 let k = self.knobs.next();
                 self.feed(k);
-            } else if self.held.is_none() && !self.tls_pending {
+            } else if self.held.is_none() && !self.tls_pending && self.throttled.is_none() {
                 self.drain();
-                if self.s.is_waiting() || self.tls_pending {
+                if self.s.is_waiting() || self.tls_pending || self.throttled.is_some() {
                     continue;
                 }
                 match self.knobs.next() % 4 {
@@ -760,7 +838,7 @@ impl<'a> Driver<'a> {
                     2 => self.s.shutdown(),
                     _ => {}
                 }
-                self.s.receive_eof();
+                self.s.receive_eof(self.now);
                 assert!(self.s.is_closed(), "still open after EOF");
             }
         }
@@ -768,11 +846,15 @@ impl<'a> Driver<'a> {
         self.hurry = true;
         self.answer_held();
         self.finish_tls(0);
+        self.end_throttle();
         self.drain();
-        self.s.receive_eof();
+        self.s.receive_eof(self.now);
         self.drain();
         assert!(self.s.is_closed(), "still open after EOF");
-        assert!(self.s.poll_event().is_none());
+        assert!(matches!(
+            self.s.poll(),
+            Output::Instruction(Instruction::Closed)
+        ));
         self.flush();
     }
 
@@ -800,8 +882,10 @@ impl<'a> Driver<'a> {
 /// CRLF.CRLF, a BDAT body only after `LAST`; a delivered text body obeys
 /// the bare-line-ending, NUL and line-length policies; an early timer call
 /// changes nothing and an expired one closes; nothing sent before a TLS
-/// handshake is executed after it; the session never starves with input
-/// waiting; EOF always closes.
+/// handshake is executed after it; a throttled session replies to nothing
+/// and no throttle outlives a timer call at its end; a decision is awaited
+/// only while the harness holds its ticket; the session never starves with
+/// input waiting; EOF always closes.
 pub fn server_session(data: &[u8]) {
     let mut c = [0u8; 8];
     let head = data.get(..8).unwrap_or(data);
@@ -912,14 +996,24 @@ pub fn bdat(data: &[u8]) {
     let deliver = !too_big && !bad_text;
 
     let mut s = Session::new(Arc::new(config), PeerInfo::default(), Instant::now());
-    let now = Instant::now();
+    let mut now = Instant::now();
     let mut pos = 0;
     let mut got = Vec::new();
     let mut in_body = false;
     let mut delivered = None;
     let mut transcript = Vec::new();
     loop {
-        while let Some(ev) = s.poll_event() {
+        loop {
+            let ev = match s.poll() {
+                Output::Event(ev) => ev,
+                Output::Instruction(Instruction::Throttle(until)) => {
+                    // Wait out the soft error limit's delay.
+                    now = now.max(until);
+                    s.handle_timeout(now);
+                    continue;
+                }
+                Output::Instruction(_) => break,
+            };
             match ev {
                 Event::BodyStart { kind } => {
                     assert_eq!(kind, BodyKind::Bdat);
@@ -944,7 +1038,7 @@ pub fn bdat(data: &[u8]) {
                     assert!(delivered.is_none(), "two messages");
                     delivered = Some(std::mem::take(&mut got));
                     in_body = false;
-                    if s.respond(ticket, Decision::Accept).is_err() {
+                    if s.respond(ticket, Decision::Accept, now).is_err() {
                         panic!("the session refused its own ticket");
                     }
                 }
@@ -954,7 +1048,7 @@ pub fn bdat(data: &[u8]) {
                 }
                 other => {
                     if let Some(t) = other.into_ticket() {
-                        if s.respond(t, Decision::Accept).is_err() {
+                        if s.respond(t, Decision::Accept, now).is_err() {
                             panic!("the session refused its own ticket");
                         }
                     }
@@ -2169,9 +2263,9 @@ pub fn address(data: &[u8]) {
 /// actions; the rest is what the "server" says, cut at arbitrary points.
 ///
 /// Checks: no panic; the client never holds more output than its bound
-/// (plus one command line and one chunk); nothing follows
-/// [`ClientEvent::Closed`](smtp_proto::client::ClientEvent::Closed); an error is
-/// always followed by `Closed`; a message is reported accepted only after
+/// (plus one command line and one chunk); no event follows
+/// [`Instruction::Closed`]; an error is always followed by `Closed`; a
+/// STARTTLS handshake is always accepted when asked for; a message is reported accepted only after
 /// the whole body was handed over and ended; every per-recipient event
 /// names a recipient of the envelope.
 pub fn client_session(data: &[u8]) {
@@ -2222,12 +2316,35 @@ pub fn client_session(data: &[u8]) {
     let mut t = now;
     for _round in 0..10_000 {
         // Drain events.
-        while let Some(ev) = c.poll_event() {
+        loop {
+            let ev = match c.poll() {
+                Output::Event(ev) => ev,
+                Output::Instruction(Instruction::Closed) => {
+                    assert!(c.is_closed(), "Closed from an open client");
+                    if closed {
+                        break;
+                    }
+                    // Polled again: still no event after Closed.
+                    closed = true;
+                    continue;
+                }
+                Output::Instruction(Instruction::StartTls) => {
+                    if knobs.next() & 1 == 0 {
+                        let r = c.tls_established(TlsInfo::default(), t);
+                        assert_eq!(r, Ok(()), "the handshake it asked for refused");
+                    } else {
+                        c.tls_failed(t);
+                        assert!(c.is_closed(), "still open after a failed handshake");
+                    }
+                    continue;
+                }
+                Output::Instruction(_) => {
+                    assert!(!c.is_closed(), "a closed client not saying Closed");
+                    break;
+                }
+            };
             assert!(!closed, "event after Closed: {ev:?}");
             match ev {
-                ClientEvent::Closed => {
-                    closed = true;
-                }
                 ClientEvent::Error(_) => errored = true,
                 ClientEvent::Ready { .. } if !started => {
                     started = true;
@@ -2246,13 +2363,6 @@ pub fn client_session(data: &[u8]) {
                         c.send_mail(&env, t)
                     };
                     let _ = r;
-                }
-                ClientEvent::StartTls => {
-                    if knobs.next() & 1 == 0 {
-                        let _ = c.tls_established(t);
-                    } else {
-                        c.tls_failed();
-                    }
                 }
                 ClientEvent::Recipient { index, .. } => assert!(index < recipients),
                 ClientEvent::MessageAccepted { recipient, .. } => {
@@ -2302,7 +2412,7 @@ pub fn client_session(data: &[u8]) {
             }
             _ => {
                 if pos >= input.len() {
-                    c.receive_eof();
+                    c.receive_eof(t);
                 } else {
                     let n = 1 + usize::from(knobs.next()) % 64;
                     let end = (pos + n).min(input.len());
@@ -2318,9 +2428,14 @@ pub fn client_session(data: &[u8]) {
         }
     }
     if errored {
-        while let Some(ev) = c.poll_event() {
-            assert!(!closed, "event after Closed: {ev:?}");
-            closed |= ev == ClientEvent::Closed;
+        loop {
+            match c.poll() {
+                Output::Event(ev) => assert!(!closed, "event after Closed: {ev:?}"),
+                Output::Instruction(i) => {
+                    closed |= i == Instruction::Closed;
+                    break;
+                }
+            }
         }
         assert!(closed, "an error not followed by Closed");
     }

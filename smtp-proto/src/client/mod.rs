@@ -8,22 +8,13 @@
 //!
 //! # The calling contract
 //!
-//! **Inputs** — each carries the current time:
-//! - [`Client::read_buf`] + [`Client::filled`] (zero-copy), or
-//!   [`Client::receive`]: bytes from the server.
-//! - [`Client::receive_eof`]: the server closed its side.
-//! - [`Client::handle_timeout`]: the instant from [`Client::poll_timeout`] passed.
-//! - [`Client::tls_established`] / [`Client::tls_failed`]: after
-//!   [`ClientEvent::StartTls`].
-//! - [`Client::send_mail`], [`Client::push_body`], [`Client::end_body`],
-//!   [`Client::quit`]: what the application wants sent.
-//!
-//! **Outputs** — after every input, drain them until idle:
-//! - [`Client::poll_event`] until it returns `None`.
-//! - [`Client::transmit`] + [`Client::transmitted`]: bytes to write.
-//! - [`Client::poll_timeout`]: when to call [`Client::handle_timeout`].
-//! - [`Client::wants_read`], [`Client::is_closed`]: whether to read more,
-//!   and whether to close the connection once `transmit()` is empty.
+//! [`Client`] implements [`Drive`](crate::drive::Drive), the contract it
+//! shares with the server session: the
+//! [drive loop](crate::drive#the-drive-loop) is written there once. What
+//! is particular to the client: [`Client::send_mail`],
+//! [`Client::push_body`], [`Client::end_body`] and [`Client::quit`] are
+//! what the application wants sent, and [`Client::poll`] hands out
+//! [`ClientEvent`]s.
 //!
 //! **A session** goes: [`ClientEvent::Ready`] (after the greeting, EHLO,
 //! STARTTLS and AUTH as configured); then any number of transactions,
@@ -31,13 +22,13 @@
 //! [`is_ready`](Client::is_ready), and ended by exactly one
 //! [`ClientEvent::MessageAccepted`] or [`ClientEvent::MessageRejected`]
 //! (in LMTP one per accepted recipient), unless an error ends the session;
-//! then [`Client::quit`] and [`ClientEvent::Closed`].
+//! then [`Client::quit`] and [`Instruction::Closed`].
 //!
 //! The server misbehaving (an unexpected code, a malformed or overlong
 //! reply, a premature close, a timeout, a `421`) is a fatal
-//! [`ClientEvent::Error`] followed by [`ClientEvent::Closed`]; a refusal
+//! [`ClientEvent::Error`] followed by [`Instruction::Closed`]; a refusal
 //! (a `4xx` or `5xx` reply to MAIL, RCPT, DATA or the body) is an ordinary
-//! event. Misuse of this API is an `Err(`[`UsageError`]`)` and changes
+//! event. Misuse of this API is an `Err(`[`Misuse`]`)` and changes
 //! nothing.
 //!
 //! # Protocol choices
@@ -74,7 +65,7 @@
 //! (`output.rs`) flushes them within the pipelining window and bounds what
 //! waits unwritten. Each reply (`replies.rs`) is matched against the oldest
 //! command still awaiting one, in order, and moves the session on or ends
-//! it; what the caller must know comes out of [`Client::poll_event`].
+//! it; what the caller must know comes out of [`Client::poll`].
 //!
 //! # Example
 //!
@@ -85,6 +76,7 @@
 //! use std::time::Instant;
 //! use smtp_proto::client::{Client, ClientConfig, ClientEvent, Envelope, TlsPolicy};
 //! use smtp_proto::config::Config;
+//! use smtp_proto::drive::{Instruction, Output};
 //! use smtp_proto::server::{Decision, Event, PeerInfo, Session};
 //!
 //! let now = Instant::now();
@@ -99,18 +91,18 @@
 //! let mut pump = |client: &mut Client, server: &mut Session, delivered: &mut Vec<u8>| {
 //!     let mut events = Vec::new();
 //!     loop {
-//!         while let Some(ev) = server.poll_event() {
+//!         while let Some(ev) = server.poll().event() {
 //!             match ev {
 //!                 Event::Body(chunk) => delivered.extend_from_slice(chunk),
 //!                 ev => if let Some(ticket) = ev.into_ticket() {
-//!                     server.respond(ticket, Decision::Accept).unwrap();
+//!                     server.respond(ticket, Decision::Accept, now).unwrap();
 //!                 },
 //!             }
 //!         }
 //!         let to_client = server.transmit().to_vec();
 //!         server.transmitted(to_client.len());
 //!         client.receive(&to_client, now);
-//!         while let Some(ev) = client.poll_event() {
+//!         while let Some(ev) = client.poll().event() {
 //!             events.push(ev);
 //!         }
 //!         let to_server = client.transmit().to_vec();
@@ -138,7 +130,8 @@
 //!
 //! client.quit(now).unwrap();
 //! let events = pump(&mut client, &mut server, &mut delivered);
-//! assert!(matches!(events[..], [ClientEvent::Closed]));
+//! assert!(events.is_empty());
+//! assert!(matches!(client.poll(), Output::Instruction(Instruction::Closed)));
 //! assert!(client.is_closed() && server.is_closed());
 //! ```
 
@@ -150,6 +143,7 @@ use crate::command::{
     BodyType, Command, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath, encode_xtext,
 };
 use crate::data::DotStuffer;
+pub use crate::drive::{Instruction, Misuse, Output, TlsInfo};
 use crate::parse::parse_mailbox;
 use crate::reply::{Reply, ReplyError, parse_reply};
 use crate::sasl::{Mechanism, Secret, encode_base64, encode_plain};
@@ -449,7 +443,7 @@ impl Envelope {
 }
 
 /// The server misbehaved, refused the session, or the connection failed.
-/// Always fatal: [`ClientEvent::Closed`] follows.
+/// Always fatal: [`Instruction::Closed`] follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -508,53 +502,6 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Misuse of the client API (never caused by the server); nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum UsageError {
-    /// [`Client::send_mail`] before [`ClientEvent::Ready`], or while a
-    /// transaction is in progress.
-    NotReady,
-    /// [`Client::push_body`] / [`Client::end_body`] with no body expected
-    /// (no transaction, the body already ended, or the message was refused).
-    NoBody,
-    /// [`Client::tls_established`] without [`ClientEvent::StartTls`].
-    NotStartingTls,
-    /// The client is closed (or quitting).
-    Closed,
-    /// The envelope has no recipient.
-    NoRecipients,
-    /// This address is not a valid mailbox (RFC 5321 §4.1.2, RFC 6531).
-    InvalidAddress(String),
-    /// A parameter value cannot be sent (e.g. an ENVID over 100 octets).
-    InvalidParameter(&'static str),
-    /// The envelope needs an extension the server does not offer.
-    Unsupported(&'static str),
-    /// The message is bigger than the server's SIZE limit.
-    TooBig {
-        /// The server's limit.
-        limit: u64,
-    },
-}
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UsageError::NotReady => f.write_str("client not ready for a new transaction"),
-            UsageError::NoBody => f.write_str("no message body expected now"),
-            UsageError::NotStartingTls => f.write_str("no STARTTLS in progress"),
-            UsageError::Closed => f.write_str("client closed"),
-            UsageError::NoRecipients => f.write_str("envelope without recipients"),
-            UsageError::InvalidAddress(a) => write!(f, "invalid address {a:?}"),
-            UsageError::InvalidParameter(p) => write!(f, "invalid {p} parameter"),
-            UsageError::Unsupported(e) => write!(f, "the server does not offer {e}"),
-            UsageError::TooBig { limit } => write!(f, "message over the server's limit of {limit}"),
-        }
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 /// What the client has to say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -565,10 +512,6 @@ pub enum ClientEvent {
         /// What the server advertised (after TLS, if any).
         extensions: ServerExtensions,
     },
-    /// Write everything [`Client::transmit`] holds, then do the TLS
-    /// handshake and report it with [`Client::tls_established`] or
-    /// [`Client::tls_failed`]. Read nothing into the client meanwhile.
-    StartTls,
     /// AUTH succeeded.
     Authenticated,
     /// The server is ready for the body ([`Client::push_body`] may also be
@@ -601,12 +544,9 @@ pub enum ClientEvent {
         /// The server's reply.
         reply: Reply,
     },
-    /// The session failed; [`ClientEvent::Closed`] follows. A transaction
+    /// The session failed; [`Instruction::Closed`] follows. A transaction
     /// in progress ends here, with no further event.
     Error(ClientError),
-    /// The session is over: write what [`Client::transmit`] holds, then
-    /// close the connection.
-    Closed,
 }
 
 /// Which greeting command was sent.
@@ -739,6 +679,7 @@ pub struct Client {
     phase: Phase,
     ext: Option<ServerExtensions>,
     tls: bool,
+    tls_info: Option<TlsInfo>,
     tls_declined: bool,
     authenticated: bool,
     auth_responses: VecDeque<Secret<String>>,
@@ -788,6 +729,7 @@ impl Client {
             phase: Phase::Greeting,
             ext: None,
             tls: config.implicit_tls,
+            tls_info: None,
             tls_declined: false,
             authenticated: false,
             auth_responses: VecDeque::new(),
@@ -919,7 +861,8 @@ impl Client {
 
     /// The server closed its side of the connection. Once QUIT is sent this
     /// is the normal end; otherwise it is [`ClientError::UnexpectedEof`].
-    pub fn receive_eof(&mut self) {
+    pub fn receive_eof(&mut self, now: Instant) {
+        self.set_time(now);
         if self.is_closed() {
             return;
         }
@@ -972,15 +915,16 @@ impl Client {
         None
     }
 
-    /// The TLS handshake after [`ClientEvent::StartTls`] succeeded: the
+    /// The TLS handshake after [`Instruction::StartTls`] succeeded: the
     /// client forgets what the server advertised and says EHLO again
     /// (RFC 3207 §4.2).
-    pub fn tls_established(&mut self, now: Instant) -> Result<(), UsageError> {
+    pub fn tls_established(&mut self, info: TlsInfo, now: Instant) -> Result<(), Misuse> {
         if self.phase != Phase::Handshake {
-            return Err(UsageError::NotStartingTls);
+            return Err(Misuse::NotStartingTls);
         }
         self.set_time(now);
         self.tls = true;
+        self.tls_info = Some(info);
         self.ext = None;
         self.end = 0;
         self.send_hello(self.first_hello());
@@ -989,23 +933,45 @@ impl Client {
 
     /// The TLS handshake failed: the session is over (nothing more may be
     /// sent on this connection).
-    pub fn tls_failed(&mut self) {
+    pub fn tls_failed(&mut self, now: Instant) {
+        self.set_time(now);
         if !self.is_closed() {
             self.fail(ClientError::TlsFailed, false);
         }
     }
 
-    /// Tells the client the current time without other input.
-    pub fn set_time(&mut self, now: Instant) {
+    fn set_time(&mut self, now: Instant) {
         self.now = self.now.max(now);
     }
 
     // ----- output -----
 
-    /// The next event, or `None` when there is none. Call it until `None`
-    /// after every input.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
+    /// The next event, or what the driver does next (the
+    /// [drive loop](crate::drive#the-drive-loop)). Call it until it returns
+    /// an [`Instruction`] after every input.
+    pub fn poll(&mut self) -> Output<ClientEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        Output::Instruction(match self.phase {
+            Phase::Closed => Instruction::Closed,
+            Phase::Handshake => Instruction::StartTls,
+            _ => Instruction::Idle {
+                read: self.wants_read(),
+                deadline: self.poll_timeout(),
+            },
+        })
+    }
+
+    /// Whether [`Client::poll`] would return an event now.
+    #[inline]
+    pub fn has_event(&mut self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The TLS layer's facts, once a STARTTLS handshake was reported.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.as_ref()
     }
 
     // ----- internals -----
@@ -1023,6 +989,8 @@ impl Client {
     }
 }
 
+crate::drive::forward_drive!(Client, ClientEvent);
+
 /// The command lines of a transaction.
 struct TransactionLines {
     mail: Vec<u8>,
@@ -1038,9 +1006,9 @@ fn build_transaction(
     env: &Envelope,
     ext: &ServerExtensions,
     tls: bool,
-) -> Result<TransactionLines, UsageError> {
-    fn mailbox(a: &str) -> Result<crate::command::Mailbox<'_>, UsageError> {
-        parse_mailbox(a, true, false).ok_or_else(|| UsageError::InvalidAddress(a.into()))
+) -> Result<TransactionLines, Misuse> {
+    fn mailbox(a: &str) -> Result<crate::command::Mailbox<'_>, Misuse> {
+        parse_mailbox(a, true, false).ok_or_else(|| Misuse::InvalidAddress(a.into()))
     }
     let from = match env.from.as_deref() {
         None => ReversePath::Null,
@@ -1052,31 +1020,31 @@ fn build_transaction(
         utf8 |= r.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) && ext.dsn;
     }
     if utf8 && !ext.smtputf8 {
-        return Err(UsageError::Unsupported("SMTPUTF8"));
+        return Err(Misuse::Unsupported("SMTPUTF8"));
     }
     let body = env.body;
     match body {
         Some(BodyType::EightBitMime) if !ext.eightbitmime => {
-            return Err(UsageError::Unsupported("8BITMIME"));
+            return Err(Misuse::Unsupported("8BITMIME"));
         }
         Some(BodyType::BinaryMime) if !(ext.binarymime && ext.chunking) => {
-            return Err(UsageError::Unsupported("BINARYMIME"));
+            return Err(Misuse::Unsupported("BINARYMIME"));
         }
         _ => {}
     }
     if env.requiretls && !(ext.requiretls && tls) {
-        return Err(UsageError::Unsupported("REQUIRETLS"));
+        return Err(Misuse::Unsupported("REQUIRETLS"));
     }
     if let (Some(size), Some(limit)) = (env.size, ext.size) {
         if limit > 0 && size > limit {
-            return Err(UsageError::TooBig { limit });
+            return Err(Misuse::TooBig { limit });
         }
     }
     let envid = match env.envid.as_deref() {
         Some(e) if ext.dsn => {
             let x = encode_xtext(e);
             if x.is_empty() || x.len() > 100 {
-                return Err(UsageError::InvalidParameter("ENVID"));
+                return Err(Misuse::InvalidParameter("ENVID"));
             }
             Some(x)
         }
@@ -1096,7 +1064,7 @@ fn build_transaction(
     };
     let mail = Command::Mail { from, params }.to_bytes();
     if mail.len() > MAX_COMMAND_LINE {
-        return Err(UsageError::InvalidParameter("MAIL line too long"));
+        return Err(Misuse::InvalidParameter("MAIL line too long"));
     }
     let rcpts = env
         .recipients
@@ -1112,17 +1080,17 @@ fn build_transaction(
 }
 
 /// One RCPT line, with DSN parameters when the server offers DSN.
-fn rcpt_line(r: &Recipient, ext: &ServerExtensions) -> Result<Vec<u8>, UsageError> {
+fn rcpt_line(r: &Recipient, ext: &ServerExtensions) -> Result<Vec<u8>, Misuse> {
     let path = if r.address.eq_ignore_ascii_case("postmaster") {
         ForwardPath::Postmaster
     } else {
         ForwardPath::Mailbox(
             parse_mailbox(&r.address, true, false)
-                .ok_or_else(|| UsageError::InvalidAddress(r.address.clone()))?,
+                .ok_or_else(|| Misuse::InvalidAddress(r.address.clone()))?,
         )
     };
     if r.orcpt.as_deref().is_some_and(|o| o.contains(['\r', '\n'])) {
-        return Err(UsageError::InvalidParameter("ORCPT"));
+        return Err(Misuse::InvalidParameter("ORCPT"));
     }
     let orcpt = match &r.orcpt {
         Some(o) if ext.dsn => Some(encode_orcpt(o)),
@@ -1134,7 +1102,7 @@ fn rcpt_line(r: &Recipient, ext: &ServerExtensions) -> Result<Vec<u8>, UsageErro
     };
     let line = Command::Rcpt { to: path, params }.to_bytes();
     if line.len() > MAX_COMMAND_LINE || orcpt.as_ref().is_some_and(|o| o.len() > 500) {
-        return Err(UsageError::InvalidParameter("ORCPT"));
+        return Err(Misuse::InvalidParameter("ORCPT"));
     }
     Ok(line)
 }
@@ -1225,12 +1193,12 @@ mod tests {
         let env = Envelope::new(Some("a@b"), ["jörg@c"]);
         assert_eq!(
             build_transaction(&env, &ext, false).err(),
-            Some(UsageError::Unsupported("SMTPUTF8"))
+            Some(Misuse::Unsupported("SMTPUTF8"))
         );
         let env = Envelope::new(Some("a@@b"), ["c@d"]);
         assert!(matches!(
             build_transaction(&env, &ext, false),
-            Err(UsageError::InvalidAddress(_))
+            Err(Misuse::InvalidAddress(_))
         ));
         // No recipients is for `begin_mail` (send_mail refuses it itself).
         let env = Envelope::new(None, Vec::<String>::new());
@@ -1239,7 +1207,7 @@ mod tests {
         env.body = Some(BodyType::BinaryMime);
         assert_eq!(
             build_transaction(&env, &ext, false).err(),
-            Some(UsageError::Unsupported("BINARYMIME"))
+            Some(Misuse::Unsupported("BINARYMIME"))
         );
     }
 }

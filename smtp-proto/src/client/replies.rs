@@ -22,12 +22,9 @@ impl Client {
         if self.is_closed() {
             return;
         }
-        if self.phase == Phase::Handshake {
-            if pos < self.end {
-                self.fail(ClientError::TlsInjection, false);
-                return;
-            }
-            self.events.push_back(ClientEvent::StartTls);
+        if self.phase == Phase::Handshake && pos < self.end {
+            self.fail(ClientError::TlsInjection, false);
+            return;
         }
         self.input.copy_within(pos..self.end, 0);
         self.end -= pos;
@@ -389,6 +386,5 @@ impl Client {
         self.txn = None;
         self.end = 0;
         self.input = Vec::new();
-        self.events.push_back(ClientEvent::Closed);
     }
 }

@@ -9,15 +9,15 @@ impl Client {
     /// or BDAT once the body comes ([`Client::push_body`],
     /// [`Client::end_body`]). Checked against what the server offers before
     /// anything is sent.
-    pub fn send_mail(&mut self, envelope: &Envelope, now: Instant) -> Result<(), UsageError> {
+    pub fn send_mail(&mut self, envelope: &Envelope, now: Instant) -> Result<(), Misuse> {
         if self.is_closed() || self.phase == Phase::Quitting {
-            return Err(UsageError::Closed);
+            return Err(Misuse::Closed);
         }
         if !self.is_ready() {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         }
         if envelope.recipients.is_empty() {
-            return Err(UsageError::NoRecipients);
+            return Err(Misuse::NoRecipients);
         }
         self.start_txn(envelope, false, now)
     }
@@ -28,12 +28,12 @@ impl Client {
     /// abandoned with [`Client::reset`]. Sends MAIL (and the envelope's
     /// recipients, if any). A refused MAIL is reported as
     /// [`ClientEvent::MessageRejected`] once its reply is in.
-    pub fn begin_mail(&mut self, envelope: &Envelope, now: Instant) -> Result<(), UsageError> {
+    pub fn begin_mail(&mut self, envelope: &Envelope, now: Instant) -> Result<(), Misuse> {
         if self.is_closed() || self.phase == Phase::Quitting {
-            return Err(UsageError::Closed);
+            return Err(Misuse::Closed);
         }
         if !self.is_ready() {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         }
         self.start_txn(envelope, true, now)
     }
@@ -41,17 +41,13 @@ impl Client {
     /// Adds a recipient to a transaction begun with [`Client::begin_mail`];
     /// returns its index (in [`ClientEvent::Recipient`]). A non-ASCII
     /// address needs SMTPUTF8 in the envelope.
-    pub fn add_recipient(
-        &mut self,
-        recipient: &Recipient,
-        now: Instant,
-    ) -> Result<usize, UsageError> {
+    pub fn add_recipient(&mut self, recipient: &Recipient, now: Instant) -> Result<usize, Misuse> {
         let ext = self.ext.clone().unwrap_or_default();
         let Some(txn) = self.txn.as_mut().filter(|t| t.open && t.failed.is_none()) else {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         };
         if !recipient.address.is_ascii() && !txn.utf8 {
-            return Err(UsageError::Unsupported("SMTPUTF8"));
+            return Err(Misuse::Unsupported("SMTPUTF8"));
         }
         let line = rcpt_line(recipient, &ext)?;
         let index = txn.recipients;
@@ -66,12 +62,12 @@ impl Client {
     /// [`Client::begin_mail`]: the body follows (DATA is sent, or BDAT
     /// chunks once the recipients are answered). With no recipient
     /// accepted, the transaction fails as with [`Client::send_mail`].
-    pub fn close_recipients(&mut self, now: Instant) -> Result<(), UsageError> {
+    pub fn close_recipients(&mut self, now: Instant) -> Result<(), Misuse> {
         let Some(txn) = self.txn.as_mut().filter(|t| t.open) else {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         };
         if txn.recipients == 0 && txn.failed.is_none() {
-            return Err(UsageError::NoRecipients);
+            return Err(Misuse::NoRecipients);
         }
         txn.open = false;
         let bdat = txn.bdat;
@@ -90,12 +86,12 @@ impl Client {
 
     /// Abandons a transaction begun with [`Client::begin_mail`] before its
     /// body (RSET). Only once every reply awaited for it is in.
-    pub fn reset(&mut self, now: Instant) -> Result<(), UsageError> {
+    pub fn reset(&mut self, now: Instant) -> Result<(), Misuse> {
         if self.inflight.iter().any(|e| e.in_txn()) {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         }
         let Some(txn) = self.txn.take_if(|t| t.open || t.failed.is_some()) else {
-            return Err(UsageError::NotReady);
+            return Err(Misuse::NotReady);
         };
         self.set_time(now);
         self.drop_queued_txn();
@@ -112,7 +108,7 @@ impl Client {
         envelope: &Envelope,
         open: bool,
         now: Instant,
-    ) -> Result<(), UsageError> {
+    ) -> Result<(), Misuse> {
         let ext = self.ext.clone().unwrap_or_default();
         let lines = build_transaction(envelope, &ext, self.tls)?;
         self.set_time(now);
@@ -154,13 +150,13 @@ impl Client {
     /// before the server is ready for the body are buffered.
     ///
     /// With DATA, a body that does not end with CRLF gets one added.
-    pub fn push_body(&mut self, bytes: &[u8], now: Instant) -> Result<usize, UsageError> {
+    pub fn push_body(&mut self, bytes: &[u8], now: Instant) -> Result<usize, Misuse> {
         if self.is_closed() {
-            return Err(UsageError::Closed);
+            return Err(Misuse::Closed);
         }
         let budget = self.budget();
         if !self.wants_body_now() {
-            return Err(UsageError::NoBody);
+            return Err(Misuse::NoBody);
         }
         let n = bytes.len().min(budget);
         let bytes = bytes.get(..n).unwrap_or_default();
@@ -170,7 +166,7 @@ impl Client {
         self.body_progress = now;
         self.set_time(now);
         let Some(txn) = self.txn.as_mut() else {
-            return Err(UsageError::NoBody);
+            return Err(Misuse::NoBody);
         };
         if txn.body == BodyState::Open && !txn.bdat {
             txn.stuffer.feed(bytes, &mut self.out);
@@ -185,17 +181,17 @@ impl Client {
 
     /// Ends the body: the end of data (`.`) or the last BDAT chunk is sent
     /// once everything before it is.
-    pub fn end_body(&mut self, now: Instant) -> Result<(), UsageError> {
+    pub fn end_body(&mut self, now: Instant) -> Result<(), Misuse> {
         if self.is_closed() {
-            return Err(UsageError::Closed);
+            return Err(Misuse::Closed);
         }
         if !self.wants_body_now() {
-            return Err(UsageError::NoBody);
+            return Err(Misuse::NoBody);
         }
         self.set_time(now);
         self.body_progress = now;
         let Some(txn) = self.txn.as_mut() else {
-            return Err(UsageError::NoBody);
+            return Err(Misuse::NoBody);
         };
         txn.ended = true;
         if txn.body == BodyState::Open {
@@ -208,9 +204,9 @@ impl Client {
     /// transaction, an AUTH exchange or STARTTLS there is no clean way out:
     /// the client closes at once (the server discards an unfinished
     /// message, but one whose body was complete may have been delivered).
-    pub fn quit(&mut self, now: Instant) -> Result<(), UsageError> {
+    pub fn quit(&mut self, now: Instant) -> Result<(), Misuse> {
         match self.phase {
-            Phase::Closed => return Err(UsageError::Closed),
+            Phase::Closed => return Err(Misuse::Closed),
             Phase::Quitting => return Ok(()),
             _ => {}
         }

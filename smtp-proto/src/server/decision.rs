@@ -6,42 +6,25 @@ use crate::command::ParseOptions;
 impl Session {
     // ----- events and decisions -----
 
-    /// The next event, or `None` when the session needs input, an answer,
-    /// or output space. Call it until `None` after every input.
-    pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        if let Some(e) = self.ready.take() {
-            return Some(self.materialize(e));
-        }
-        self.apply_release();
-        self.check_shutdown();
-        let emit = loop {
+    /// The next event, or what the driver does next (the
+    /// [drive loop](crate::drive#the-drive-loop)). Call it until it returns
+    /// an [`Instruction`] after every input.
+    pub fn poll(&mut self) -> Output<Event<'_>> {
+        if self.has_event() {
+            if let Some(e) = self.ready.take() {
+                return Output::Event(self.materialize(e));
+            }
             if let Some(n) = self.notices.pop_front() {
-                return Some(n.into_event());
+                return Output::Event(n.into_event());
             }
-            if self.pending.is_some() || self.is_closed() || self.output_full() {
-                return None;
-            }
-            match self.step() {
-                Step::Idle => {
-                    if let Some(n) = self.notices.pop_front() {
-                        return Some(n.into_event());
-                    }
-                    return None;
-                }
-                Step::Continue => {
-                    self.check_shutdown();
-                    continue;
-                }
-                Step::Emit(e) => break e,
-            }
-        };
-        Some(self.materialize(emit))
+        }
+        Output::Instruction(self.instruction())
     }
 
-    /// Whether [`Session::poll_event`] would return an event now, without
-    /// borrowing the session: prepares the event, which the next
-    /// `poll_event` hands out. For loops that do I/O until an event is
-    /// ready and then return it (a borrow checker-friendly `poll_event`).
+    /// Whether [`Session::poll`] would return an event now, without
+    /// borrowing the session: prepares the event, which the next `poll`
+    /// hands out. For loops that do I/O until an event is ready and then
+    /// return it.
     #[inline]
     pub fn has_event(&mut self) -> bool {
         if self.ready.is_some() || !self.notices.is_empty() {
@@ -53,7 +36,11 @@ impl Session {
             if !self.notices.is_empty() {
                 return true;
             }
-            if self.pending.is_some() || self.is_closed() || self.output_full() {
+            if self.pending.is_some()
+                || self.is_closed()
+                || self.output_full()
+                || self.throttle_until.is_some()
+            {
                 return false;
             }
             match self.step() {
@@ -67,41 +54,66 @@ impl Session {
         }
     }
 
+    /// What the driver does once no event is left.
+    fn instruction(&self) -> Instruction {
+        if self.is_closed() {
+            Instruction::Closed
+        } else if let Some(until) = self.throttle_until {
+            Instruction::Throttle(until)
+        } else if self.pending.is_some() {
+            Instruction::AwaitingDecision
+        } else if matches!(self.phase, Phase::StartTls) {
+            Instruction::StartTls
+        } else {
+            Instruction::Idle {
+                read: self.wants_read(),
+                deadline: self.poll_timeout(),
+            }
+        }
+    }
+
+    fn ticket(&self) -> Ticket {
+        Ticket {
+            session: self.nonce,
+            seq: self.seq,
+        }
+    }
+
     pub(super) fn new_ticket(&mut self, what: Pending) -> Ticket {
         self.seq += 1;
         self.pending = Some((self.seq, what));
-        Ticket { seq: self.seq }
+        self.ticket()
     }
 
     pub(super) fn materialize(&mut self, emit: Emit) -> Event<'_> {
         match emit {
             Emit::Body { start, end } => Event::Body(&self.input[start..end]),
             Emit::Connect => {
-                let ticket = Ticket { seq: self.seq };
+                let ticket = self.ticket();
                 Event::Connect {
                     ticket,
                     peer: &self.peer,
                 }
             }
             Emit::Auth(credentials) => Event::Auth {
-                ticket: Ticket { seq: self.seq },
+                ticket: self.ticket(),
                 credentials,
             },
             Emit::MessageEnd => Event::MessageEnd {
-                ticket: Ticket { seq: self.seq },
+                ticket: self.ticket(),
                 size: self.txn.body_len,
                 recipients: self.txn.recipients,
             },
             Emit::Command => {
-                let seq = self.seq;
+                let ticket = self.ticket();
                 let end = (self.start + self.pending_line).saturating_sub(2);
                 let line = self.input.get(self.start..end).unwrap_or(&[]);
                 // Parsed when it was checked; parsed again only if the
                 // offsets do not fit (they always should).
-                if let Some(event) = self.decided.and_then(|d| d.event(line, Ticket { seq })) {
+                if let Some(event) = self.decided.and_then(|d| d.event(line, ticket)) {
                     return event;
                 }
-                let ticket = Ticket { seq };
+                let ticket = self.ticket();
                 let opts = ParseOptions {
                     utf8_addresses: self.txn.smtputf8,
                     lenient: self.config.lenient_addresses,
@@ -115,10 +127,17 @@ impl Session {
         }
     }
 
-    /// Answers the decision event that carried `ticket`.
-    pub fn respond(&mut self, ticket: Ticket, decision: impl Into<Decision>) -> Result<(), Misuse> {
+    /// Answers the decision event that carried `ticket`, at time `now`
+    /// (the client's next deadline counts from the answer).
+    pub fn respond(
+        &mut self,
+        ticket: Ticket,
+        decision: impl Into<Decision>,
+        now: Instant,
+    ) -> Result<(), Misuse> {
         let decision = decision.into();
         let what = self.take_pending(ticket)?;
+        self.now = self.now.max(now);
         // In LMTP one decision for a message stands for every recipient.
         let n = match what {
             Pending::MessageEnd if self.config.lmtp => self.txn.recipients.max(1),
@@ -135,39 +154,37 @@ impl Session {
         &mut self,
         ticket: Ticket,
         decisions: impl IntoIterator<Item = Decision>,
+        now: Instant,
     ) -> Result<(), Misuse> {
         let decisions: Vec<Decision> = decisions.into_iter().collect();
+        if !self.owns(&ticket) {
+            return Err(Misuse::UnknownTicket(ticket));
+        }
         let expected = match self.pending {
-            Some((seq, _)) if seq != ticket.seq => {
-                return Err(Misuse {
-                    ticket: Some(ticket),
-                    kind: MisuseKind::UnknownTicket,
-                });
-            }
             Some((_, Pending::MessageEnd)) if self.config.lmtp => self.txn.recipients,
             _ => 1,
         };
         if decisions.len() != expected {
-            return Err(Misuse {
-                ticket: Some(ticket),
-                kind: MisuseKind::WrongReplyCount,
-            });
+            return Err(Misuse::WrongReplyCount(ticket));
         }
         let what = self.take_pending(ticket)?;
+        self.now = self.now.max(now);
         self.apply_decision(what, decisions.into_iter());
         Ok(())
     }
 
+    /// Whether `ticket` is the one the pending decision handed out.
+    fn owns(&self, ticket: &Ticket) -> bool {
+        matches!(self.pending, Some((seq, _)) if seq == ticket.seq && ticket.session == self.nonce)
+    }
+
     pub(super) fn take_pending(&mut self, ticket: Ticket) -> Result<Pending, Misuse> {
         match self.pending {
-            Some((seq, what)) if seq == ticket.seq => {
+            Some((_, what)) if self.owns(&ticket) => {
                 self.pending = None;
                 Ok(what)
             }
-            _ => Err(Misuse {
-                ticket: Some(ticket),
-                kind: MisuseKind::UnknownTicket,
-            }),
+            _ => Err(Misuse::UnknownTicket(ticket)),
         }
     }
 

@@ -40,7 +40,7 @@ impl Session {
 
     /// Reports that `n` bytes were written into [`Session::read_buf`] at `now`.
     pub fn filled(&mut self, n: usize, now: Instant) {
-        self.now = now;
+        self.now = self.now.max(now);
         let n = n.min(self.input.len() - self.end);
         if n == 0 {
             return;
@@ -89,7 +89,8 @@ impl Session {
     }
 
     /// The client closed its side of the connection.
-    pub fn receive_eof(&mut self) {
+    pub fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.apply_release();
         if self.is_closed() {
             return;

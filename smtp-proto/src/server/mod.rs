@@ -5,24 +5,18 @@
 //!
 //! # The calling contract
 //!
-//! **Inputs**
-//! - [`Session::read_buf`] + [`Session::filled`] (zero-copy), or
-//!   [`Session::receive`]: bytes from the client, with the current time.
-//! - [`Session::receive_eof`]: the client closed its side.
-//! - [`Session::handle_timeout`]: the instant from [`Session::poll_timeout`] passed.
-//! - [`Session::tls_established`] / [`Session::tls_failed`]: after [`Event::StartTls`].
-//! - [`Session::shutdown`]: the server is stopping.
-//!
-//! **Outputs** — after every input, drain them until idle:
-//! - [`Session::poll_event`] until it returns `None`. Events that need a
-//!   decision carry a [`Ticket`]; nothing more is parsed until it is answered
-//!   with [`Session::respond`] (or [`Session::respond_each`] for LMTP message
-//!   ends). The answer may come much later, from an async task.
-//! - [`Session::transmit`] + [`Session::transmitted`]: reply bytes to write,
-//!   always in command order (so PIPELINING needs nothing from the caller).
-//! - [`Session::poll_timeout`]: when to call [`Session::handle_timeout`].
-//! - [`Session::wants_read`], [`Session::is_closed`]: whether to read more,
-//!   and whether to close the connection once `transmit()` is empty.
+//! [`Session`] implements [`Drive`](crate::drive::Drive), the contract it
+//! shares with the client: the [drive loop](crate::drive#the-drive-loop)
+//! is written there once. What is particular to the server:
+//! - [`Session::poll`] hands out [`Event`]s. Events that need a decision
+//!   carry a [`Ticket`]; nothing more is parsed until it is answered with
+//!   [`Session::respond`] (or [`Session::respond_each`] for LMTP message
+//!   ends), which takes the time of the answer. The answer may come much
+//!   later, from an async task; meanwhile the session says
+//!   [`Instruction::AwaitingDecision`].
+//! - Replies leave in command order, so PIPELINING needs nothing from the caller.
+//! - [`Session::shutdown`] and [`Session::abort`] end the session from the
+//!   server's side.
 //!
 //! Client misbehaviour is answered with an SMTP reply (and sometimes an
 //! informational event); `Err` is only for misuse of this API.
@@ -63,12 +57,13 @@
 //! let mut s = Session::new(Arc::new(Config::new("mx.example")), PeerInfo::default(), Instant::now());
 //! let mut body = Vec::new();
 //! let mut feed = |s: &mut Session, input: &[u8], body: &mut Vec<u8>| {
-//!     s.receive(input, Instant::now());
-//!     while let Some(ev) = s.poll_event() {
+//!     let now = Instant::now();
+//!     s.receive(input, now);
+//!     while let Some(ev) = s.poll().event() {
 //!         match ev {
 //!             Event::Body(chunk) => body.extend_from_slice(chunk),
 //!             ev => if let Some(ticket) = ev.into_ticket() {
-//!                 s.respond(ticket, Decision::Accept).unwrap();
+//!                 s.respond(ticket, Decision::Accept, now).unwrap();
 //!             },
 //!         }
 //!     }
@@ -93,6 +88,7 @@ use crate::command::{
 use crate::config::{Config, Extensions, ViolationPolicy};
 use crate::data::{DataDecoder, LineChecker};
 use crate::decided::Decided;
+pub use crate::drive::{Instruction, Misuse, Output, TlsInfo};
 use crate::parse::parse_command;
 use crate::reply::Reply;
 use crate::sasl::{Credentials, Mechanism, SaslExchange, SaslStep};
@@ -112,15 +108,6 @@ mod verbs;
 
 /// The longest AUTH response line (RFC 4954 §4: 12288 octets).
 const MAX_AUTH_LINE: usize = 12288 + 2;
-
-/// Facts about the TLS layer, for the Received header and the handler.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TlsInfo {
-    /// Protocol version, e.g. `TLSv1.3`.
-    pub version: String,
-    /// Cipher suite name, e.g. `TLS_AES_128_GCM_SHA256`.
-    pub cipher: String,
-}
 
 /// Who is on the other end.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -233,15 +220,20 @@ pub enum CloseReason {
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a decision event holds the session until it is answered"]
 pub struct Ticket {
+    /// The session's nonce: a ticket from another session is refused.
+    session: u64,
     seq: u64,
 }
 
 #[cfg(test)]
 impl Ticket {
     pub(crate) fn for_test(seq: u64) -> Ticket {
-        Ticket { seq }
+        Ticket { session: 0, seq }
     }
 }
+
+/// Session nonces (no two live sessions of a process share one).
+static NONCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The application's answer to a decision event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,35 +258,6 @@ impl Decision {
         }
     }
 }
-
-/// Misuse of the session API (never caused by the client).
-#[derive(Debug)]
-pub struct Misuse {
-    /// The ticket, handed back when it is still valid.
-    pub ticket: Option<Ticket>,
-    /// What was wrong.
-    pub kind: MisuseKind,
-}
-
-/// What was wrong in a [`Misuse`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MisuseKind {
-    /// The ticket does not belong to the decision the session is waiting for.
-    UnknownTicket,
-    /// [`Session::respond_each`] got a number of decisions other than the
-    /// number of accepted recipients.
-    WrongReplyCount,
-    /// [`Session::tls_established`] without a preceding [`Event::StartTls`].
-    NotStartingTls,
-}
-
-impl fmt::Display for Misuse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "session API misuse: {:?}", self.kind)
-    }
-}
-
-impl std::error::Error for Misuse {}
 
 /// What the session has to say. Decision events carry a [`Ticket`].
 #[derive(Debug)]
@@ -374,15 +337,9 @@ pub enum Event<'a> {
     MessageAborted(AbortReason),
     /// The transaction (MAIL and RCPTs accepted so far) was reset.
     Reset,
-    /// Flush [`Session::transmit`], then start the TLS handshake and report
-    /// it with [`Session::tls_established`] or [`Session::tls_failed`].
-    StartTls,
     /// A hygiene violation was seen.
     Violation(Violation),
-    /// The client is past the soft error limit: wait this long before
-    /// sending more replies.
-    Throttle(Duration),
-    /// The session is closing: write what [`Session::transmit`] holds, then close.
+    /// The session is closing, and why ([`Instruction::Closed`] follows).
     Closing(CloseReason),
 }
 
@@ -408,9 +365,7 @@ enum Notice {
     BodyStart(BodyKind),
     Aborted(AbortReason),
     Reset,
-    StartTls,
     Violation(Violation),
-    Throttle(Duration),
     Closing(CloseReason),
 }
 
@@ -420,9 +375,7 @@ impl Notice {
             Notice::BodyStart(kind) => Event::BodyStart { kind },
             Notice::Aborted(r) => Event::MessageAborted(r),
             Notice::Reset => Event::Reset,
-            Notice::StartTls => Event::StartTls,
             Notice::Violation(v) => Event::Violation(v),
-            Notice::Throttle(d) => Event::Throttle(d),
             Notice::Closing(r) => Event::Closing(r),
         }
     }
@@ -535,10 +488,14 @@ pub struct Session {
     greeting_queued: bool,
     greeting_sent: bool,
     notices: VecDeque<Notice>,
-    /// An event [`Session::has_event`] prepared and [`Session::poll_event`] hands out next.
+    /// An event [`Session::has_event`] prepared and [`Session::poll`] hands out next.
     ready: Option<Emit>,
     pending: Option<(u64, Pending)>,
     seq: u64,
+    /// This session's ticket nonce.
+    nonce: u64,
+    /// Past the soft error limit: no more replies until then.
+    throttle_until: Option<Instant>,
     // Protocol state.
     helo: Option<HeloKind>,
     helo_name: String,
@@ -614,6 +571,8 @@ impl Session {
             ready: None,
             pending: None,
             seq: 0,
+            nonce: NONCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            throttle_until: None,
             helo: None,
             helo_name: String::new(),
             authenticated: None,
@@ -724,15 +683,13 @@ impl Session {
         self.out_pos < self.out.len()
     }
 
-    /// The TLS handshake after [`Event::StartTls`] succeeded: the session
+    /// The TLS handshake after [`Instruction::StartTls`] succeeded: the session
     /// forgets everything learned before (RFC 3207 §4.2) and expects EHLO.
-    pub fn tls_established(&mut self, info: TlsInfo) -> Result<(), Misuse> {
+    pub fn tls_established(&mut self, info: TlsInfo, now: Instant) -> Result<(), Misuse> {
         if !matches!(self.phase, Phase::StartTls) {
-            return Err(Misuse {
-                ticket: None,
-                kind: MisuseKind::NotStartingTls,
-            });
+            return Err(Misuse::NotStartingTls);
         }
+        self.now = self.now.max(now);
         self.peer.tls = Some(info);
         self.ext.starttls = false;
         self.helo = None;
@@ -748,7 +705,8 @@ impl Session {
 
     /// The TLS handshake failed: the session closes without a reply (the
     /// stream is no longer plaintext SMTP).
-    pub fn tls_failed(&mut self) {
+    pub fn tls_failed(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.out.clear();
         self.out_pos = 0;
         self.close(CloseReason::TlsFailed);
@@ -809,10 +767,13 @@ impl Session {
             self.poisoned = false;
             self.pending_line = 0;
             self.decided = None;
+            self.throttle_until = None;
             self.notices.push_back(Notice::Closing(reason));
         }
     }
 }
+
+crate::drive::forward_drive!(Session, Event<'a>);
 
 /// The smallest input buffer: a PROXY v2 header or an AUTH line must fit.
 const MIN_INPUT: usize = MAX_AUTH_LINE + 64;

@@ -110,7 +110,7 @@ impl Session {
             self.queue(&Reply::TOO_MANY_ERRORS);
             self.close(CloseReason::TooManyErrors);
         } else if self.errors > limits.soft_error_limit {
-            self.notices.push_back(Notice::Throttle(limits.error_delay));
+            self.throttle_until = self.now.checked_add(limits.error_delay);
         }
     }
 

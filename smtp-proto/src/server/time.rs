@@ -6,7 +6,18 @@ impl Session {
     /// Reports that time `now` was reached (at or after [`Session::poll_timeout`]).
     /// An expired deadline answers `421 4.4.2` and closes.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
+        self.now = self.now.max(now);
+        if self.throttle_until.is_some_and(|until| now >= until) {
+            self.throttle_until = None;
+            // The client waited for our replies, not we for its commands:
+            // its clock restarts now.
+            if matches!(
+                self.phase,
+                Phase::Command | Phase::Auth(_) | Phase::NoService
+            ) {
+                self.arm(self.config.timeouts.command);
+            }
+        }
         if self.pending.is_some() || self.is_closed() {
             return;
         }
@@ -32,15 +43,6 @@ impl Session {
         self.abort_body(AbortReason::Timeout);
         self.queue(&Reply::TIMEOUT);
         self.close(CloseReason::Timeout);
-    }
-
-    /// Tells the session the current time without other input. Call it
-    /// before answering a decision that took a while (an async handler):
-    /// the client's next deadline counts from the answer, not from the
-    /// command. The `smtp-server` kit's `Dispatcher` does this.
-    #[inline]
-    pub fn set_time(&mut self, now: Instant) {
-        self.now = self.now.max(now);
     }
 
     /// When [`Session::handle_timeout`] must be called; `None` while a

@@ -300,7 +300,6 @@ impl Session {
                 self.reset_transaction();
                 // The handshake must finish within the command timeout.
                 self.phase = Phase::StartTls;
-                self.notices.push_back(Notice::StartTls);
                 Outcome::Done
             }
             Cmd::Auth(start) => self.start_auth(start),

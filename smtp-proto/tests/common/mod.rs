@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use smtp_proto::command::{ForwardPath, ReversePath};
 use smtp_proto::config::Config;
+use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::server::{Decision, Event, PeerInfo, Session, TlsInfo};
 
@@ -29,8 +30,11 @@ pub struct Harness {
     pub log: Log,
     /// Answer STARTTLS handshakes automatically.
     pub auto_tls: bool,
-    /// Call `has_event` before every `poll_event` (it must be transparent).
+    /// Call `has_event` before every `poll` (it must be transparent).
     pub probe: bool,
+    /// The last instruction `poll` returned (an instruction is a state:
+    /// the log records it once, when it begins).
+    pub last: Option<Instruction>,
 }
 
 /// The scripted decisions:
@@ -96,6 +100,7 @@ impl Harness {
             log: Log::default(),
             auto_tls: true,
             probe: false,
+            last: None,
         };
         h.pump();
         h
@@ -131,7 +136,7 @@ impl Harness {
     }
 
     pub fn eof(&mut self) {
-        self.s.receive_eof();
+        self.s.receive_eof(self.now);
         self.pump();
     }
 
@@ -141,11 +146,48 @@ impl Harness {
             let mut progressed = false;
             loop {
                 // With `probe`, ask `has_event` first: it must agree with
-                // `poll_event` and change nothing.
+                // `poll` and change nothing.
                 let announced = self.probe.then(|| self.s.has_event());
-                let Some(ev) = self.s.poll_event() else {
-                    assert_ne!(announced, Some(true), "has_event promised an event");
-                    break;
+                let ev = match self.s.poll() {
+                    Output::Event(ev) => ev,
+                    Output::Instruction(i) => {
+                        assert_ne!(announced, Some(true), "has_event promised an event");
+                        let new = self.last != Some(i);
+                        self.last = Some(i);
+                        match i {
+                            Instruction::StartTls => {
+                                if new {
+                                    self.log.events.push("STARTTLS".into());
+                                }
+                                // Flush the 220 first, as a real adapter must.
+                                self.flush();
+                                if !self.auto_tls {
+                                    break;
+                                }
+                                self.s
+                                    .tls_established(
+                                        TlsInfo {
+                                            version: "TLSv1.3".into(),
+                                            cipher: "TLS_AES_128_GCM_SHA256".into(),
+                                        },
+                                        self.now,
+                                    )
+                                    .unwrap();
+                            }
+                            Instruction::Throttle(until) => {
+                                if new {
+                                    self.log.events.push("THROTTLE".into());
+                                }
+                                // Wait out the delay (the simulated clock
+                                // moves to its end), then go on.
+                                self.now = self.now.max(until);
+                                self.s.handle_timeout(self.now);
+                            }
+                            _ => break,
+                        }
+                        progressed = true;
+                        continue;
+                    }
                 };
                 assert_ne!(announced, Some(false), "has_event missed an event");
                 progressed = true;
@@ -155,18 +197,6 @@ impl Harness {
                     Event::Body(chunk) => self.log.body.extend_from_slice(chunk),
                     Event::BodyStart { .. } | Event::MessageAborted(_) | Event::Reset => {
                         self.log.body.clear()
-                    }
-                    Event::StartTls => {
-                        // Flush the 220 first, as a real adapter must.
-                        self.flush();
-                        if self.auto_tls {
-                            self.s
-                                .tls_established(TlsInfo {
-                                    version: "TLSv1.3".into(),
-                                    cipher: "TLS_AES_128_GCM_SHA256".into(),
-                                })
-                                .unwrap();
-                        }
                     }
                     Event::MessageEnd {
                         ticket, recipients, ..
@@ -186,15 +216,15 @@ impl Harness {
                                     }
                                 })
                                 .collect();
-                            self.s.respond_each(ticket, ds).unwrap();
+                            self.s.respond_each(ticket, ds, self.now).unwrap();
                         } else {
-                            self.s.respond(ticket, Decision::Accept).unwrap();
+                            self.s.respond(ticket, Decision::Accept, self.now).unwrap();
                         }
                         self.log.messages.push(body);
                     }
                     ev => {
                         if let Some(t) = ev.into_ticket() {
-                            self.s.respond(t, d).unwrap();
+                            self.s.respond(t, d, self.now).unwrap();
                         }
                     }
                 }
@@ -258,9 +288,7 @@ pub fn describe(ev: &Event<'_>) -> String {
         } => format!("END {size} {recipients}"),
         Event::MessageAborted(r) => format!("ABORTED {r:?}"),
         Event::Reset => "RESET".into(),
-        Event::StartTls => "STARTTLS".into(),
         Event::Violation(v) => format!("VIOLATION {v:?}"),
-        Event::Throttle(_) => "THROTTLE".into(),
         Event::Closing(r) => format!("CLOSING {r:?}"),
     }
 }
@@ -307,7 +335,7 @@ pub fn run_split(config: &Config, input: &[u8], splits: &[usize]) -> (Vec<u8>, L
     run_split_probing(config, input, splits, false)
 }
 
-/// [`run_split`], optionally calling `Session::has_event` before every `poll_event`.
+/// [`run_split`], optionally calling `Session::has_event` before every `poll`.
 pub fn run_split_probing(
     config: &Config,
     input: &[u8],

@@ -1,0 +1,62 @@
+//! The kit's [`Dial`] on threads: a handler's client connections (the
+//! relay's upstream) are sockets driven on the session's own thread, by the
+//! same [`Link`] that drives the sessions.
+
+use std::io;
+use std::net::TcpStream;
+use std::time::Instant;
+
+use smtp_proto::client::{Client, ClientEvent};
+use smtp_server::dial::{
+    BoxFuture, ClientLink, Connecting, Dial, DialRequest, Dialer, connect_any,
+};
+
+use crate::link::{Link, Stream, TlsSide};
+
+/// Opens blocking connections (each future completes on the thread that
+/// polls it: the session's, under `block_on`).
+struct ThreadDial;
+
+static DIAL: ThreadDial = ThreadDial;
+
+/// The dialer every session of this adapter gets.
+pub(crate) fn dialer() -> Dialer {
+    Dialer::new(&DIAL)
+}
+
+impl Dial for ThreadDial {
+    fn connect(&'static self, req: DialRequest) -> Connecting {
+        let limit = req.timeout;
+        Box::pin(async move {
+            let connect = |a| std::future::ready(TcpStream::connect_timeout(&a, limit));
+            let tcp = connect_any(&req.address, connect).await?;
+            let _ = tcp.set_nodelay(true);
+            let mut link = Link::new(Stream::Plain(tcp), req.client, limit);
+            link.set_tls(req.tls.map(|t| TlsSide::Connect(t.config, t.name)));
+            Ok(Box::new(link) as Box<dyn ClientLink>)
+        })
+    }
+}
+
+impl ClientLink for Link<TcpStream, Client> {
+    fn client(&mut self) -> &mut Client {
+        &mut self.machine
+    }
+
+    fn next_event(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
+        // Polled by the session's own `block_on` (no nested executor).
+        Box::pin(smtp_server::link::next_event(self))
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(std::future::ready(Link::flush(self)))
+    }
+
+    fn close(mut self: Box<Self>) {
+        // QUIT is written (a few bytes into the socket buffer), its reply
+        // not awaited: a closing upstream never holds up the session's thread.
+        if self.machine.quit(Instant::now()).is_ok() {
+            let _ = Link::flush(&mut self);
+        }
+    }
+}
