@@ -579,8 +579,10 @@ impl<H: Handler> Dispatcher<H> {
                     self.answer(s, ticket, d);
                 }
                 Event::Rcpt { ticket, to, params } => {
+                    // Nothing `SessionInfo` holds changes inside a
+                    // transaction (HELO, STARTTLS and AUTH end or refuse
+                    // it): the refresh at MAIL stands until its end.
                     let rcpt = recipient(&to, &params);
-                    self.info.refresh(s);
                     let d = guarded(self.handler.rcpt(&self.info, &self.envelope, &rcpt)).await;
                     if matches!(&d, Some(d) if is_accept(d)) {
                         self.envelope.recipients.push(rcpt);
@@ -608,7 +610,6 @@ impl<H: Handler> Dispatcher<H> {
                 Event::BodyStart { .. } => self.recycle_body(),
                 Event::Body(chunk) => self.body.extend_from_slice(chunk),
                 Event::MessageEnd { ticket, .. } => {
-                    self.info.refresh(s);
                     let (ts, _) = unix_now();
                     let only = match self.envelope.recipients.as_slice() {
                         [one] => Some(one.address.as_str()),

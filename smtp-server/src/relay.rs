@@ -469,6 +469,11 @@ impl UpState {
                 }
             }
         }
+        self.clear();
+    }
+
+    /// A new transaction when none is open upstream.
+    fn clear(&mut self) {
         self.mail_sent = false;
         self.mail_refused = None;
         self.accepted = 0;
@@ -684,7 +689,10 @@ impl<L: Handler> Router<L> {
         };
         let mut state = self.take_state(&session.id);
         let (from, options) = (state.from.clone(), state.options.clone());
-        let decision = rcpt_upstream(dialer, upstream, &mut state.up, &from, &options, to).await;
+        // Boxed (as the other upstream steps): the upstream's state would
+        // otherwise sit in every session's task, relayed or not.
+        let step = rcpt_upstream(dialer, upstream, &mut state.up, &from, &options, to);
+        let decision = Box::pin(step).await;
         self.put_state(&session.id, state);
         decision
     }
@@ -960,7 +968,11 @@ impl<L: Handler> Handler for Router<L> {
             return Decision::Accept;
         }
         let mut state = self.take_state(&session.id);
-        state.up.reset().await;
+        if state.up.mail_sent {
+            Box::pin(state.up.reset()).await;
+        } else {
+            state.up.clear();
+        }
         state.from = from.to_owned();
         state.options = options.clone();
         state.routes.clear();
@@ -1029,7 +1041,7 @@ impl<L: Handler> Handler for Router<L> {
         }
         let relayed = routes.contains(&Route::Relay);
         if relayed {
-            let verdict = message_upstream(upstream, &mut state.up, message).await;
+            let verdict = Box::pin(message_upstream(upstream, &mut state.up, message)).await;
             self.put_state(&session.id, state);
             match verdict {
                 Ok(reply) => message.record_delivery(format!(

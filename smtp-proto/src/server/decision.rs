@@ -10,15 +10,35 @@ impl Session {
     /// [drive loop](crate::drive#the-drive-loop)). Call it until it returns
     /// an [`Instruction`] after every input.
     pub fn poll(&mut self) -> Output<Event<'_>> {
-        if self.has_event() {
-            if let Some(e) = self.ready.take() {
-                return Output::Event(self.materialize(e));
-            }
+        if let Some(e) = self.ready.take() {
+            return Output::Event(self.materialize(e));
+        }
+        self.apply_release();
+        self.check_shutdown();
+        // As `has_event`, but handing the event out at once.
+        let emit = loop {
             if let Some(n) = self.notices.pop_front() {
                 return Output::Event(n.into_event());
             }
-        }
-        Output::Instruction(self.instruction())
+            if self.pending.is_some()
+                || self.is_closed()
+                || self.output_full()
+                || self.throttle_until.is_some()
+            {
+                return Output::Instruction(self.instruction());
+            }
+            match self.step() {
+                Step::Idle => {
+                    if let Some(n) = self.notices.pop_front() {
+                        return Output::Event(n.into_event());
+                    }
+                    return Output::Instruction(self.instruction());
+                }
+                Step::Continue => self.check_shutdown(),
+                Step::Emit(e) => break e,
+            }
+        };
+        Output::Event(self.materialize(emit))
     }
 
     /// Whether [`Session::poll`] would return an event now, without
