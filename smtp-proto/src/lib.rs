@@ -108,6 +108,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod buffers;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -139,6 +139,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::buffers::{Clock, InBuf, OutBuf};
 use crate::command::{
     BodyType, Command, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath, encode_xtext,
 };
@@ -684,17 +685,15 @@ pub struct Client {
     authenticated: bool,
     auth_responses: VecDeque<Secret<String>>,
     // Input.
-    input: Vec<u8>,
-    end: usize,
+    inb: InBuf,
     // Output.
-    out: Vec<u8>,
-    out_pos: usize,
+    out: OutBuf,
     queue: VecDeque<Outgoing>,
     inflight: VecDeque<Expect>,
     events: VecDeque<ClientEvent>,
     txn: Option<Transaction>,
     // Time.
-    now: Instant,
+    clock: Clock,
     wait_since: Instant,
     body_progress: Instant,
 }
@@ -733,15 +732,13 @@ impl Client {
             tls_declined: false,
             authenticated: false,
             auth_responses: VecDeque::new(),
-            input: Vec::new(),
-            end: 0,
-            out: Vec::new(),
-            out_pos: 0,
+            inb: InBuf::default(),
+            out: OutBuf::default(),
             queue: VecDeque::new(),
             inflight,
             events: VecDeque::new(),
             txn: None,
-            now,
+            clock: Clock::new(now),
             wait_since: now,
             body_progress: now,
             config,
@@ -798,12 +795,13 @@ impl Client {
     /// Whether the caller should read from the connection now (not during
     /// the TLS handshake, not once closed).
     pub fn wants_read(&self) -> bool {
-        !matches!(self.phase, Phase::Closed | Phase::Handshake) && self.end < self.input_capacity()
+        !matches!(self.phase, Phase::Closed | Phase::Handshake)
+            && self.inb.len() < self.input_capacity()
     }
 
     /// Whether there are bytes to write.
     pub fn wants_write(&self) -> bool {
-        self.out_pos < self.out.len()
+        !self.out.is_empty()
     }
 
     // ----- input -----
@@ -814,17 +812,14 @@ impl Client {
         if !self.wants_read() {
             return &mut [];
         }
-        let cap = self.input_capacity();
-        if self.input.len() < cap {
-            self.input.resize(cap, 0);
-        }
-        self.input.get_mut(self.end..cap).unwrap_or_default()
+        self.inb.grow_to(self.input_capacity());
+        self.inb.spare()
     }
 
     /// Reports that `n` bytes were written into [`Client::read_buf`] at `now`.
     pub fn filled(&mut self, n: usize, now: Instant) {
         self.set_time(now);
-        let n = n.min(self.input.len().saturating_sub(self.end));
+        let n = n.min(self.inb.spare().len());
         if n == 0 || self.is_closed() {
             return;
         }
@@ -832,7 +827,7 @@ impl Client {
             self.fail(ClientError::TlsInjection, false);
             return;
         }
-        self.end += n;
+        self.inb.filled(n);
         self.process_input();
     }
 
@@ -926,7 +921,7 @@ impl Client {
         self.tls = true;
         self.tls_info = Some(info);
         self.ext = None;
-        self.end = 0;
+        self.inb.clear();
         self.send_hello(self.first_hello());
         Ok(())
     }
@@ -941,7 +936,7 @@ impl Client {
     }
 
     fn set_time(&mut self, now: Instant) {
-        self.now = self.now.max(now);
+        self.clock.advance(now);
     }
 
     // ----- output -----

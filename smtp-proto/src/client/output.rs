@@ -5,23 +5,19 @@ use super::*;
 impl Client {
     /// Bytes to send to the server.
     pub fn transmit(&self) -> &[u8] {
-        self.out.get(self.out_pos..).unwrap_or_default()
+        self.out.pending()
     }
 
     /// Reports that `n` bytes of [`Client::transmit`] were written.
     pub fn transmitted(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
+        self.out.written(n);
     }
 
     /// Room left for body bytes.
     pub(super) fn budget(&self) -> usize {
         let queued: usize = self.queue.iter().map(|c| c.bytes.len()).sum();
         let buffered = self.txn.as_ref().map_or(0, |t| t.buf.len());
-        let used = (self.out.len() - self.out_pos) + queued + buffered;
+        let used = self.out.len() + queued + buffered;
         self.config.max_pending_output.saturating_sub(used)
     }
 
@@ -67,9 +63,9 @@ impl Client {
                 return;
             };
             if idle {
-                self.wait_since = self.now;
+                self.wait_since = self.clock.now();
             }
-            self.out.extend_from_slice(&cmd.bytes);
+            self.out.tail().extend_from_slice(&cmd.bytes);
             for _ in 0..cmd.replies.max(1) {
                 self.inflight.push_back(cmd.expect);
             }

@@ -4,12 +4,10 @@ use super::*;
 
 impl Client {
     pub(super) fn process_input(&mut self) {
-        let mut pos = 0;
         while !self.is_closed() && self.phase != Phase::Handshake {
-            let input = self.input.get(pos..self.end).unwrap_or_default();
-            match parse_reply(input, self.config.max_reply_len) {
+            match parse_reply(self.inb.data(), self.config.max_reply_len) {
                 Ok(Some((reply, used))) => {
-                    pos += used;
+                    self.inb.consume(used);
                     self.on_reply(reply);
                 }
                 Ok(None) => break,
@@ -22,12 +20,11 @@ impl Client {
         if self.is_closed() {
             return;
         }
-        if self.phase == Phase::Handshake && pos < self.end {
+        if self.phase == Phase::Handshake && self.inb.len() > 0 {
             self.fail(ClientError::TlsInjection, false);
             return;
         }
-        self.input.copy_within(pos..self.end, 0);
-        self.end -= pos;
+        self.inb.compact();
         self.flush_queue();
     }
 
@@ -41,7 +38,7 @@ impl Client {
             self.fail(err, false);
             return;
         };
-        self.wait_since = self.now;
+        self.wait_since = self.clock.now();
         if expect == Expect::Quit {
             // Whatever the answer, the session is over.
             self.close();
@@ -197,9 +194,9 @@ impl Client {
             }
             334 => match self.auth_responses.pop_front() {
                 Some(r) => {
-                    self.wait_since = self.now;
-                    self.out.extend_from_slice(r.expose().as_bytes());
-                    self.out.extend_from_slice(b"\r\n");
+                    self.wait_since = self.clock.now();
+                    self.out.tail().extend_from_slice(r.expose().as_bytes());
+                    self.out.tail().extend_from_slice(b"\r\n");
                     self.inflight.push_back(Expect::Auth);
                 }
                 None => self.fail(ClientError::UnexpectedReply(reply), false),
@@ -282,8 +279,8 @@ impl Client {
             354 if txn.failed.is_some() => {
                 // No valid recipient, but DATA was pipelined: an empty body
                 // ends it (RFC 2920 §3.1).
-                self.wait_since = self.now;
-                self.out.extend_from_slice(b".\r\n");
+                self.wait_since = self.clock.now();
+                self.out.tail().extend_from_slice(b".\r\n");
                 self.inflight.push_back(Expect::End);
             }
             354 => self.open_body(),
@@ -384,7 +381,6 @@ impl Client {
         self.inflight.clear();
         self.queue.clear();
         self.txn = None;
-        self.end = 0;
-        self.input = Vec::new();
+        self.inb.release();
     }
 }

@@ -169,7 +169,7 @@ impl Client {
             return Err(Misuse::NoBody);
         };
         if txn.body == BodyState::Open && !txn.bdat {
-            txn.stuffer.feed(bytes, &mut self.out);
+            txn.stuffer.feed(bytes, self.out.tail());
         } else {
             txn.buf.extend_from_slice(bytes);
             if txn.body == BodyState::Open {
@@ -214,7 +214,6 @@ impl Client {
         let stuck = matches!(self.phase, Phase::StartTls | Phase::Handshake | Phase::Auth);
         if self.txn.is_some() || stuck {
             self.out.clear();
-            self.out_pos = 0;
             self.close();
             return Ok(());
         }
@@ -257,7 +256,7 @@ impl Client {
         self.events.push_back(ClientEvent::SendBody);
         if !txn.bdat {
             let buf = std::mem::take(&mut txn.buf);
-            txn.stuffer.feed(&buf, &mut self.out);
+            txn.stuffer.feed(&buf, self.out.tail());
         }
         if txn.ended {
             self.finish_body();
@@ -292,9 +291,9 @@ impl Client {
             });
             self.flush_queue();
         } else {
-            txn.stuffer.finish(&mut self.out);
+            txn.stuffer.finish(self.out.tail());
             if self.inflight.is_empty() {
-                self.wait_since = self.now;
+                self.wait_since = self.clock.now();
             }
             for _ in 0..replies {
                 self.inflight.push_back(Expect::End);

@@ -48,7 +48,7 @@ impl Session {
     }
 
     pub(super) fn step_auth_line(&mut self, len: usize) -> Step {
-        let line = &self.input[self.start..self.start + len - 2];
+        let line = &self.inb.buf[self.inb.start..self.inb.start + len - 2];
         let step = match (&mut self.phase, std::str::from_utf8(line)) {
             (Phase::Auth(ex), Ok(text)) => ex.step(text),
             (_, _) => SaslStep::Failed(SaslError::Base64),

@@ -7,7 +7,7 @@ use crate::reply::EnhancedCode;
 
 impl Session {
     pub(super) fn step_data(&mut self) -> Step {
-        let buf = &self.input[self.start..self.end];
+        let buf = self.inb.data();
         match self.decoder.decode(buf) {
             DecodeStep::NeedMore { consumed } => {
                 self.consume(consumed);
@@ -22,7 +22,7 @@ impl Session {
                 end,
                 consumed,
             } => {
-                self.note_nul(self.start + start..self.start + end);
+                self.note_nul(self.inb.start + start..self.inb.start + end);
                 let len = (end - start) as u64;
                 self.txn.body_len += len;
                 let max = self.config.limits.max_message_size;
@@ -37,8 +37,8 @@ impl Session {
                         Step::Continue
                     };
                 }
-                let abs = self.start;
-                self.release = consumed;
+                let abs = self.inb.start;
+                self.framing.release = consumed;
                 Step::Emit(Emit::Body {
                     start: abs + start,
                     end: abs + end,
@@ -56,13 +56,13 @@ impl Session {
 
     /// Whether body chunks are searched for NUL octets: a text body under
     /// the refusing policy, not already refused.
-    /// Notes a NUL octet in `self.input[bytes]`, body text the policy
+    /// Notes a NUL octet in `self.inb.buf[bytes]`, body text the policy
     /// refuses NUL in (looked for until the first is found).
     fn note_nul(&mut self, bytes: std::ops::Range<usize>) {
         let look = self.config.limits.nul_bytes == ContentPolicy::Reject
             && !self.txn.nul
             && self.txn.body != BodyType::BinaryMime;
-        if look && memchr::memchr(0, &self.input[bytes]).is_some() {
+        if look && memchr::memchr(0, &self.inb.buf[bytes]).is_some() {
             self.txn.nul = true;
         }
     }
@@ -98,7 +98,7 @@ impl Session {
         match reason {
             Some(reason) => {
                 self.phase = Phase::Command;
-                self.notices.push_back(Notice::Aborted(reason));
+                self.decisions.notices.push_back(Notice::Aborted(reason));
                 let reply = match reason {
                     AbortReason::TooBig => Reply::MESSAGE_TOO_BIG,
                     AbortReason::BareLineEnding => Reply::BARE_LF_DATA,
@@ -133,7 +133,8 @@ impl Session {
             self.arm(self.config.timeouts.command);
             if let Some(r) = refuse {
                 if self.txn.body_kind == Some(BodyKind::Bdat) {
-                    self.notices
+                    self.decisions
+                        .notices
                         .push_back(Notice::Aborted(AbortReason::Refused));
                     self.txn = Transaction::default();
                 }
@@ -141,7 +142,9 @@ impl Session {
                 return Step::Continue;
             }
             if self.txn.too_big {
-                self.notices.push_back(Notice::Aborted(AbortReason::TooBig));
+                self.decisions
+                    .notices
+                    .push_back(Notice::Aborted(AbortReason::TooBig));
                 if last {
                     self.queue_message_refusal(&Reply::MESSAGE_TOO_BIG);
                 } else {
@@ -164,7 +167,7 @@ impl Session {
             let reason = self.content_refusal(bare, self.checker.saw_long_line());
             return self.finish_body(reason);
         }
-        let avail = (self.end - self.start) as u64;
+        let avail = self.inb.len() as u64;
         if avail == 0 {
             return Step::Idle;
         }
@@ -172,7 +175,7 @@ impl Session {
         if let Phase::Bdat { remaining, .. } = &mut self.phase {
             *remaining -= n as u64;
         }
-        let range = self.start..self.start + n;
+        let range = self.inb.start..self.inb.start + n;
         if refused {
             self.consume(n);
             return Step::Continue;
@@ -187,8 +190,8 @@ impl Session {
             return Step::Continue;
         }
         self.note_nul(range.clone());
-        self.checker.feed(&self.input[range.clone()]);
-        self.release = n;
+        self.checker.feed(&self.inb.buf[range.clone()]);
+        self.framing.release = n;
         Step::Emit(Emit::Body {
             start: range.start,
             end: range.end,
@@ -197,15 +200,17 @@ impl Session {
 
     pub(super) fn reset_transaction(&mut self) {
         if self.txn.mail {
-            self.notices.push_back(Notice::Reset);
+            self.decisions.notices.push_back(Notice::Reset);
         }
         self.txn = Transaction::default();
     }
 
     pub(super) fn abort_body(&mut self, reason: AbortReason) {
         // A complete body awaiting its decision was not cut off.
-        if self.txn.body_kind.is_some() && !matches!(self.pending, Some((_, Pending::MessageEnd))) {
-            self.notices.push_back(Notice::Aborted(reason));
+        if self.txn.body_kind.is_some()
+            && !matches!(self.decisions.pending, Some((_, Pending::MessageEnd)))
+        {
+            self.decisions.notices.push_back(Notice::Aborted(reason));
             self.txn = Transaction::default();
         }
     }

@@ -10,26 +10,26 @@ impl Session {
     /// [drive loop](crate::drive#the-drive-loop)). Call it until it returns
     /// an [`Instruction`] after every input.
     pub fn poll(&mut self) -> Output<Event<'_>> {
-        if let Some(e) = self.ready.take() {
+        if let Some(e) = self.decisions.ready.take() {
             return Output::Event(self.materialize(e));
         }
         self.apply_release();
         self.check_shutdown();
         // As `has_event`, but handing the event out at once.
         let emit = loop {
-            if let Some(n) = self.notices.pop_front() {
+            if let Some(n) = self.decisions.notices.pop_front() {
                 return Output::Event(n.into_event());
             }
-            if self.pending.is_some()
+            if self.decisions.pending.is_some()
                 || self.is_closed()
                 || self.output_full()
-                || self.throttle_until.is_some()
+                || self.timing.throttle_until.is_some()
             {
                 return Output::Instruction(self.instruction());
             }
             match self.step() {
                 Step::Idle => {
-                    if let Some(n) = self.notices.pop_front() {
+                    if let Some(n) = self.decisions.notices.pop_front() {
                         return Output::Event(n.into_event());
                     }
                     return Output::Instruction(self.instruction());
@@ -47,27 +47,27 @@ impl Session {
     /// return it.
     #[inline]
     pub fn has_event(&mut self) -> bool {
-        if self.ready.is_some() || !self.notices.is_empty() {
+        if self.decisions.ready.is_some() || !self.decisions.notices.is_empty() {
             return true;
         }
         self.apply_release();
         self.check_shutdown();
         loop {
-            if !self.notices.is_empty() {
+            if !self.decisions.notices.is_empty() {
                 return true;
             }
-            if self.pending.is_some()
+            if self.decisions.pending.is_some()
                 || self.is_closed()
                 || self.output_full()
-                || self.throttle_until.is_some()
+                || self.timing.throttle_until.is_some()
             {
                 return false;
             }
             match self.step() {
-                Step::Idle => return !self.notices.is_empty(),
+                Step::Idle => return !self.decisions.notices.is_empty(),
                 Step::Continue => self.check_shutdown(),
                 Step::Emit(e) => {
-                    self.ready = Some(e);
+                    self.decisions.ready = Some(e);
                     return true;
                 }
             }
@@ -78,9 +78,9 @@ impl Session {
     fn instruction(&self) -> Instruction {
         if self.is_closed() {
             Instruction::Closed
-        } else if let Some(until) = self.throttle_until {
+        } else if let Some(until) = self.timing.throttle_until {
             Instruction::Throttle(until)
-        } else if self.pending.is_some() {
+        } else if self.decisions.pending.is_some() {
             Instruction::AwaitingDecision
         } else if matches!(self.phase, Phase::StartTls) {
             Instruction::StartTls
@@ -94,20 +94,20 @@ impl Session {
 
     fn ticket(&self) -> Ticket {
         Ticket {
-            session: self.nonce,
-            seq: self.seq,
+            session: self.decisions.nonce,
+            seq: self.decisions.seq,
         }
     }
 
     pub(super) fn new_ticket(&mut self, what: Pending) -> Ticket {
-        self.seq += 1;
-        self.pending = Some((self.seq, what));
+        self.decisions.seq += 1;
+        self.decisions.pending = Some((self.decisions.seq, what));
         self.ticket()
     }
 
     pub(super) fn materialize(&mut self, emit: Emit) -> Event<'_> {
         match emit {
-            Emit::Body { start, end } => Event::Body(&self.input[start..end]),
+            Emit::Body { start, end } => Event::Body(&self.inb.buf[start..end]),
             Emit::Connect => {
                 let ticket = self.ticket();
                 Event::Connect {
@@ -126,11 +126,11 @@ impl Session {
             },
             Emit::Command => {
                 let ticket = self.ticket();
-                let end = (self.start + self.pending_line).saturating_sub(2);
-                let line = self.input.get(self.start..end).unwrap_or(&[]);
+                let end = (self.inb.start + self.decisions.pending_line).saturating_sub(2);
+                let line = self.inb.buf.get(self.inb.start..end).unwrap_or(&[]);
                 // Parsed when it was checked; parsed again only if the
                 // offsets do not fit (they always should).
-                if let Some(event) = self.decided.and_then(|d| d.event(line, ticket)) {
+                if let Some(event) = self.decisions.decided.and_then(|d| d.event(line, ticket)) {
                     return event;
                 }
                 let ticket = self.ticket();
@@ -157,7 +157,7 @@ impl Session {
     ) -> Result<(), Misuse> {
         let decision = decision.into();
         let what = self.take_pending(ticket)?;
-        self.now = self.now.max(now);
+        self.timing.clock.advance(now);
         // In LMTP one decision for a message stands for every recipient.
         let n = match what {
             Pending::MessageEnd if self.config.lmtp => self.txn.recipients.max(1),
@@ -180,7 +180,7 @@ impl Session {
         if !self.owns(&ticket) {
             return Err(Misuse::UnknownTicket(ticket));
         }
-        let expected = match self.pending {
+        let expected = match self.decisions.pending {
             Some((_, Pending::MessageEnd)) if self.config.lmtp => self.txn.recipients,
             _ => 1,
         };
@@ -188,20 +188,20 @@ impl Session {
             return Err(Misuse::WrongReplyCount(ticket));
         }
         let what = self.take_pending(ticket)?;
-        self.now = self.now.max(now);
+        self.timing.clock.advance(now);
         self.apply_decision(what, decisions.into_iter());
         Ok(())
     }
 
     /// Whether `ticket` is the one the pending decision handed out.
     fn owns(&self, ticket: &Ticket) -> bool {
-        matches!(self.pending, Some((seq, _)) if seq == ticket.seq && ticket.session == self.nonce)
+        matches!(self.decisions.pending, Some((seq, _)) if seq == ticket.seq && ticket.session == self.decisions.nonce)
     }
 
     pub(super) fn take_pending(&mut self, ticket: Ticket) -> Result<Pending, Misuse> {
-        match self.pending {
+        match self.decisions.pending {
             Some((_, what)) if self.owns(&ticket) => {
-                self.pending = None;
+                self.decisions.pending = None;
                 Ok(what)
             }
             _ => Err(Misuse::UnknownTicket(ticket)),
@@ -221,8 +221,8 @@ impl Session {
         let decision = decisions.next().unwrap_or(Decision::Accept);
         let accepted = decision.accepted();
         let closes = matches!(&decision, Decision::Reply(r) if r.code() == 421);
-        let line = std::mem::take(&mut self.pending_line);
-        self.decided = None;
+        let line = std::mem::take(&mut self.decisions.pending_line);
+        self.decisions.decided = None;
         match what {
             Pending::Connect => {
                 let greeting = Reply::plain(
@@ -244,7 +244,11 @@ impl Session {
             }
             Pending::Helo(kind) => {
                 if accepted {
-                    let name = self.input.get(self.start..self.start + line).unwrap_or(&[]);
+                    let name = self
+                        .inb
+                        .buf
+                        .get(self.inb.start..self.inb.start + line)
+                        .unwrap_or(&[]);
                     let name = helo_argument(name);
                     self.helo_name.clear();
                     self.helo_name.push_str(name);
@@ -302,13 +306,13 @@ impl Session {
                 for d in decisions {
                     self.queue(&reply(d));
                 }
-                self.messages += 1;
+                self.counts.messages += 1;
                 self.txn = Transaction::default();
                 self.phase = Phase::Command;
             }
         }
         self.consume(line);
-        self.scan = 0;
+        self.framing.scan = 0;
         if closes {
             // RFC 5321 §3.8: after a 421 the server closes the channel.
             self.close(CloseReason::Rejected);

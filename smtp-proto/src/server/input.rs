@@ -10,45 +10,36 @@ impl Session {
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.apply_release();
         let cap = self.input_capacity();
-        if self.start > 0 {
-            self.input.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        self.inb.compact();
         // Lazily sized: command lines fit a small buffer (an idle session
         // holds little memory); a body, or a buffer filled by one long
         // line, gets the full size. A body whose buffer was just released
         // (`release_idle_at`) starts small again: the slow client's next
         // line may be minutes away.
-        let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. }) && !self.released;
+        let body = matches!(self.phase, Phase::Data | Phase::Bdat { .. }) && !self.timing.released;
         let want = if body {
             cap
-        } else if self.end == self.input.len() {
-            (self.input.len() * 2).clamp(INITIAL_INPUT, cap)
+        } else if self.inb.end == self.inb.buf.len() {
+            (self.inb.buf.len() * 2).clamp(INITIAL_INPUT, cap)
         } else {
-            self.input.len().max(INITIAL_INPUT.min(cap))
+            self.inb.buf.len().max(INITIAL_INPUT.min(cap))
         };
-        if self.input.len() < want {
-            self.input.resize(want, 0);
-        }
+        self.inb.grow_to(want);
         if !self.wants_read() {
             return &mut [];
         }
-        let len = self.input.len();
-        &mut self.input[self.end..len]
+        self.inb.spare()
     }
 
     /// Reports that `n` bytes were written into [`Session::read_buf`] at `now`.
     pub fn filled(&mut self, n: usize, now: Instant) {
-        self.now = self.now.max(now);
-        let n = n.min(self.input.len() - self.end);
-        if n == 0 {
+        self.timing.clock.advance(now);
+        let new = self.inb.filled(n);
+        if new.is_empty() {
             return;
         }
-        let new = self.end..self.end + n;
-        self.end += n;
-        self.last_input = now;
-        self.released = false;
+        self.timing.last_input = now;
+        self.timing.released = false;
         self.note_input(new);
     }
 
@@ -67,10 +58,11 @@ impl Session {
             Phase::StartTls | Phase::Closed => {
                 // Plaintext after STARTTLS, or anything after close: discarded.
                 if matches!(self.phase, Phase::StartTls) {
-                    self.notices
+                    self.decisions
+                        .notices
                         .push_back(Notice::Violation(Violation::StartTlsInjection));
                 }
-                self.end = new.start;
+                self.inb.end = new.start;
             }
             Phase::Connect | Phase::NoService | Phase::Command | Phase::Auth(_) | Phase::Proxy => {
                 if self.greeting_queued && !self.greeting_sent
@@ -80,7 +72,7 @@ impl Session {
                 }
             }
             Phase::Data | Phase::Bdat { .. } => {
-                let bytes = &self.input[new];
+                let bytes = &self.inb.buf[new];
                 if bytes.len() >= 512 || memchr::memchr(b'\n', bytes).is_some() {
                     self.arm(self.config.timeouts.data);
                 }
@@ -90,7 +82,7 @@ impl Session {
 
     /// The client closed its side of the connection.
     pub fn receive_eof(&mut self, now: Instant) {
-        self.now = self.now.max(now);
+        self.timing.clock.advance(now);
         self.apply_release();
         if self.is_closed() {
             return;
@@ -104,21 +96,23 @@ impl Session {
     /// body. An idle session releases both (`Timeouts::release_idle`); an
     /// adapter waiting to read then takes back only a small input buffer.
     pub fn buffer_bytes(&self) -> usize {
-        self.input.capacity() + self.out.capacity()
+        self.inb.buf.capacity() + self.out.capacity()
     }
 
     /// When the buffers of an idle session are due to be freed: once per
     /// silence, while they hold memory, every input byte is consumed (and
     /// no event holds a piece of it) and all output is written.
     pub(super) fn release_idle_at(&self) -> Option<Instant> {
-        let holds = self.input.capacity() > 0 || self.out.capacity() > 0;
-        let idle =
-            self.start + self.release >= self.end && self.ready.is_none() && !self.wants_write();
-        if self.released || !holds || !idle {
+        let holds = self.inb.buf.capacity() > 0 || self.out.capacity() > 0;
+        let idle = self.inb.start + self.framing.release >= self.inb.end
+            && self.decisions.ready.is_none()
+            && !self.wants_write();
+        if self.timing.released || !holds || !idle {
             return None;
         }
         // Too far to represent: never.
-        self.last_input
+        self.timing
+            .last_input
             .checked_add(self.config.timeouts.release_idle)
     }
 
@@ -131,23 +125,24 @@ impl Session {
     /// lines are poisoned (dropped as they arrive, then answered once).
     /// `None` while no line end is buffered.
     pub(super) fn next_line(&mut self, max: usize) -> Option<Line> {
-        let buf = &self.input[self.start..self.end];
-        let from = self.scan.min(buf.len());
+        let buf = &self.inb.buf[self.inb.start..self.inb.end];
+        let from = self.framing.scan.min(buf.len());
         let Some(i) = memchr::memchr(b'\n', &buf[from..]) else {
-            self.scan = buf.len();
-            if self.poisoned || buf.len() > max {
+            self.framing.scan = buf.len();
+            if self.framing.poisoned || buf.len() > max {
                 self.poison(buf.len());
             }
             return None;
         };
         let lf = from + i;
         let len = lf + 1;
-        let crlf = lf > 0 && buf[lf - 1] == b'\r' || lf == 0 && self.poisoned && self.scan_cr;
-        let too_long = std::mem::take(&mut self.poisoned) || len > max;
+        let crlf = lf > 0 && buf[lf - 1] == b'\r'
+            || lf == 0 && self.framing.poisoned && self.framing.scan_cr;
+        let too_long = std::mem::take(&mut self.framing.poisoned) || len > max;
         let bare_cr = crlf && !too_long && memchr::memchr(b'\r', &buf[..len - 2]).is_some();
-        let after_bare = std::mem::replace(&mut self.after_bare_lf, !crlf);
-        self.scan_cr = false;
-        self.scan = 0;
+        let after_bare = std::mem::replace(&mut self.framing.after_bare_lf, !crlf);
+        self.framing.scan_cr = false;
+        self.framing.scan = 0;
         let line = if !crlf {
             Line::Refused(if too_long {
                 Reply::LINE_TOO_LONG
@@ -177,11 +172,11 @@ impl Session {
             return MAX_AUTH_LINE;
         }
         let base = self.config.limits.max_command_line;
-        if self.poisoned {
+        if self.framing.poisoned {
             return base;
         }
-        let end = self.end.min(self.start + 4);
-        let verb = self.input.get(self.start..end).unwrap_or(&[]);
+        let end = self.inb.end.min(self.inb.start + 4);
+        let verb = self.inb.buf.get(self.inb.start..end).unwrap_or(&[]);
         if verb.eq_ignore_ascii_case(b"MAIL") {
             base + self.mail_param_room()
         } else if verb.eq_ignore_ascii_case(b"RCPT") {
@@ -228,13 +223,13 @@ impl Session {
     /// Drops the first `upto` bytes of an over-long line (remembering
     /// whether the last one was a CR that a following LF would complete).
     pub(super) fn poison(&mut self, upto: usize) {
-        self.poisoned = true;
-        let upto = upto.min(self.end - self.start);
+        self.framing.poisoned = true;
+        let upto = upto.min(self.inb.end - self.inb.start);
         if upto > 0 {
-            self.scan_cr = self.input[self.start + upto - 1] == b'\r';
+            self.framing.scan_cr = self.inb.buf[self.inb.start + upto - 1] == b'\r';
         }
-        self.start += upto;
-        self.scan = 0;
+        self.inb.start += upto;
+        self.framing.scan = 0;
     }
 
     // ----- helpers -----
@@ -252,18 +247,15 @@ impl Session {
     /// already dropped the whole buffer).
     pub(super) fn consume(&mut self, n: usize) {
         if !self.is_closed() {
-            self.start = (self.start + n).min(self.end);
+            self.inb.consume(n);
         }
     }
 
     pub(super) fn apply_release(&mut self) {
-        if self.release > 0 {
-            self.start += self.release;
-            self.release = 0;
+        if self.framing.release > 0 {
+            self.inb.consume(self.framing.release);
+            self.framing.release = 0;
         }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.inb.settle();
     }
 }

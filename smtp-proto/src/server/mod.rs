@@ -45,6 +45,10 @@
 //!    command arrives, so a client trickling bytes cannot keep a session.
 //! 7. AUTH (`auth.rs`) reads SASL responses line by line with its own
 //!    line bound; credentials never reach `Debug` output.
+//! 8. The state is split by owner: line framing (`Framing`, input.rs),
+//!    decision plumbing (`Decisions`, decision.rs), deadlines (`Timing`,
+//!    time.rs), counters; the input and output buffers and the clock are
+//!    the types the client uses too (`buffers.rs`, tested there).
 //!
 //! # Example
 //!
@@ -82,6 +86,7 @@
 //! assert!(s.is_closed());
 //! ```
 
+use crate::buffers::{Clock, InBuf, OutBuf};
 use crate::command::{
     BodyType, Command, ForwardPath, MailParams, ParseError, RcptParams, ReversePath,
 };
@@ -463,39 +468,14 @@ pub struct Session {
     extra_keywords: Vec<String>,
     peer: PeerInfo,
     phase: Phase,
-    // Input: `input[start..end]` is unprocessed.
-    input: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Bytes after `start` already searched for a line end.
-    scan: usize,
-    /// Discarding an over-long line until its CRLF.
-    poisoned: bool,
-    /// While poisoned: the last discarded byte was a CR.
-    scan_cr: bool,
-    /// The line being scanned follows a bare LF that was already answered:
-    /// its rest, up to the CRLF, is dropped without a second answer.
-    after_bare_lf: bool,
-    /// Bytes at `start` to drop on the next call (the last Body event).
-    release: usize,
-    /// Length of the command line (with CRLF) waiting for a decision.
-    pending_line: usize,
-    /// The pending line's command, parsed (see [`Decided`]).
-    decided: Option<Decided>,
-    // Output.
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Input: `inb.buf[inb.start..inb.end]` is unprocessed.
+    inb: InBuf,
+    framing: Framing,
+    decisions: Decisions,
+    /// Replies to send.
+    out: OutBuf,
     greeting_queued: bool,
     greeting_sent: bool,
-    notices: VecDeque<Notice>,
-    /// An event [`Session::has_event`] prepared and [`Session::poll`] hands out next.
-    ready: Option<Emit>,
-    pending: Option<(u64, Pending)>,
-    seq: u64,
-    /// This session's ticket nonce.
-    nonce: u64,
-    /// Past the soft error limit: no more replies until then.
-    throttle_until: Option<Instant>,
     // Protocol state.
     helo: Option<HeloKind>,
     helo_name: String,
@@ -505,18 +485,65 @@ pub struct Session {
     txn: Transaction,
     decoder: DataDecoder,
     checker: LineChecker,
-    messages: u32,
-    errors: u32,
-    junk: u32,
+    counts: Counts,
     shutting_down: bool,
-    // Time.
-    now: Instant,
+    timing: Timing,
+}
+
+/// Line framing over the input buffer (`input.rs`).
+#[derive(Debug, Default)]
+struct Framing {
+    /// Bytes after `inb.start` already searched for a line end.
+    scan: usize,
+    /// Discarding an over-long line until its CRLF.
+    poisoned: bool,
+    /// While poisoned: the last discarded byte was a CR.
+    scan_cr: bool,
+    /// The line being scanned follows a bare LF that was already answered:
+    /// its rest, up to the CRLF, is dropped without a second answer.
+    after_bare_lf: bool,
+    /// Bytes at `inb.start` to drop on the next call (the last Body event).
+    release: usize,
+}
+
+/// Decision plumbing: events out, tickets in (`decision.rs`).
+#[derive(Debug)]
+struct Decisions {
+    notices: VecDeque<Notice>,
+    /// An event [`Session::has_event`] prepared and [`Session::poll`] hands out next.
+    ready: Option<Emit>,
+    /// The ticket's number and what it decides.
+    pending: Option<(u64, Pending)>,
+    seq: u64,
+    /// This session's ticket nonce.
+    nonce: u64,
+    /// Length of the command line (with CRLF) waiting for a decision.
+    pending_line: usize,
+    /// The pending line's command, parsed (see [`Decided`]).
+    decided: Option<Decided>,
+}
+
+/// Deadlines (`time.rs`): time is an input.
+#[derive(Debug)]
+struct Timing {
+    clock: Clock,
+    /// When the client's time is up.
     deadline: Option<Instant>,
     /// When the last input arrived (for releasing idle buffers).
     last_input: Instant,
     /// The buffers were released since that input (released once per
     /// silence: an adapter's next read wants a small buffer again).
     released: bool,
+    /// Past the soft error limit: no more replies until then.
+    throttle_until: Option<Instant>,
+}
+
+/// What the session counted.
+#[derive(Debug, Default)]
+struct Counts {
+    messages: u32,
+    errors: u32,
+    junk: u32,
 }
 
 impl fmt::Debug for Session {
@@ -526,7 +553,7 @@ impl fmt::Debug for Session {
             .field("phase", &self.phase)
             .field("helo", &self.helo)
             .field("authenticated", &self.authenticated.is_some())
-            .field("pending", &self.pending)
+            .field("pending", &self.decisions.pending)
             .finish_non_exhaustive()
     }
 }
@@ -553,39 +580,34 @@ impl Session {
             extra_keywords: Vec::new(),
             peer,
             phase,
-            input: Vec::new(),
-            start: 0,
-            end: 0,
-            scan: 0,
-            poisoned: false,
-            scan_cr: false,
-            after_bare_lf: false,
-            release: 0,
-            pending_line: 0,
-            decided: None,
-            out: Vec::new(),
-            out_pos: 0,
+            inb: InBuf::default(),
+            framing: Framing::default(),
+            decisions: Decisions {
+                notices: VecDeque::new(),
+                ready: None,
+                pending: None,
+                seq: 0,
+                nonce: NONCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                pending_line: 0,
+                decided: None,
+            },
+            out: OutBuf::default(),
             greeting_queued: false,
             greeting_sent: false,
-            notices: VecDeque::new(),
-            ready: None,
-            pending: None,
-            seq: 0,
-            nonce: NONCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            throttle_until: None,
             helo: None,
             helo_name: String::new(),
             authenticated: None,
             auth_user: None,
             txn: Transaction::default(),
-            messages: 0,
-            errors: 0,
-            junk: 0,
+            counts: Counts::default(),
             shutting_down: false,
-            now,
-            deadline,
-            last_input: now,
-            released: false,
+            timing: Timing {
+                clock: Clock::new(now),
+                deadline,
+                last_input: now,
+                released: false,
+                throttle_until: None,
+            },
             config,
         }
     }
@@ -657,7 +679,7 @@ impl Session {
     /// Whether a decision is awaited (nothing is parsed meanwhile).
     #[inline]
     pub fn is_waiting(&self) -> bool {
-        self.pending.is_some()
+        self.decisions.pending.is_some()
     }
 
     /// Whether the session is over: once [`Session::transmit`] is empty,
@@ -674,13 +696,13 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         !matches!(self.phase, Phase::Closed | Phase::StartTls)
             && !self.output_full()
-            && self.end - self.start < self.input_capacity()
+            && self.inb.len() < self.input_capacity()
     }
 
     /// Whether there are bytes to write.
     #[inline]
     pub fn wants_write(&self) -> bool {
-        self.out_pos < self.out.len()
+        !self.out.is_empty()
     }
 
     /// The TLS handshake after [`Instruction::StartTls`] succeeded: the session
@@ -689,15 +711,15 @@ impl Session {
         if !matches!(self.phase, Phase::StartTls) {
             return Err(Misuse::NotStartingTls);
         }
-        self.now = self.now.max(now);
+        self.timing.clock.advance(now);
         self.peer.tls = Some(info);
         self.ext.starttls = false;
         self.helo = None;
         self.helo_name.clear();
         self.authenticated = None;
         self.txn = Transaction::default();
-        self.start = self.end;
-        self.scan = 0;
+        self.inb.start = self.inb.end;
+        self.framing.scan = 0;
         self.phase = Phase::Command;
         self.arm(self.config.timeouts.command);
         Ok(())
@@ -706,9 +728,8 @@ impl Session {
     /// The TLS handshake failed: the session closes without a reply (the
     /// stream is no longer plaintext SMTP).
     pub fn tls_failed(&mut self, now: Instant) {
-        self.now = self.now.max(now);
+        self.timing.clock.advance(now);
         self.out.clear();
-        self.out_pos = 0;
         self.close(CloseReason::TlsFailed);
     }
 
@@ -733,7 +754,7 @@ impl Session {
         if self.shutting_down
             && idle
             && !self.txn.mail
-            && self.pending.is_none()
+            && self.decisions.pending.is_none()
             && !self.is_closed()
         {
             self.abort(Reply::SHUTTING_DOWN, CloseReason::Shutdown);
@@ -748,7 +769,7 @@ impl Session {
             return;
         }
         self.apply_release();
-        self.pending = None;
+        self.decisions.pending = None;
         self.abort_body(AbortReason::Shutdown);
         if !matches!(self.phase, Phase::Proxy | Phase::StartTls) {
             self.queue(&reply);
@@ -759,16 +780,15 @@ impl Session {
     fn close(&mut self, reason: CloseReason) {
         if !self.is_closed() {
             self.phase = Phase::Closed;
-            self.deadline = None;
-            self.start = 0;
-            self.end = 0;
-            self.scan = 0;
-            self.release = 0;
-            self.poisoned = false;
-            self.pending_line = 0;
-            self.decided = None;
-            self.throttle_until = None;
-            self.notices.push_back(Notice::Closing(reason));
+            self.timing.deadline = None;
+            self.inb.clear();
+            self.framing.scan = 0;
+            self.framing.release = 0;
+            self.framing.poisoned = false;
+            self.decisions.pending_line = 0;
+            self.decisions.decided = None;
+            self.timing.throttle_until = None;
+            self.decisions.notices.push_back(Notice::Closing(reason));
         }
     }
 }

@@ -9,25 +9,20 @@ impl Session {
     /// Bytes to send to the client.
     #[inline]
     pub fn transmit(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+        self.out.pending()
     }
 
     /// Reports that `n` bytes of [`Session::transmit`] were written.
     #[inline]
     pub fn transmitted(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            if self.greeting_queued {
-                self.greeting_sent = true;
-            }
+        if self.out.written(n) && self.greeting_queued {
+            self.greeting_sent = true;
         }
     }
 
     #[inline]
     pub(super) fn output_full(&self) -> bool {
-        self.out.len() - self.out_pos > self.config.limits.max_pending_output
+        self.out.len() > self.config.limits.max_pending_output
     }
 
     /// The `Received:` header for the current message (RFC 5321 §4.4), with
@@ -69,7 +64,7 @@ impl Session {
         // RFC 2034: enhanced codes go to clients that saw them advertised
         // (not to HELO clients).
         let enhanced = self.ext.enhanced_status_codes && self.helo != Some(HeloKind::Helo);
-        reply.write_to(&mut self.out, enhanced);
+        reply.write_to(self.out.tail(), enhanced);
     }
 
     pub(super) fn queue_greeting(&mut self, reply: &Reply) {
@@ -77,7 +72,7 @@ impl Session {
         self.greeting_queued = true;
         self.phase = Phase::Command;
         self.arm(self.config.timeouts.command);
-        if self.end > self.start {
+        if self.inb.end > self.inb.start {
             self.violation(Violation::PreGreeting);
         }
     }
@@ -104,25 +99,25 @@ impl Session {
     }
 
     pub(super) fn count_error(&mut self) {
-        self.errors += 1;
+        self.counts.errors += 1;
         let limits = &self.config.limits;
-        if self.errors >= limits.hard_error_limit {
+        if self.counts.errors >= limits.hard_error_limit {
             self.queue(&Reply::TOO_MANY_ERRORS);
             self.close(CloseReason::TooManyErrors);
-        } else if self.errors > limits.soft_error_limit {
-            self.throttle_until = self.now.checked_add(limits.error_delay);
+        } else if self.counts.errors > limits.soft_error_limit {
+            self.timing.throttle_until = self.timing.clock.after(limits.error_delay);
         }
     }
 
     pub(super) fn count_junk(&mut self) {
-        self.junk += 1;
-        if self.junk > self.config.limits.junk_command_limit {
+        self.counts.junk += 1;
+        if self.counts.junk > self.config.limits.junk_command_limit {
             self.count_error();
         }
     }
 
     pub(super) fn violation(&mut self, v: Violation) {
-        self.notices.push_back(Notice::Violation(v));
+        self.decisions.notices.push_back(Notice::Violation(v));
         if self.config.violations == ViolationPolicy::Disconnect && !self.is_closed() {
             self.abort_body(AbortReason::Shutdown);
             self.queue(&Reply::PROTOCOL_VIOLATION);

@@ -6,9 +6,9 @@ impl Session {
     /// Reports that time `now` was reached (at or after [`Session::poll_timeout`]).
     /// An expired deadline answers `421 4.4.2` and closes.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if self.throttle_until.is_some_and(|until| now >= until) {
-            self.throttle_until = None;
+        self.timing.clock.advance(now);
+        if self.timing.throttle_until.is_some_and(|until| now >= until) {
+            self.timing.throttle_until = None;
             // The client waited for our replies, not we for its commands:
             // its clock restarts now.
             if matches!(
@@ -18,17 +18,16 @@ impl Session {
                 self.arm(self.config.timeouts.command);
             }
         }
-        if self.pending.is_some() || self.is_closed() {
+        if self.decisions.pending.is_some() || self.is_closed() {
             return;
         }
         if self.release_idle_at().is_some_and(|at| now >= at) {
             self.apply_release();
-            self.input = Vec::new();
-            self.out = Vec::new();
-            self.out_pos = 0;
-            self.released = true;
+            self.inb.release();
+            self.out.release();
+            self.timing.released = true;
         }
-        let Some(deadline) = self.deadline else {
+        let Some(deadline) = self.timing.deadline else {
             return;
         };
         if now < deadline {
@@ -52,10 +51,10 @@ impl Session {
     /// an idle session frees its buffers (`Timeouts::release_idle`).
     #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.pending.is_some() || self.is_closed() {
+        if self.decisions.pending.is_some() || self.is_closed() {
             return None;
         }
-        match (self.deadline, self.release_idle_at()) {
+        match (self.timing.deadline, self.release_idle_at()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -66,17 +65,17 @@ impl Session {
     /// while a decision is pending or the session is closed.
     #[inline]
     pub fn client_deadline(&self) -> Option<Instant> {
-        if self.pending.is_some() || self.is_closed() {
+        if self.decisions.pending.is_some() || self.is_closed() {
             return None;
         }
-        self.deadline
+        self.timing.deadline
     }
 
     pub(super) fn arm(&mut self, d: Duration) {
-        self.arm_from(self.now, d);
+        self.arm_from(self.timing.clock.now(), d);
     }
 
     pub(super) fn arm_from(&mut self, now: Instant, d: Duration) {
-        self.deadline = now.checked_add(d);
+        self.timing.deadline = now.checked_add(d);
     }
 }

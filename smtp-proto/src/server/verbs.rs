@@ -23,10 +23,11 @@ impl Session {
     }
 
     pub(super) fn step_proxy(&mut self) -> Step {
-        match parse_proxy_header(&self.input[self.start..self.end]) {
+        match parse_proxy_header(self.inb.data()) {
             ProxyParse::Incomplete => Step::Idle,
             ProxyParse::Invalid(_) => {
-                self.notices
+                self.decisions
+                    .notices
                     .push_back(Notice::Violation(Violation::InvalidProxyHeader));
                 self.close(CloseReason::Violation);
                 Step::Continue
@@ -78,8 +79,8 @@ impl Session {
             return self.step_auth_line(len);
         }
         if let Phase::NoService = self.phase {
-            let is_quit =
-                self.input[self.start..self.start + len - 2].eq_ignore_ascii_case(b"QUIT");
+            let is_quit = self.inb.buf[self.inb.start..self.inb.start + len - 2]
+                .eq_ignore_ascii_case(b"QUIT");
             self.consume(len);
             if is_quit {
                 self.queue(&Reply::BYE);
@@ -97,8 +98,8 @@ impl Session {
             utf8_addresses: self.txn.smtputf8,
             lenient: self.config.lenient_addresses,
         };
-        let line = &self.input[self.start..self.start + len - 2];
-        let more_input = self.end > self.start + len;
+        let line = &self.inb.buf[self.inb.start..self.inb.start + len - 2];
+        let more_input = self.inb.end > self.inb.start + len;
         let (cmd, verb, sync_point, decided) = match parse_command(line, opts) {
             Ok(cmd) => (
                 Cmd::from(&cmd),
@@ -139,8 +140,8 @@ impl Session {
         }
         let step = match outcome {
             Outcome::Decide(what) => {
-                self.pending_line = len;
-                self.decided = decided;
+                self.decisions.pending_line = len;
+                self.decisions.decided = decided;
                 let _t = self.new_ticket(what);
                 Step::Emit(Emit::Command)
             }
@@ -159,7 +160,7 @@ impl Session {
                 if matches!(self.phase, Phase::StartTls) {
                     // Plaintext pipelined after STARTTLS is discarded, never
                     // executed after the handshake (CVE-2011-0411 class).
-                    self.start = self.end;
+                    self.inb.start = self.inb.end;
                 }
                 Step::Continue
             }
@@ -200,7 +201,7 @@ impl Session {
                     return Outcome::Error(Reply::NESTED_MAIL);
                 }
                 let max_messages = self.config.limits.max_messages;
-                if max_messages > 0 && self.messages >= max_messages {
+                if max_messages > 0 && self.counts.messages >= max_messages {
                     self.queue(&Reply::new(
                         421,
                         EnhancedCode::new(4, 7, 0),
@@ -240,7 +241,9 @@ impl Session {
                 self.decoder.reset();
                 self.phase = Phase::Data;
                 self.arm(self.config.timeouts.data);
-                self.notices.push_back(Notice::BodyStart(BodyKind::Data));
+                self.decisions
+                    .notices
+                    .push_back(Notice::BodyStart(BodyKind::Data));
                 Outcome::Reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
             }
             Cmd::Bdat { size, last } => {
@@ -252,7 +255,9 @@ impl Session {
                 if refuse.is_none() && self.txn.body_kind.is_none() {
                     self.txn.body_kind = Some(BodyKind::Bdat);
                     self.checker.reset();
-                    self.notices.push_back(Notice::BodyStart(BodyKind::Bdat));
+                    self.decisions
+                        .notices
+                        .push_back(Notice::BodyStart(BodyKind::Bdat));
                 }
                 self.phase = Phase::Bdat {
                     remaining: size,
@@ -294,7 +299,8 @@ impl Session {
                 }
                 self.queue(&Reply::READY_TLS);
                 if more_input {
-                    self.notices
+                    self.decisions
+                        .notices
                         .push_back(Notice::Violation(Violation::StartTlsInjection));
                 }
                 self.reset_transaction();
