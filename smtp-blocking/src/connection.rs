@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use smtp_proto::config::Config;
 use smtp_proto::drive::Instruction;
 use smtp_proto::server::{Event, PeerInfo, Session};
-use smtp_server::accept::{SessionIds, Stop};
+use smtp_server::accept::Stop;
 use smtp_server::handler::{Dispatcher, Handler};
 
 use crate::link::{Link, Stream, TlsSide, TlsStream};
@@ -221,15 +221,10 @@ impl<S: Socket, H: Handler> Connection<S, H> {
 
     fn over(stream: Stream<S>, peer: PeerInfo, config: Arc<Config>, handler: Arc<H>) -> Self {
         let io_timeout = config.timeouts.command;
-        Connection {
-            link: Link::new(
-                stream,
-                Session::new(config, peer, Instant::now()),
-                io_timeout,
-            ),
-            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id())
-                .with_dialer(crate::dial::dialer()),
-        }
+        let dialer = crate::dial::dialer();
+        let (session, dispatcher) = Dispatcher::start(config, peer, handler, dialer);
+        let link = Link::new(stream, session, io_timeout);
+        Connection { link, dispatcher }
     }
 
     /// Enables the STARTTLS upgrade with `tls`. STARTTLS is offered only if

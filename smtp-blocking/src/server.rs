@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
-use smtp_proto::config::Config;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 use smtp_server::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot, Stop,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
+    SessionConfigs, Slot, Stop,
 };
 use smtp_server::handler::Handler;
 
@@ -109,9 +109,7 @@ impl<H: Handler> Server<H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: o.tcp_config(false),
-                config: o.tcp_config(true),
-                unix: o.plain_config(),
+                configs: o.session_configs(),
                 proxy: o.proxy_front(),
                 tls: o.tls,
                 limiter,
@@ -168,12 +166,7 @@ impl Listener {
 
 struct Shared<H> {
     handler: Arc<H>,
-    /// The configuration for plain TCP listeners (STARTTLS on when TLS is configured).
-    plain: Arc<Config>,
-    /// The configuration for implicit TLS.
-    config: Arc<Config>,
-    /// The configuration for Unix-domain listeners.
-    unix: Arc<Config>,
+    configs: SessionConfigs,
     tls: Option<Arc<ServerConfig>>,
     limiter: ConnectionLimiter,
     /// The PROXY protocol on TCP listeners, read before the session.
@@ -398,7 +391,7 @@ fn serve<H: Handler>(
         Accepted::Tcp(tcp, remote, tls) => (tcp, remote, tls),
         #[cfg(unix)]
         Accepted::Unix(s) => {
-            let c = Connection::new(s, PeerInfo::default(), shared.unix.clone(), handler);
+            let c = Connection::new(s, PeerInfo::default(), shared.configs.unix.clone(), handler);
             return with_tls(c, shared).with_stop(waiter).run();
         }
     };
@@ -427,20 +420,20 @@ fn serve<H: Handler>(
         }
     }
     if !tls {
-        let c = Connection::new(tcp, peer, shared.plain.clone(), handler);
+        let c = Connection::new(tcp, peer, shared.configs.plain.clone(), handler);
         return with_tls(c, shared).with_stop(waiter).run();
     }
     let Some(config) = &shared.tls else {
         return Ok(());
     };
     // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    match handshake(config.clone(), tcp, shared.config.timeouts.command) {
+    match handshake(config.clone(), tcp, shared.configs.tls.timeouts.command) {
         Ok((stream, info)) => {
             let peer = PeerInfo {
                 tls: Some(info),
                 ..peer
             };
-            Connection::tls(stream, peer, shared.config.clone(), handler)
+            Connection::tls(stream, peer, shared.configs.tls.clone(), handler)
                 .with_stop(waiter)
                 .run()
         }

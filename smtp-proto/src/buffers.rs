@@ -213,6 +213,9 @@ mod tests {
         assert!(b.buf.capacity() == 0 && b.spare().is_empty());
     }
 
+    // The clock's rule (it never goes back) is tested through the session:
+    // tests/session.rs `the_clock_never_goes_back` (no clock is read here).
+
     #[test]
     fn output_drains_in_order() {
         let mut o = OutBuf::default();
@@ -232,20 +235,5 @@ mod tests {
         assert!(o.is_empty());
         o.release();
         assert_eq!(o.capacity(), 0);
-    }
-
-    #[test]
-    fn the_clock_never_goes_back() {
-        let t0 = Instant::now();
-        let mut c = Clock::new(t0 + Duration::from_secs(10));
-        c.advance(t0);
-        assert_eq!(c.now(), t0 + Duration::from_secs(10));
-        c.advance(t0 + Duration::from_secs(11));
-        assert_eq!(c.now(), t0 + Duration::from_secs(11));
-        assert_eq!(
-            c.after(Duration::from_secs(1)),
-            Some(t0 + Duration::from_secs(12))
-        );
-        assert_eq!(c.after(Duration::MAX), None);
     }
 }

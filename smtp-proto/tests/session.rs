@@ -1259,3 +1259,29 @@ fn a_421_decision_closes() {
     .unwrap();
     assert!(s.is_closed());
 }
+
+#[test]
+fn the_clock_never_goes_back() {
+    use smtp_proto::server::{Decision, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(100);
+    let mut s = Session::new(Arc::new(cfg()), PeerInfo::default(), t0);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept, later).unwrap();
+    let command = cfg().timeouts.command;
+    // Input stamped before the time the session was told last (a caller
+    // that read its clock before a slow step): deadlines count from the
+    // later time, never from the earlier one.
+    s.receive(b"NOOP\r\n", t0);
+    while s.poll().event().is_some() {}
+    assert_eq!(s.client_deadline(), Some(later + command));
+    s.handle_timeout(later + Duration::from_secs(1));
+    s.receive(b"NOOP\r\n", t0);
+    while s.poll().event().is_some() {}
+    assert_eq!(
+        s.client_deadline(),
+        Some(later + Duration::from_secs(1) + command)
+    );
+}

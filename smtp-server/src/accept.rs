@@ -1007,6 +1007,18 @@ impl Default for ServerOptions {
     }
 }
 
+/// The session configuration for each kind of listener
+/// ([`ServerOptions::session_configs`]), shared by a server's sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfigs {
+    /// Plain TCP listeners (STARTTLS on when TLS is configured).
+    pub plain: Arc<smtp_proto::config::Config>,
+    /// Implicit-TLS listeners.
+    pub tls: Arc<smtp_proto::config::Config>,
+    /// Unix-domain listeners.
+    pub unix: Arc<smtp_proto::config::Config>,
+}
+
 impl ServerOptions {
     /// Checks the options before binding: implicit TLS needs a TLS configuration.
     pub fn check(&self) -> std::io::Result<()> {
@@ -1045,6 +1057,15 @@ impl ServerOptions {
         let mut config = (*config).clone();
         config.proxy_protocol = false;
         Arc::new(config)
+    }
+
+    /// The configuration of each kind of listener's sessions.
+    pub fn session_configs(&self) -> SessionConfigs {
+        SessionConfigs {
+            plain: self.tcp_config(false),
+            tls: self.tcp_config(true),
+            unix: self.plain_config(),
+        }
     }
 
     /// The PROXY protocol handling of TCP listeners, when the configuration

@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_rustls::TlsAcceptor;
 use smtp_proto::config::Config;
 use smtp_proto::server::{Event, PeerInfo, Session};
 use tracing::Instrument;
 
-use crate::accept::{SessionIds, StopWatch, drive_until_abort};
+use crate::accept::{StopWatch, drive_until_abort};
 use crate::handler::{Dispatcher, Handler};
 use crate::link::{Link, Stream, TlsSide};
 use crate::runtime::{Runtime, StreamIo};
@@ -72,16 +71,11 @@ where
         config: Arc<Config>,
         handler: Arc<H>,
     ) -> Self {
-        let write_timeout = config.timeouts.command;
-        Connection {
-            link: Link::new(
-                stream,
-                Session::new(config, peer, Instant::now()),
-                write_timeout,
-            ),
-            dispatcher: Dispatcher::new(handler, SessionIds::global().next_id())
-                .with_dialer(crate::dial::Dialer::of::<R>()),
-        }
+        let io_timeout = config.timeouts.command;
+        let dialer = crate::dial::Dialer::of::<R>();
+        let (session, dispatcher) = Dispatcher::start(config, peer, handler, dialer);
+        let link = Link::new(stream, session, io_timeout);
+        Connection { link, dispatcher }
     }
 
     /// Enables the STARTTLS upgrade with `acceptor`. STARTTLS is offered

@@ -522,6 +522,24 @@ impl<H: Handler> Dispatcher<H> {
         }
     }
 
+    /// A new session for `peer` and its dispatcher, as every adapter's
+    /// connection starts one: named by
+    /// [`SessionIds::global`](crate::accept::SessionIds::global), its hooks
+    /// reaching other servers with `dialer`.
+    pub fn start(
+        config: Arc<smtp_proto::config::Config>,
+        peer: PeerInfo,
+        handler: Arc<H>,
+        dialer: crate::dial::Dialer,
+    ) -> (Session, Dispatcher<H>)
+    where
+        H: Handler,
+    {
+        let id = crate::accept::SessionIds::global().next_id();
+        let session = Session::new(config, peer, std::time::Instant::now());
+        (session, Dispatcher::new(handler, id).with_dialer(dialer))
+    }
+
     /// Gives the handlers a way to reach other servers on the session's
     /// runtime ([`SessionInfo::dialer`]).
     pub fn with_dialer(mut self, dialer: crate::dial::Dialer) -> Self {

@@ -15,13 +15,12 @@ use std::time::Duration;
 use futures_channel::oneshot;
 use futures_rustls::TlsAcceptor;
 use futures_util::task::AtomicWaker;
-use smtp_proto::config::Config;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 
 use crate::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions, Slot,
-    Stop, StopSignal, implicit_tls_outcome, tls_info,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
+    SessionConfigs, Slot, Stop, StopSignal, implicit_tls_outcome, tls_info,
 };
 use crate::connection::Connection;
 use crate::handler::Handler;
@@ -116,9 +115,7 @@ impl<R: Runtime, H: Handler> Server<R, H> {
             local_addrs,
             shared: Arc::new(Shared {
                 handler: self.handler,
-                plain: o.tcp_config(false),
-                config: o.tcp_config(true),
-                unix: o.plain_config(),
+                configs: o.session_configs(),
                 acceptor: o.tls.clone().map(TlsAcceptor::from),
                 limiter: o.limiter(),
                 proxy: o.proxy_front(),
@@ -169,12 +166,7 @@ enum Accepted<R: Runtime> {
 
 struct Shared<H> {
     handler: Arc<H>,
-    /// The configuration for plain TCP listeners (STARTTLS on when TLS is configured).
-    plain: Arc<Config>,
-    /// The configuration for implicit TLS.
-    config: Arc<Config>,
-    /// The configuration for Unix-domain listeners.
-    unix: Arc<Config>,
+    configs: SessionConfigs,
     acceptor: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
     /// The PROXY protocol on TCP listeners, read before the session.
@@ -405,7 +397,7 @@ async fn serve<R: Runtime, H: Handler>(
         }
         #[cfg(unix)]
         Accepted::Unix(s) => {
-            let (config, handler) = (shared.unix.clone(), shared.handler.clone());
+            let (config, handler) = (shared.configs.unix.clone(), shared.handler.clone());
             let c = Connection::<R, _, H>::new(s, PeerInfo::default(), config, handler);
             let c = c.with_acceptor(shared.acceptor.clone());
             Box::pin(c.with_stop(shared.control.stop.watch()).run()).await
@@ -509,7 +501,12 @@ async fn serve_tcp<R: Runtime, H: Handler>(
     }
     let stop = shared.control.stop.watch();
     if !tls {
-        let c = Connection::<R, _, H>::new(tcp, peer, shared.plain.clone(), shared.handler.clone());
+        let c = Connection::<R, _, H>::new(
+            tcp,
+            peer,
+            shared.configs.plain.clone(),
+            shared.handler.clone(),
+        );
         return c
             .with_acceptor(shared.acceptor.clone())
             .with_stop(stop)
@@ -523,7 +520,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
     // future as big as this path (see `spawn`).
     Box::pin(async move {
         let handshake = acceptor.accept(Wrap::<R, _>::new(tcp));
-        let handshake = timeout::<R, _>(shared.config.timeouts.command, handshake).await;
+        let handshake = timeout::<R, _>(shared.configs.tls.timeouts.command, handshake).await;
         let Some(stream) = implicit_tls_outcome(handshake, remote) else {
             return Ok(());
         };
@@ -532,10 +529,15 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             ..peer
         };
         let stream = Stream::Tls(Box::new(stream.into()));
-        Connection::<R, _, H>::over(stream, peer, shared.config.clone(), shared.handler.clone())
-            .with_stop(stop)
-            .run()
-            .await
+        Connection::<R, _, H>::over(
+            stream,
+            peer,
+            shared.configs.tls.clone(),
+            shared.handler.clone(),
+        )
+        .with_stop(stop)
+        .run()
+        .await
     })
     .await
 }
