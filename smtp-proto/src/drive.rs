@@ -14,7 +14,7 @@
 //!    or [`Drive::tls_failed`] after a handshake.
 //! 2. **Poll** with [`Drive::poll`] until it returns an [`Instruction`]
 //!    instead of an [`Output::Event`]. Handle each event; a server event
-//!    that needs a decision carries a [`Ticket`](crate::server::Ticket)
+//!    that needs a decision carries a [`Ticket`]
 //!    that must be answered (`Session::respond(ticket, decision, now)`),
 //!    now or from another task later.
 //! 3. **Write** what [`Drive::transmit`] holds and report it with

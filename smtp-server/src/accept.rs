@@ -76,7 +76,7 @@ impl ConnectionLimiter {
     }
 
     /// A slot for a connection from `ip`, or `None` when a limit is reached
-    /// (answer [`Reply::TOO_MANY_CONNECTIONS`] and close).
+    /// (answer [`Reply::TOO_MANY_CONNECTIONS`](smtp_proto::reply::Reply::TOO_MANY_CONNECTIONS) and close).
     pub fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
         let mut c = self.counts();
         if c.total >= self.0.max_total {
@@ -113,7 +113,7 @@ impl Slot {
     /// Counts this connection for `ip` as well, once its address is known
     /// after the accept (the PROXY header's source, issue 12 item 14);
     /// `false` when `ip` holds its `max_per_ip` connections already (answer
-    /// [`Reply::TOO_MANY_CONNECTIONS`] and close). A slot counts for one
+    /// [`Reply::TOO_MANY_CONNECTIONS`](smtp_proto::reply::Reply::TOO_MANY_CONNECTIONS) and close). A slot counts for one
     /// address at most: later calls change nothing and return `true`.
     pub fn claim_ip(&mut self, ip: IpAddr) -> bool {
         let Some(max) = self.limiter.0.max_per_ip else {
@@ -867,7 +867,7 @@ pub enum Proxied {
     /// is not a trusted proxy, or no valid header came in time.
     Close,
     /// The header's source holds its connections per address already:
-    /// answer [`Reply::TOO_MANY_CONNECTIONS`] (not on implicit TLS, where
+    /// answer [`Reply::TOO_MANY_CONNECTIONS`](smtp_proto::reply::Reply::TOO_MANY_CONNECTIONS) (not on implicit TLS, where
     /// no clear text is sent) and close.
     TooMany,
 }

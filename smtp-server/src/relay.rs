@@ -5,7 +5,7 @@
 //!
 //! [`Router`] is a [`Handler`]: put it in front of any local handler. Each
 //! session's upstream connection is opened with the session's own
-//! [`Dialer`](crate::dial::Dialer) and driven inside the hooks' futures: on
+//! [`Dialer`] and driven inside the hooks' futures: on
 //! tokio and smol a [`Link`](crate::link::Link) on the server's runtime
 //! (no thread and no thread-pool hop per upstream I/O), on `smtp-blocking`
 //! a socket on the session's own thread. The upstream [`Client`] keeps the

@@ -49,7 +49,7 @@ impl<R, H> std::fmt::Debug for Server<R, H> {
 }
 
 impl<R: Runtime, H: Handler> Server<R, H> {
-    /// A server for `handler`, with [`Config::default`] and no listener yet.
+    /// A server for `handler`, with [`Config::default`](smtp_proto::config::Config::default) and no listener yet.
     pub fn new(handler: H) -> Self {
         Server {
             handler: Arc::new(handler),
