@@ -739,10 +739,19 @@ impl<'a> Driver<'a> {
         let out = self.s.transmit().len();
         self.s.handle_timeout(self.now);
         self.last_timeout = Some(self.now);
-        if self.throttled.is_some_and(|until| self.now >= until) {
+        // The end of a throttle restarts the client's clock (it was waiting
+        // for our replies): a deadline that passed meanwhile moves on.
+        let released = self.throttled.is_some_and(|until| self.now >= until);
+        if released {
             self.throttled = None;
         }
         match deadline {
+            Some(_) if released => {
+                assert!(
+                    self.s.is_closed() || self.s.client_deadline().is_none_or(|d| d > self.now),
+                    "a released throttle left an expired deadline"
+                )
+            }
             Some(d) if self.now >= d => {
                 assert!(
                     self.s.is_closed(),
