@@ -263,7 +263,9 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     /// work as in [`Connection::run`]. Answer each decision event with
     /// `session_mut().respond(ticket, decision, now)` before calling again
     /// (the session reads nothing while a decision is pending, and calling
-    /// with one pending is an `InvalidInput` error). Do not mix with `run`.
+    /// with one pending is an `InvalidInput` error). Do not mix with `run`,
+    /// and do not call it from inside an async executor (it runs the kit's
+    /// drive loop with `futures_executor::block_on`).
     ///
     /// ```no_run
     /// # fn f(tcp: std::net::TcpStream) -> std::io::Result<()> {
@@ -314,22 +316,27 @@ impl<S: Socket, H: Handler> Connection<S, H> {
     fn drive(&mut self) -> Instruction {
         let Connection { link, dispatcher } = self;
         let session = &mut link.machine;
-        let Some(w) = link.stop.as_ref().filter(|_| link.seen.get() < Stop::Abort) else {
-            return block_on(dispatcher.drive(session));
-        };
-        let done = {
-            let mut fut = pin!(dispatcher.drive(session));
-            block_on(poll_fn(|cx| match fut.as_mut().poll(cx) {
-                Poll::Ready(d) => Poll::Ready(Some(d)),
-                Poll::Pending if w.poll_abort(cx) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }))
-        };
-        if let Some(d) = done {
-            return d;
-        }
-        link.seen.apply(Stop::Abort, session);
-        block_on(dispatcher.drive(session))
+        // Connections the hooks open (the relay's upstream) watch the
+        // server's phase too: their blocking waits end at an abort.
+        let bus = link.stop.as_ref().map(|w| w.bus().clone());
+        crate::dial::under_server(bus, || {
+            let Some(w) = link.stop.as_ref().filter(|_| link.seen.get() < Stop::Abort) else {
+                return block_on(dispatcher.drive(session));
+            };
+            let done = {
+                let mut fut = pin!(dispatcher.drive(session));
+                block_on(poll_fn(|cx| match fut.as_mut().poll(cx) {
+                    Poll::Ready(d) => Poll::Ready(Some(d)),
+                    Poll::Pending if w.poll_abort(cx) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }))
+            };
+            if let Some(d) = done {
+                return d;
+            }
+            link.seen.apply(Stop::Abort, session);
+            block_on(dispatcher.drive(session))
+        })
     }
 }
 

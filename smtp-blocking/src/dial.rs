@@ -2,8 +2,10 @@
 //! relay's upstream) are sockets driven on the session's own thread, by the
 //! same [`Link`] that drives the sessions.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use smtp_proto::client::{Client, ClientEvent};
@@ -12,12 +14,27 @@ use smtp_server::dial::{
 };
 
 use crate::link::{Link, Stream, TlsSide};
+use crate::stop::StopBus;
 
 /// Opens blocking connections (each future completes on the thread that
 /// polls it: the session's, under `block_on`).
 struct ThreadDial;
 
 static DIAL: ThreadDial = ThreadDial;
+
+thread_local! {
+    /// The stop bus of the server whose session runs its hooks on this
+    /// thread now ([`under_server`]).
+    static SERVER: RefCell<Option<Arc<StopBus>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a session's hooks) with links it opens watching `bus`.
+pub(crate) fn under_server<T>(bus: Option<Arc<StopBus>>, f: impl FnOnce() -> T) -> T {
+    let before = SERVER.with(|s| s.replace(bus));
+    let out = f();
+    SERVER.with(|s| *s.borrow_mut() = before);
+    out
+}
 
 /// The dialer every session of this adapter gets.
 pub(crate) fn dialer() -> Dialer {
@@ -31,8 +48,10 @@ impl Dial for ThreadDial {
             let connect = |a| std::future::ready(TcpStream::connect_timeout(&a, limit));
             let tcp = connect_any(&req.address, connect).await?;
             let _ = tcp.set_nodelay(true);
-            let mut link = Link::new(Stream::Plain(tcp), req.client, limit);
+            let client = Client::new(req.client, Instant::now());
+            let mut link = Link::new(Stream::Plain(tcp), client, limit);
             link.set_tls(req.tls.map(|t| TlsSide::Connect(t.config, t.name)));
+            link.bus = SERVER.with(|s| s.borrow().clone());
             Ok(Box::new(link) as Box<dyn ClientLink>)
         })
     }

@@ -13,11 +13,11 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 use rustls::{SideData, StreamOwned};
 use smtp_proto::drive::{Drive, Instruction, TlsInfo};
-use smtp_server::accept::{StopSeen, tls_info};
+use smtp_server::accept::{Stop, StopSeen, tls_info};
 use smtp_server::link::{Driver, Stoppable};
 
 use crate::connection::{Socket, Timeouts, timed_out};
-use crate::stop::Waiter;
+use crate::stop::{StopBus, Waiter};
 
 /// How often a machine blocked on a read looks at the server's stop phase.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -114,6 +114,9 @@ pub(crate) struct Link<S: Socket, E> {
     pub(crate) machine: E,
     tls: Option<TlsSide>,
     pub(crate) stop: Option<Waiter>,
+    /// The stop phase of the server whose session opened this link (the
+    /// relay's upstream): watched, not counted as a session.
+    pub(crate) bus: Option<Arc<StopBus>>,
     pub(crate) seen: StopSeen,
     /// The socket timeouts last set, to skip setsockopt calls that would
     /// change nothing.
@@ -128,6 +131,7 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             machine,
             tls: None,
             stop: None,
+            bus: None,
             seen: StopSeen::default(),
             timeouts: Timeouts::default(),
             io_timeout,
@@ -140,8 +144,17 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
 
     /// Applies a stop phase the link has not acted on yet.
     pub(crate) fn apply_stop(&mut self) {
-        if let Some(w) = &self.stop {
-            self.seen.apply(w.phase(), &mut self.machine);
+        if let Some(phase) = self.phase() {
+            self.seen.apply(phase, &mut self.machine);
+        }
+    }
+
+    /// The server's stop phase, when the link runs under a server.
+    fn phase(&self) -> Option<Stop> {
+        match (&self.stop, &self.bus) {
+            (Some(w), _) => Some(w.phase()),
+            (None, Some(b)) => Some(b.phase()),
+            (None, None) => None,
         }
     }
 
@@ -268,7 +281,7 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             self.machine.handle_timeout(now);
             return Ok(());
         }
-        let check = self.stop.as_ref().map(|_| now + STOP_CHECK);
+        let check = self.phase().map(|_| now + STOP_CHECK);
         let wake = match (deadline, check) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -84,6 +84,11 @@ impl Waiter {
         self.bus.phase()
     }
 
+    /// The server's bus (to watch its phase without counting as a session).
+    pub(crate) fn bus(&self) -> &Arc<StopBus> {
+        &self.bus
+    }
+
     /// Whether the server aborts; if not, wakes `cx` when it does.
     pub(crate) fn poll_abort(&self, cx: &Context<'_>) -> bool {
         let mut inner = self.bus.lock();

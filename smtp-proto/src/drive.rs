@@ -115,7 +115,10 @@ pub enum Output<E> {
 }
 
 impl<E> Output<E> {
-    /// The event, or `None` for an instruction (`while let Some(e) = s.poll().event()`).
+    /// The event, or `None` for an instruction (`while let Some(e) =
+    /// s.poll().event()`). The instruction still holds: poll once more
+    /// (it is returned again) and act on it, or the machine may wait for
+    /// nothing (a throttle that never ends, a handshake never started).
     #[inline]
     pub fn event(self) -> Option<E> {
         match self {
@@ -260,7 +263,8 @@ pub trait Drive {
 
     /// Whether [`Drive::poll`] would return an [`Output::Event`] now,
     /// without borrowing the machine (it prepares the event). For async
-    /// loops that return the event they wait for.
+    /// loops that return the event they wait for. Call [`Drive::poll`]
+    /// next: until then the machine takes no input.
     fn has_event(&mut self) -> bool;
 
     /// The next event, or what the driver does next.

@@ -1285,3 +1285,70 @@ fn the_clock_never_goes_back() {
         Some(later + Duration::from_secs(1) + command)
     );
 }
+
+#[test]
+fn a_staged_body_chunk_survives_input_before_poll() {
+    use smtp_proto::server::{Decision, Event, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(cfg()), PeerInfo::default(), now);
+    let feed = |s: &mut Session, bytes: &[u8]| {
+        s.receive(bytes, now);
+        while let Some(ev) = s.poll().event() {
+            if let Some(t) = ev.into_ticket() {
+                s.respond(t, Decision::Accept, now).unwrap();
+            }
+        }
+    };
+    feed(&mut s, b"");
+    feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+    );
+    s.receive(b"hello\r\n", now);
+    // (BodyStart came out with the 354, in `feed`.)
+    assert!(s.has_event(), "the first chunk is staged");
+    // Input before `poll`: refused, and the staged chunk stays intact.
+    assert_eq!(s.receive(b"WORLD\r\n", now), 0);
+    assert!(!s.wants_read());
+    match s.poll().event() {
+        Some(Event::Body(chunk)) => assert_eq!(chunk, b"hello\r\n"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.receive(b"WORLD\r\n", now), 7);
+}
+
+#[test]
+fn a_throttle_shows_in_poll_timeout_and_wants_read() {
+    use smtp_proto::drive::{Instruction, Output};
+    use smtp_proto::server::{Decision, Session};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let mut c = cfg();
+    c.limits.soft_error_limit = 0;
+    c.limits.error_delay = Duration::from_secs(2);
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(c), PeerInfo::default(), now);
+    let t = next_ticket(&mut s);
+    s.respond(t, Decision::Accept, now).unwrap();
+    let n = s.transmit().len();
+    s.transmitted(n);
+    s.receive(b"XYZZY\r\n", now);
+    let until = loop {
+        match s.poll() {
+            Output::Event(_) => {}
+            Output::Instruction(Instruction::Throttle(until)) => break until,
+            Output::Instruction(other) => panic!("not throttled: {other:?}"),
+        }
+    };
+    assert_eq!(until, now + Duration::from_secs(2));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(until),
+        "the throttle's end is a wake-up"
+    );
+    assert!(!s.wants_read(), "nothing is read while throttled");
+    s.handle_timeout(until);
+    assert!(s.wants_read());
+}

@@ -72,9 +72,11 @@ where
         handler: Arc<H>,
     ) -> Self {
         let io_timeout = config.timeouts.command;
+        let tls = peer.tls.is_some();
         let dialer = crate::dial::Dialer::of::<R>();
         let (session, dispatcher) = Dispatcher::start(config, peer, handler, dialer);
-        let link = Link::new(stream, session, io_timeout);
+        let mut link = Link::new(stream, session, io_timeout);
+        link.close_at_end(tls);
         Connection { link, dispatcher }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
-use smtp_proto::client::{Client, ClientEvent};
+use smtp_proto::client::{Client, ClientConfig, ClientEvent};
 
 use crate::link::{Link, Stream, TlsSide};
 use crate::runtime::{Runtime, timeout};
@@ -45,8 +45,9 @@ pub struct DialRequest {
     /// Bounds each connection attempt, every write and the TLS handshake
     /// (the client's own timeouts bound its waits for replies).
     pub timeout: Duration,
-    /// The client, as configured (TLS policy, AUTH, LMTP, …).
-    pub client: Client,
+    /// The client's configuration (TLS policy, AUTH, LMTP, …); the client
+    /// starts once connected, so its greeting timeout counts from then.
+    pub client: ClientConfig,
     /// The STARTTLS settings, when the client may ask for it.
     pub tls: Option<ClientTls>,
 }
@@ -71,8 +72,9 @@ pub trait ClientLink: Send {
     /// Writes what the client holds.
     fn flush(&mut self) -> BoxFuture<'_, io::Result<()>>;
     /// Ends the session without holding up the caller: QUIT where the
-    /// client is still in step, its reply awaited briefly (on a task of the
-    /// runtime, or bounded on the caller's thread), then the connection closes.
+    /// client is still in step, then the connection closes. On an async
+    /// runtime a task of its own (smol: its global executor) awaits the
+    /// reply up to [`QUIT_WAIT`]; on threads QUIT is written, not awaited.
     fn close(self: Box<Self>);
 }
 
@@ -106,14 +108,22 @@ impl Dialer {
     }
 }
 
-/// The addresses `address` (`host:port`) names: a literal needs no lookup;
-/// a name is resolved by the system resolver (the relay's upstream is
-/// usually a literal or `localhost`).
-pub fn resolve(address: &str) -> io::Result<Vec<SocketAddr>> {
+/// The addresses `address` (`host:port`) names. A literal needs no
+/// lookup; a name goes to the system resolver, which blocks, on a thread
+/// of its own (once per connection, never on the runtime's workers).
+pub async fn resolve(address: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Ok(vec![a]);
     }
-    Ok(address.to_socket_addrs()?.collect())
+    let (tx, rx) = futures_channel::oneshot::channel();
+    let name = address.to_owned();
+    std::thread::Builder::new()
+        .name("smtp-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(name.to_socket_addrs().map(Iterator::collect));
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other("the resolver thread ended"))?
 }
 
 /// Tries each address `address` names in turn with `connect` (which bounds
@@ -123,7 +133,7 @@ pub async fn connect_any<T, F: Future<Output = io::Result<T>>>(
     mut connect: impl FnMut(SocketAddr) -> F,
 ) -> io::Result<T> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for a in resolve(address)? {
+    for a in resolve(address).await? {
         match connect(a).await {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
@@ -145,8 +155,8 @@ impl<R: Runtime> Dial for RuntimeDial<R> {
                     .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
             })
             .await?;
-            let mut link =
-                Link::<R, R::TcpStream, Client>::new(Stream::Plain(tcp), req.client, limit);
+            let client = Client::new(req.client, Instant::now());
+            let mut link = Link::<R, R::TcpStream, Client>::new(Stream::Plain(tcp), client, limit);
             link.set_tls(
                 req.tls
                     .map(|t| TlsSide::Connect(TlsConnector::from(t.config), t.name)),

@@ -103,9 +103,10 @@ impl Stoppable for Session {
 
 impl Stoppable for smtp_proto::client::Client {
     fn stop(&mut self, phase: Stop, now: Instant) {
+        // A draining server lets the transaction finish; an aborting one
+        // ends the upstream session at once (the relay then fails with 451).
         if phase == Stop::Abort {
-            // Already closed or quitting: nothing more to send.
-            let _ = self.quit(now);
+            self.abort(now);
         }
     }
 }
@@ -126,6 +127,9 @@ pub struct Link<R: Runtime, S, E> {
     io: IoStep,
     timer: R::Timer,
     io_timeout: Duration,
+    /// Shut the stream down at the end: it is TLS (ours, or a TLS stream
+    /// the caller handed in), which wants its close_notify.
+    close_at_end: bool,
 }
 
 impl<R: Runtime, S, E: std::fmt::Debug> std::fmt::Debug for Link<R, S, E> {
@@ -152,7 +156,14 @@ where
             io: IoStep::default(),
             timer: R::timer(),
             io_timeout,
+            close_at_end: false,
         }
+    }
+
+    /// Shuts the stream down at the end even while it is `Plain` to us (a
+    /// TLS stream of the caller's).
+    pub(crate) fn close_at_end(&mut self, close: bool) {
+        self.close_at_end = close;
     }
 
     pub(crate) fn set_tls(&mut self, tls: Option<TlsSide>) {
@@ -198,7 +209,7 @@ where
     /// After the last flush: closes a TLS stream (close_notify), within
     /// the I/O timeout.
     async fn close_tls(&mut self) {
-        if matches!(self.stream, Stream::Tls(_)) {
+        if self.close_at_end || matches!(self.stream, Stream::Tls(_)) {
             let _ = timeout::<R, _>(self.io_timeout, self.stream.op(|| IoOp::Close)).await;
         }
     }
@@ -321,6 +332,7 @@ pub async fn next_event<D: Driver>(
             return Ok(d.machine().poll().event());
         }
         let Output::Instruction(i) = d.machine().poll() else {
+            debug_assert!(false, "has_event said no event, poll gave one");
             continue;
         };
         if i == Instruction::AwaitingDecision {

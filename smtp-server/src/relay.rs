@@ -388,7 +388,7 @@ impl Conn {
         let request = DialRequest {
             address: up.address.clone(),
             timeout: up.timeout,
-            client: Client::new(config, Instant::now()),
+            client: config,
             tls: up.client_tls()?,
         };
         let link = dialer.connect(request).await.map_err(Failure::Io)?;
@@ -540,6 +540,11 @@ enum Route {
 /// else is relayed when an upstream is given and the recipient is in a
 /// served domain or the client is trusted, else refused with `550 5.7.1`.
 /// Without an upstream, `Router` behaves like [`DomainPolicy`].
+///
+/// The upstream is reached with the session's [`SessionInfo::dialer`]:
+/// every adapter's connection sets it. A [`Dispatcher`](crate::handler::Dispatcher)
+/// driven by hand needs [`Dispatcher::with_dialer`](crate::handler::Dispatcher::with_dialer)
+/// (e.g. `Dialer::of::<R>()` for a kit runtime), or relayed recipients get `451 4.4.1`.
 pub struct Router<L> {
     domains: DomainPolicy<()>,
     local: Option<L>,

@@ -177,3 +177,71 @@ async fn next_event_low_level() {
     assert_eq!(body, b"Subject: m\r\n\r\n.dot\r\n");
     assert_eq!(rcpts.len(), 2);
 }
+
+/// A stream that records whether it was shut down (a stand-in for a TLS
+/// stream the caller terminated itself, whose shutdown sends close_notify).
+struct Recorded {
+    io: tokio::io::DuplexStream,
+    shut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Recorded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_tls_stream_handed_in_is_shut_down_at_the_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let shut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = Recorded {
+        io: ours,
+        shut: shut.clone(),
+    };
+    // `peer.tls` says the stream is TLS already (terminated by the caller).
+    let peer = PeerInfo {
+        tls: Some(Default::default()),
+        ..PeerInfo::default()
+    };
+    let config = Arc::new(Config::new("mx.example"));
+    let conn = smtp_tokio::Connection::new(stream, peer, config, Arc::new(SinkHandler));
+    let task = tokio::spawn(conn.run());
+    theirs.write_all(b"QUIT\r\n").await.unwrap();
+    let mut out = Vec::new();
+    theirs.read_to_end(&mut out).await.unwrap();
+    task.await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&out).ends_with("221 2.0.0 Bye\r\n"));
+    assert!(
+        shut.load(std::sync::atomic::Ordering::SeqCst),
+        "no close_notify"
+    );
+}

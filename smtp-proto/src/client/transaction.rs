@@ -200,6 +200,15 @@ impl Client {
         Ok(())
     }
 
+    /// Ends the session now, without a word (the application is stopping):
+    /// what waits unwritten is dropped, and [`Instruction::Closed`] follows
+    /// with no event. A transaction in progress is abandoned.
+    pub fn abort(&mut self, now: Instant) {
+        self.set_time(now);
+        self.out.clear();
+        self.close();
+    }
+
     /// Ends the session: QUIT once the replies awaited have come. During a
     /// transaction, an AUTH exchange or STARTTLS there is no clean way out:
     /// the client closes at once (the server discards an unfinished

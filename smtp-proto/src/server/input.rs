@@ -8,6 +8,10 @@ impl Session {
     /// Free space to read into; then call [`Session::filled`]. Empty when the
     /// session does not want input now.
     pub fn read_buf(&mut self) -> &mut [u8] {
+        if self.decisions.ready.is_some() {
+            // An event staged by `has_event` points into the buffer.
+            return &mut [];
+        }
         self.apply_release();
         let cap = self.input_capacity();
         self.inb.compact();
@@ -38,7 +42,7 @@ impl Session {
         if new.is_empty() {
             return;
         }
-        self.timing.last_input = now;
+        self.timing.last_input = self.timing.clock.now();
         self.timing.released = false;
         self.note_input(new);
     }
@@ -252,6 +256,11 @@ impl Session {
     }
 
     pub(super) fn apply_release(&mut self) {
+        if self.decisions.ready.is_some() {
+            // A staged event (`has_event`) still points into the buffer:
+            // nothing moves until `poll` has handed it out.
+            return;
+        }
         if self.framing.release > 0 {
             self.inb.consume(self.framing.release);
             self.framing.release = 0;

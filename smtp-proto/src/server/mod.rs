@@ -691,10 +691,14 @@ impl Session {
 
     /// Whether the caller should read from the socket now. False while the
     /// input buffer is full, while replies pile up unread (backpressure),
-    /// during the STARTTLS handshake, and once closed.
+    /// while throttled, while an event staged by [`Session::has_event`]
+    /// waits for [`Session::poll`], during the STARTTLS handshake, and once
+    /// closed.
     #[inline]
     pub fn wants_read(&self) -> bool {
         !matches!(self.phase, Phase::Closed | Phase::StartTls)
+            && self.timing.throttle_until.is_none()
+            && self.decisions.ready.is_none()
             && !self.output_full()
             && self.inb.len() < self.input_capacity()
     }

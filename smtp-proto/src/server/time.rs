@@ -48,16 +48,15 @@ impl Session {
     /// decision is pending or the session is closed.
     ///
     /// Besides the client's deadline, this is the soft deadline after which
-    /// an idle session frees its buffers (`Timeouts::release_idle`).
+    /// an idle session frees its buffers (`Timeouts::release_idle`), and
+    /// the end of a throttle ([`Instruction::Throttle`]).
     #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.decisions.pending.is_some() || self.is_closed() {
             return None;
         }
-        match (self.timing.deadline, self.release_idle_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let t = earliest(self.timing.deadline, self.release_idle_at());
+        earliest(t, self.timing.throttle_until)
     }
 
     /// When the session gives up on the client (`421 4.4.2` and close) if
@@ -77,5 +76,14 @@ impl Session {
 
     pub(super) fn arm_from(&mut self, now: Instant, d: Duration) {
         self.timing.deadline = now.checked_add(d);
+    }
+}
+
+/// The earlier of two optional instants.
+#[inline]
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
