@@ -30,7 +30,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::accept::{Listen, ServerOptions};
-use crate::handler::{Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+use crate::handler::{Body, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 use crate::relay::{Router, Upstream, UpstreamTls};
 use crate::store::{
     DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
@@ -234,6 +234,15 @@ impl Handler for Store {
             Store::Sink(h) => h.rcpt(s, e, to).await,
             Store::Maildir(h) => h.rcpt(s, e, to).await,
             Store::Mbox(h) => h.rcpt(s, e, to).await,
+        }
+    }
+
+    async fn body(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> Body {
+        match self {
+            Store::Debug(h) => h.body(s, e, m).await,
+            Store::Sink(h) => h.body(s, e, m).await,
+            Store::Maildir(h) => h.body(s, e, m).await,
+            Store::Mbox(h) => h.body(s, e, m).await,
         }
     }
 

@@ -53,7 +53,11 @@ use smtp_proto::command::{
 use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Credentials;
-use smtp_proto::server::{CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket};
+use smtp_proto::server::{
+    AbortReason, CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket,
+};
+
+use crate::dial::BoxFuture;
 
 /// What a handler knows about the session when a hook runs.
 #[derive(Debug, Clone, Default)]
@@ -236,6 +240,63 @@ impl Message {
     }
 }
 
+/// What the dispatcher does with a message's body ([`Handler::body`]).
+///
+/// Memory: [`Body::Buffer`] holds the whole message in memory per session
+/// (up to the session's size limit) until [`Handler::message`] returns;
+/// [`Body::Discard`] and [`Body::Stream`] hold none of it.
+pub enum Body {
+    /// Keep the whole message and call [`Handler::message`] with it (the
+    /// default: the whole-message form, for parsed MIME or Python smtpd's
+    /// `process_message` style). Costs the message's size in memory.
+    Buffer,
+    /// Keep none of it: [`Handler::message`] gets an empty `data` (the id
+    /// and trace are still there). For sinks and counters.
+    Discard,
+    /// Write it as it arrives into this sink; at the end the sink, not
+    /// [`Handler::message`], decides.
+    Stream(Box<dyn BodySink>),
+    /// Refuse the message: the body is read and dropped, and this reply
+    /// answers its end.
+    Refuse(Reply),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Buffer => f.write_str("Buffer"),
+            Body::Discard => f.write_str("Discard"),
+            Body::Stream(_) => f.write_str("Stream"),
+            Body::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
+        }
+    }
+}
+
+/// Where a streamed body goes as it arrives ([`Body::Stream`]).
+///
+/// The session reads nothing more from the client while a
+/// [`BodySink::write`] is pending: a slow disk or upstream slows the
+/// client instead of filling memory. Dropping a sink without
+/// [`BodySink::finish`] must count as [`BodySink::abort`].
+pub trait BodySink: Send {
+    /// The next chunk, dot-unstuffed, in order (the trace header is not
+    /// part of it: write [`Message::trace`] first). An `Err` refuses the
+    /// message: the sink is aborted, the rest of the body is dropped, and
+    /// the reply answers its end.
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>>;
+
+    /// The body is complete and passed every check: make it durable, then
+    /// decide (per recipient in LMTP). `message` has the id and the trace
+    /// (its `data` is empty: the body went to the sink); record where it
+    /// went with [`Message::record_delivery`].
+    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision>;
+
+    /// The body was cut off (too big, a bad line ending, a disconnect, a
+    /// timeout, a shutdown) or refused: nothing of it may be delivered;
+    /// remove what was written.
+    fn abort(self: Box<Self>, reason: AbortReason);
+}
+
 /// The answer to a message: one decision for all, or one per recipient
 /// (LMTP; in SMTP one refusal refuses the message for everyone, since
 /// SMTP cannot answer per recipient after the body).
@@ -326,6 +387,19 @@ pub trait Handler: Send + Sync + 'static {
         async { Decision::Reply(Reply::AUTH_FAILED) }
     }
 
+    /// A message's body starts: how to take it ([`Body`]). `message` holds
+    /// the id and the trace header (`data` is empty). The default,
+    /// [`Body::Buffer`], keeps the whole message for [`Handler::message`].
+    fn body(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> impl Future<Output = Body> + Send {
+        let _ = (session, envelope, message);
+        async { Body::Buffer }
+    }
+
     /// A complete message (Tcl smtpd's `deliver`, Python smtpd's
     /// `process_message`). Store it durably before accepting: a 250 means
     /// the message is safe. It is shared (`Arc`) so a handler can move it to
@@ -374,6 +448,7 @@ macro_rules! hooks {
             rcpt(session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision;
             verify(session: &SessionInfo, arg: &str, expand: bool) -> Decision;
             auth(session: &SessionInfo, credentials: &Credentials) -> Decision;
+            body(session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body;
             message(session: &SessionInfo, envelope: &Envelope, message: &Arc<Message>)
                 -> MessageDecision;
         }
@@ -472,6 +547,9 @@ pub struct Dispatcher<H> {
     info: SessionInfo,
     envelope: Envelope,
     body: Vec<u8>,
+    /// Where the current body goes, and its message (id, trace) once started.
+    target: Target,
+    message: Option<Message>,
     /// Messages that reached their end in this session (for the
     /// per-message `Received:` id).
     messages: u64,
@@ -481,6 +559,25 @@ pub struct Dispatcher<H> {
     end: fn(&H, &SessionInfo, CloseReason),
 }
 
+/// Where the dispatcher puts the current body.
+enum Target {
+    Buffer,
+    Discard,
+    Stream(Box<dyn BodySink>),
+    Refused(Reply),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Buffer => "Buffer",
+            Target::Discard => "Discard",
+            Target::Stream(_) => "Stream",
+            Target::Refused(_) => "Refused",
+        })
+    }
+}
+
 /// The one cleanup path (issue 12 item 11): however a session ends (QUIT,
 /// timeout, reset, a failed read or write, a TLS failure, shutdown, a
 /// panic, a dropped task), the handler sees [`Handler::disconnect`] exactly
@@ -488,11 +585,21 @@ pub struct Dispatcher<H> {
 /// [`CloseReason::ConnectionLost`].
 impl<H> Drop for Dispatcher<H> {
     fn drop(&mut self) {
+        self.abort_body(AbortReason::Disconnected);
         self.end_once(CloseReason::ConnectionLost);
     }
 }
 
 impl<H> Dispatcher<H> {
+    /// Ends the current body's target: a sink is aborted (nothing of the
+    /// body is delivered); the next body starts from the buffer.
+    fn abort_body(&mut self, reason: AbortReason) {
+        if let Target::Stream(sink) = std::mem::replace(&mut self.target, Target::Buffer) {
+            sink.abort(reason);
+        }
+        self.message = None;
+    }
+
     /// Calls [`Handler::disconnect`] unless it was called already.
     fn end_once(&mut self, reason: CloseReason) {
         if std::mem::replace(&mut self.closed, true) {
@@ -516,6 +623,8 @@ impl<H: Handler> Dispatcher<H> {
             },
             envelope: Envelope::default(),
             body: Vec::new(),
+            target: Target::Buffer,
+            message: None,
             messages: 0,
             closed: false,
             end: |h, info, reason| h.disconnect(info, reason),
@@ -625,36 +734,52 @@ impl<H: Handler> Dispatcher<H> {
                     let d = guarded(self.handler.auth(&self.info, &credentials)).await;
                     self.answer(s, ticket, d);
                 }
-                Event::BodyStart { .. } => self.recycle_body(),
-                Event::Body(chunk) => self.body.extend_from_slice(chunk),
-                Event::MessageEnd { ticket, .. } => {
-                    let (ts, _) = unix_now();
-                    let only = match self.envelope.recipients.as_slice() {
-                        [one] => Some(one.address.as_str()),
-                        _ => None,
+                Event::BodyStart { .. } => {
+                    self.recycle_body();
+                    self.abort_body(AbortReason::Refused);
+                    let message = self.new_message(s);
+                    let body = guarded(self.handler.body(&self.info, &self.envelope, &message));
+                    self.target = match body.await {
+                        Some(Body::Buffer) => Target::Buffer,
+                        Some(Body::Discard) => Target::Discard,
+                        Some(Body::Stream(sink)) => Target::Stream(sink),
+                        Some(Body::Refuse(r)) => Target::Refused(r),
+                        None => Target::Refused(Reply::INTERNAL_ERROR),
                     };
-                    self.messages += 1;
-                    let wants_trace = self.handler.wants_trace();
-                    // Per message: the session id and the message's number
-                    // (not built for a sink whose log line is off: it is the
-                    // largest cost of a message there after the parsing).
-                    let id = if wants_trace || log_enabled() {
-                        format!("{}-{}", self.info.id, self.messages)
-                    } else {
-                        String::new()
+                    self.message = Some(message);
+                }
+                Event::Body(chunk) => match &mut self.target {
+                    Target::Buffer => self.body.extend_from_slice(chunk),
+                    Target::Stream(sink) => {
+                        let written = AssertUnwindSafe(sink.write(chunk)).catch_unwind().await;
+                        if let Err(refusal) = written.unwrap_or(Err(Reply::INTERNAL_ERROR)) {
+                            self.abort_body(AbortReason::Refused);
+                            self.target = Target::Refused(refusal);
+                        }
+                    }
+                    Target::Discard | Target::Refused(_) => {}
+                },
+                Event::MessageEnd { ticket, size, .. } => {
+                    let mut message = match self.message.take() {
+                        Some(m) => m,
+                        None => self.new_message(s),
                     };
-                    let trace = if wants_trace {
-                        s.received_header(Some(&id), only, ts, 0)
-                    } else {
-                        Vec::new()
-                    };
-                    let mut message = Message::new(std::mem::take(&mut self.body), trace);
-                    message.id = id;
+                    let target = std::mem::replace(&mut self.target, Target::Buffer);
+                    if matches!(target, Target::Buffer) {
+                        message.data = std::mem::take(&mut self.body);
+                    }
                     let message = Arc::new(message);
                     let envelope = std::mem::take(&mut self.envelope);
-                    let d = guarded(self.handler.message(&self.info, &envelope, &message)).await;
-                    let logged = log_enabled()
-                        .then(|| (message.id.clone(), message.data.len(), message.deliveries()));
+                    let d = match target {
+                        Target::Buffer | Target::Discard => {
+                            guarded(self.handler.message(&self.info, &envelope, &message)).await
+                        }
+                        Target::Stream(sink) => guarded(sink.finish(message.clone())).await,
+                        Target::Refused(r) => Some(MessageDecision::All(Decision::Reply(r))),
+                    };
+                    let size = usize::try_from(size).unwrap_or(usize::MAX);
+                    let logged =
+                        log_enabled().then(|| (message.id.clone(), size, message.deliveries()));
                     // Reuse a small body buffer when the handler kept no
                     // reference; a large one is freed now, not when the
                     // session ends.
@@ -688,16 +813,19 @@ impl<H: Handler> Dispatcher<H> {
                     if log_enabled() {
                         log_aborted(&self.info, &self.envelope, self.body.len(), reason);
                     }
+                    self.abort_body(reason);
                     self.recycle_body();
                     self.envelope = Envelope::default();
                 }
                 Event::Reset => {
+                    self.abort_body(AbortReason::Refused);
                     self.recycle_body();
                     self.envelope = Envelope::default();
                 }
                 Event::Violation(v) => tracing::info!(violation = ?v, "protocol violation"),
                 Event::Closing(reason) => {
                     tracing::debug!(?reason, "session closing");
+                    self.abort_body(AbortReason::Disconnected);
                     if !self.closed {
                         self.info.refresh(s);
                         self.end_once(reason);
@@ -705,6 +833,34 @@ impl<H: Handler> Dispatcher<H> {
                 }
             }
         }
+    }
+
+    /// The message whose body starts now: its per-session id and trace
+    /// header (the time of receipt is the body's start).
+    fn new_message(&mut self, s: &Session) -> Message {
+        let (ts, _) = unix_now();
+        let only = match self.envelope.recipients.as_slice() {
+            [one] => Some(one.address.as_str()),
+            _ => None,
+        };
+        self.messages += 1;
+        let wants_trace = self.handler.wants_trace();
+        // Per message: the session id and the message's number (not built
+        // for a sink whose log line is off: it is the largest cost of a
+        // message there after the parsing).
+        let id = if wants_trace || log_enabled() {
+            format!("{}-{}", self.info.id, self.messages)
+        } else {
+            String::new()
+        };
+        let trace = if wants_trace {
+            s.received_header(Some(&id), only, ts, 0)
+        } else {
+            Vec::new()
+        };
+        let mut message = Message::new(Vec::new(), trace);
+        message.id = id;
+        message
     }
 
     /// Empties the body buffer, keeping its allocation only if it is small

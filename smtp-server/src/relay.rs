@@ -57,7 +57,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::dial::{ClientLink, ClientTls, DialRequest, Dialer};
 
 use crate::handler::{
-    Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
+    Body, Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
 };
 use crate::store::DomainPolicy;
 use smtp_proto::client::{
@@ -1004,6 +1004,14 @@ impl<L: Handler> Handler for Router<L> {
             state.routes.push(route);
         }
         decision
+    }
+
+    async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
+        match &self.local {
+            // Relayed bodies are sent upstream whole for now.
+            Some(l) if self.upstream.is_none() => l.body(session, envelope, message).await,
+            _ => Body::Buffer,
+        }
     }
 
     async fn verify(&self, session: &SessionInfo, arg: &str, expand: bool) -> Decision {

@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::handler::{Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo};
+use crate::handler::{
+    Body, Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo,
+};
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::sasl::Credentials;
 use smtp_proto::server::Decision;
@@ -319,6 +321,11 @@ pub struct SinkHandler;
 impl Handler for SinkHandler {
     fn wants_trace(&self) -> bool {
         false
+    }
+
+    /// No byte of a body is kept (memory stays flat whatever the size).
+    async fn body(&self, _: &SessionInfo, _: &Envelope, _: &Message) -> Body {
+        Body::Discard
     }
 }
 
