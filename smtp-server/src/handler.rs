@@ -548,7 +548,7 @@ pub struct Dispatcher<H> {
     envelope: Envelope,
     body: Vec<u8>,
     /// Where the current body goes, and its message (id, trace) once started.
-    target: Target,
+    target: Body,
     message: Option<Message>,
     /// Messages that reached their end in this session (for the
     /// per-message `Received:` id).
@@ -557,25 +557,6 @@ pub struct Dispatcher<H> {
     /// [`Handler::disconnect`], kept so that `Drop` (which cannot require
     /// `H: Handler`) can call it.
     end: fn(&H, &SessionInfo, CloseReason),
-}
-
-/// Where the dispatcher puts the current body.
-enum Target {
-    Buffer,
-    Discard,
-    Stream(Box<dyn BodySink>),
-    Refused(Reply),
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Target::Buffer => "Buffer",
-            Target::Discard => "Discard",
-            Target::Stream(_) => "Stream",
-            Target::Refused(_) => "Refused",
-        })
-    }
 }
 
 /// The one cleanup path (issue 12 item 11): however a session ends (QUIT,
@@ -594,7 +575,7 @@ impl<H> Dispatcher<H> {
     /// Ends the current body's target: a sink is aborted (nothing of the
     /// body is delivered); the next body starts from the buffer.
     fn abort_body(&mut self, reason: AbortReason) {
-        if let Target::Stream(sink) = std::mem::replace(&mut self.target, Target::Buffer) {
+        if let Body::Stream(sink) = std::mem::replace(&mut self.target, Body::Buffer) {
             sink.abort(reason);
         }
         self.message = None;
@@ -623,7 +604,7 @@ impl<H: Handler> Dispatcher<H> {
             },
             envelope: Envelope::default(),
             body: Vec::new(),
-            target: Target::Buffer,
+            target: Body::Buffer,
             message: None,
             messages: 0,
             closed: false,
@@ -739,43 +720,37 @@ impl<H: Handler> Dispatcher<H> {
                     self.abort_body(AbortReason::Refused);
                     let message = self.new_message(s);
                     let body = guarded(self.handler.body(&self.info, &self.envelope, &message));
-                    self.target = match body.await {
-                        Some(Body::Buffer) => Target::Buffer,
-                        Some(Body::Discard) => Target::Discard,
-                        Some(Body::Stream(sink)) => Target::Stream(sink),
-                        Some(Body::Refuse(r)) => Target::Refused(r),
-                        None => Target::Refused(Reply::INTERNAL_ERROR),
-                    };
+                    self.target = body.await.unwrap_or(Body::Refuse(Reply::INTERNAL_ERROR));
                     self.message = Some(message);
                 }
                 Event::Body(chunk) => match &mut self.target {
-                    Target::Buffer => self.body.extend_from_slice(chunk),
-                    Target::Stream(sink) => {
+                    Body::Buffer => self.body.extend_from_slice(chunk),
+                    Body::Stream(sink) => {
                         let written = AssertUnwindSafe(sink.write(chunk)).catch_unwind().await;
                         if let Err(refusal) = written.unwrap_or(Err(Reply::INTERNAL_ERROR)) {
                             self.abort_body(AbortReason::Refused);
-                            self.target = Target::Refused(refusal);
+                            self.target = Body::Refuse(refusal);
                         }
                     }
-                    Target::Discard | Target::Refused(_) => {}
+                    Body::Discard | Body::Refuse(_) => {}
                 },
                 Event::MessageEnd { ticket, size, .. } => {
                     let mut message = match self.message.take() {
                         Some(m) => m,
                         None => self.new_message(s),
                     };
-                    let target = std::mem::replace(&mut self.target, Target::Buffer);
-                    if matches!(target, Target::Buffer) {
+                    let target = std::mem::replace(&mut self.target, Body::Buffer);
+                    if matches!(target, Body::Buffer) {
                         message.data = std::mem::take(&mut self.body);
                     }
                     let message = Arc::new(message);
                     let envelope = std::mem::take(&mut self.envelope);
                     let d = match target {
-                        Target::Buffer | Target::Discard => {
+                        Body::Buffer | Body::Discard => {
                             guarded(self.handler.message(&self.info, &envelope, &message)).await
                         }
-                        Target::Stream(sink) => guarded(sink.finish(message.clone())).await,
-                        Target::Refused(r) => Some(MessageDecision::All(Decision::Reply(r))),
+                        Body::Stream(sink) => guarded(sink.finish(message.clone())).await,
+                        Body::Refuse(r) => Some(MessageDecision::All(Decision::Reply(r))),
                     };
                     let size = usize::try_from(size).unwrap_or(usize::MAX);
                     let logged =
