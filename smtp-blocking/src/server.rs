@@ -3,7 +3,6 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 #[cfg(unix)]
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +11,8 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
+#[cfg(unix)]
+use smtp_server::accept::SocketFile;
 use smtp_server::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
     SessionConfigs, Slot, Stop,
@@ -86,7 +87,10 @@ impl<H: Handler> Server<H> {
                 Listen::Unix(p) => {
                     let unix = smtp_server::accept::bind_unix(p, o.unix_mode)?;
                     unix.set_nonblocking(true)?;
-                    Listener::Unix(mio::net::UnixListener::from_std(unix), p.clone())
+                    Listener::Unix {
+                        listener: mio::net::UnixListener::from_std(unix),
+                        _file: SocketFile(p.clone()),
+                    }
                 }
                 #[cfg(not(unix))]
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
@@ -94,7 +98,7 @@ impl<H: Handler> Server<H> {
             let source: &mut dyn mio::event::Source = match &mut listener {
                 Listener::Tcp { tcp, .. } => tcp,
                 #[cfg(unix)]
-                Listener::Unix(u, _) => u,
+                Listener::Unix { listener: u, .. } => u,
             };
             poll.registry()
                 .register(source, Token(i), Interest::READABLE)?;
@@ -135,7 +139,11 @@ enum Listener {
         tls: bool,
     },
     #[cfg(unix)]
-    Unix(mio::net::UnixListener, PathBuf),
+    /// Its socket file goes with it (a drop guard).
+    Unix {
+        listener: mio::net::UnixListener,
+        _file: SocketFile,
+    },
 }
 
 /// An accepted stream, back in blocking mode.
@@ -155,7 +163,7 @@ impl Listener {
                 Ok(Accepted::Tcp(s, a, *tls))
             }
             #[cfg(unix)]
-            Listener::Unix(u, _) => {
+            Listener::Unix { listener: u, .. } => {
                 let s = std::os::unix::net::UnixStream::from(u.accept()?.0);
                 s.set_nonblocking(false)?;
                 Ok(Accepted::Unix(s))
@@ -252,14 +260,8 @@ impl<H: Handler> BoundServer<H> {
         }
         tracing::info!(sessions = self.bus.sessions(), "shutting down");
         self.pool.close();
-        for l in self.listeners.drain(..) {
-            #[cfg(unix)]
-            if let Listener::Unix(_, path) = l {
-                let _ = std::fs::remove_file(path);
-            }
-            #[cfg(not(unix))]
-            drop(l);
-        }
+        // Unix listeners remove their socket files as they go.
+        self.listeners.clear();
         self.bus.set(Stop::Drain);
         if !self.bus.wait_idle(self.grace) {
             tracing::info!(

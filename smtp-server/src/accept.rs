@@ -759,6 +759,19 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// A Unix-domain socket's path, removed when the listener is dropped (the
+/// end of a server, or a failed bind of another listener).
+#[cfg(unix)]
+#[derive(Debug)]
+pub struct SocketFile(pub std::path::PathBuf);
+
+#[cfg(unix)]
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds a Unix-domain listener at `path`; with `mode` (e.g. `0o660`),
 /// its socket file has exactly that mode before anyone can connect
 /// (issue 12 item 28: Postfix's LMTP client, not root, must be able to).

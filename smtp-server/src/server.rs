@@ -5,7 +5,6 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,6 +17,8 @@ use futures_util::task::AtomicWaker;
 use smtp_proto::reply::Reply;
 use smtp_proto::server::PeerInfo;
 
+#[cfg(unix)]
+use crate::accept::SocketFile;
 use crate::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
     SessionConfigs, Slot, Stop, StopSignal, implicit_tls_outcome, tls_info,
@@ -104,7 +105,10 @@ impl<R: Runtime, H: Handler> Server<R, H> {
                 #[cfg(unix)]
                 Listen::Unix(p) => {
                     let unix = R::unix_listener(crate::accept::bind_unix(p, o.unix_mode)?)?;
-                    listeners.push(Listener::Unix(unix, p.clone()));
+                    listeners.push(Listener::Unix {
+                        listener: unix,
+                        _file: SocketFile(p.clone()),
+                    });
                 }
                 #[cfg(not(unix))]
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
@@ -154,7 +158,11 @@ enum Listener<R: Runtime> {
         tls: bool,
     },
     #[cfg(unix)]
-    Unix(R::UnixListener, PathBuf),
+    /// Its socket file goes with it (a drop guard).
+    Unix {
+        listener: R::UnixListener,
+        _file: SocketFile,
+    },
 }
 
 /// An accepted stream, before it becomes a [`Connection`].
@@ -295,7 +303,9 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
                         Listener::Tcp { tcp, tls } => R::poll_accept_tcp(tcp, cx)
                             .map_ok(|(s, a)| Accepted::<R>::Tcp(s, a, *tls)),
                         #[cfg(unix)]
-                        Listener::Unix(u, _) => R::poll_accept_unix(u, cx).map_ok(Accepted::Unix),
+                        Listener::Unix { listener: u, .. } => {
+                            R::poll_accept_unix(u, cx).map_ok(Accepted::Unix)
+                        }
                     };
                     if r.is_ready() {
                         next = i + 1;
@@ -316,14 +326,8 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
         }
         let control = &self.shared.control;
         tracing::info!(sessions = control.live(), "shutting down");
-        for l in self.listeners.drain(..) {
-            #[cfg(unix)]
-            if let Listener::Unix(_, path) = l {
-                let _ = std::fs::remove_file(path);
-            }
-            #[cfg(not(unix))]
-            drop(l);
-        }
+        // Unix listeners remove their socket files as they go.
+        self.listeners.clear();
         if done.is_canceled() {
             // Nobody waits for the result: drop every session now.
             control.kill();
