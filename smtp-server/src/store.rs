@@ -20,15 +20,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
+
 use crate::handler::{
-    Body, Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo,
+    Body, BodySink, Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo,
 };
+use smtp_proto::server::AbortReason;
+use spool::{LfLines, Spool, SpoolFile, Spooled};
+
+mod spool;
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::sasl::Credentials;
 use smtp_proto::server::Decision;
@@ -165,42 +171,6 @@ fn create_dirs_synced(dirs: &[PathBuf], sync: &DirSync) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `data` with CRLF line ends turned into LF (a lone CR stays),
-/// prefixing `>` to the lines `quote` picks. With `close`, a last line
-/// without a line end gets one (its trailing CR dropped); without, it is
-/// written as it is. Maildir, mbox and the debug printer all use this.
-fn write_lf_lines(
-    w: &mut impl Write,
-    data: &[u8],
-    quote: impl Fn(&[u8]) -> bool,
-    close: bool,
-) -> io::Result<()> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let (line, next, ended) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..], true),
-            None => (rest, &[][..], false),
-        };
-        if quote(line) {
-            w.write_all(b">")?;
-        }
-        if ended || close {
-            w.write_all(line.strip_suffix(b"\r").unwrap_or(line))?;
-            w.write_all(b"\n")?;
-        } else {
-            w.write_all(line)?;
-        }
-        rest = next;
-    }
-    Ok(())
-}
-
-/// [`write_lf_lines`] into a buffer, every line closed.
-fn push_lf_lines(out: &mut Vec<u8>, data: &[u8], quote: impl Fn(&[u8]) -> bool) {
-    // Writing to a Vec cannot fail.
-    let _ = write_lf_lines(out, data, quote, true);
-}
-
 /// This machine's host name (for Maildir file names and default identities).
 pub fn local_hostname() -> String {
     let name = gethostname::gethostname().to_string_lossy().into_owned();
@@ -267,7 +237,15 @@ impl DebugHandler {
 
     /// The text printed for one message.
     pub fn format(session: &SessionInfo, envelope: &Envelope, message: &Message) -> Vec<u8> {
-        let mut v = Vec::with_capacity(message.data.len() + 256);
+        let mut v = DebugHandler::head(session, envelope);
+        LfLines::convert(&message.data, false, &mut v);
+        v.extend_from_slice(DEBUG_FOOTER);
+        v
+    }
+
+    /// What is printed before the message's lines.
+    fn head(session: &SessionInfo, envelope: &Envelope) -> Vec<u8> {
+        let mut v = Vec::with_capacity(256);
         v.extend_from_slice(b"---------- MESSAGE FOLLOWS ----------\n");
         if let Some(addr) = session.peer.remote {
             v.extend_from_slice(format!("X-Peer: {}\n", addr.ip()).as_bytes());
@@ -275,9 +253,84 @@ impl DebugHandler {
         v.extend_from_slice(format!("X-MailFrom: {}\n", envelope.from).as_bytes());
         let rcpts: Vec<&str> = envelope.recipient_addresses().collect();
         v.extend_from_slice(format!("X-RcptTo: {}\n\n", rcpts.join(", ")).as_bytes());
-        push_lf_lines(&mut v, &message.data, |_| false);
-        v.extend_from_slice(b"------------ END MESSAGE ------------\n");
         v
+    }
+}
+
+/// What is printed after a message's lines.
+const DEBUG_FOOTER: &[u8] = b"------------ END MESSAGE ------------\n";
+
+/// A message on its way to a [`DebugHandler`]'s output: spooled (in
+/// memory, then a temporary file) and printed whole at its end, under the
+/// output's lock, so concurrent messages never interleave.
+struct DebugSink {
+    spool: Spool<File>,
+    out: SharedWriter,
+    session: String,
+}
+
+impl BodySink for DebugSink {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+        Box::pin(spool_write(&mut self.spool, chunk, &self.session))
+    }
+
+    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+        let DebugSink {
+            spool,
+            out,
+            session,
+        } = *self;
+        let spooled = spool.end(true, DEBUG_FOOTER);
+        Box::pin(async move {
+            let res = blocking::unblock(move || {
+                let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
+                spooled.copy_to(&mut *w)?;
+                w.flush()
+            })
+            .await;
+            match res {
+                Ok(()) => {
+                    message.record_delivery("printed");
+                    Decision::Accept.into()
+                }
+                Err(e) => {
+                    tracing::error!(session = %session, error = %e, "debug handler could not print a message");
+                    Reply::TEMPORARY_FAILURE.into()
+                }
+            }
+        })
+    }
+
+    /// The spool's temporary file goes with it.
+    fn abort(self: Box<Self>, _: AbortReason) {}
+}
+
+/// One chunk into a store's spool; a failed write is logged and refuses
+/// the message (`452` for a full disk or quota, `451 4.3.0` otherwise).
+async fn spool_write<T: SpoolFile>(
+    spool: &mut Spool<T>,
+    chunk: &[u8],
+    session: &str,
+) -> Result<(), Reply> {
+    spool.write(chunk).await.map_err(|e| {
+        tracing::error!(session = %session, error = %e, "could not spool a message");
+        write_failure(&e)
+    })
+}
+
+/// The whole-message form ([`Handler::message`]) of a streaming store:
+/// the message's bytes through the sink its `body` hook makes.
+async fn through_sink(body: Body, message: &Arc<Message>) -> MessageDecision {
+    match body {
+        Body::Stream(mut sink) => {
+            if let Err(refusal) = sink.write(&message.data).await {
+                sink.abort(AbortReason::Refused);
+                return refusal.into();
+            }
+            sink.finish(message.clone()).await
+        }
+        Body::Refuse(refusal) => refusal.into(),
+        _ => Reply::TEMPORARY_FAILURE.into(),
     }
 }
 
@@ -287,30 +340,27 @@ impl Handler for DebugHandler {
         false
     }
 
+    /// Spooled (a temporary file past 64 KiB), printed at the end.
+    async fn body(&self, session: &SessionInfo, envelope: &Envelope, _: &Message) -> Body {
+        let spool = Spool::new(
+            DebugHandler::head(session, envelope),
+            false,
+            spool::anonymous_in(None),
+        );
+        Body::Stream(Box::new(DebugSink {
+            spool,
+            out: self.out.clone(),
+            session: session.id.clone(),
+        }))
+    }
+
     async fn message(
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        let text = DebugHandler::format(session, envelope, message);
-        let out = self.out.clone();
-        let res = blocking::unblock(move || {
-            let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-            w.write_all(&text)?;
-            w.flush()
-        })
-        .await;
-        match res {
-            Ok(()) => {
-                message.record_delivery("printed");
-                Decision::Accept.into()
-            }
-            Err(e) => {
-                tracing::error!(session = %session.id, error = %e, "debug handler could not print a message");
-                Reply::TEMPORARY_FAILURE.into()
-            }
-        }
+        through_sink(self.body(session, envelope, message).await, message).await
     }
 }
 
@@ -421,30 +471,104 @@ impl Copy {
             self.dir.join("new").join(&self.name).display()
         )
     }
+
+    /// Its file in `tmp/`.
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join("tmp").join(&self.name)
+    }
 }
 
-/// Writes `c` into its `tmp/` (creating the mailbox as needed) and syncs
-/// it; returns the file. On failure nothing is left in `tmp/`.
-fn write_tmp(c: &Copy, message: &Message, sync: &DirSync) -> io::Result<PathBuf> {
-    let subs = ["tmp", "new", "cur"].map(|sub| c.dir.join(sub));
-    create_dirs_synced(&subs, sync)?;
-    let tmp = c.dir.join("tmp").join(&c.name);
-    let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+/// An `io::Error` like `e` (one failure answering several copies).
+fn same_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// Where a Maildir body is spooled as it arrives: the `tmp/` file of the
+/// first copy whose mailbox could be made, that copy's head written first.
+struct Placed {
+    file: File,
+    at: usize,
+    /// Per copy: why its mailbox could not be made (LMTP only: in SMTP
+    /// that fails the message at once).
+    failed: Vec<Option<io::Error>>,
+}
+
+impl SpoolFile for Placed {
+    fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Makes every copy's mailbox (syncing the directories that changed) and
+/// opens the spool in the first one that works. `gone` is set when the
+/// message was aborted meanwhile: then nothing is left behind.
+fn place(copies: &[Copy], lmtp: bool, sync: &DirSync, gone: &AtomicBool) -> io::Result<Placed> {
+    let mut failed: Vec<Option<io::Error>> = Vec::with_capacity(copies.len());
+    for c in copies {
+        let subs = ["tmp", "new", "cur"].map(|sub| c.dir.join(sub));
+        match create_dirs_synced(&subs, sync) {
+            Ok(()) => failed.push(None),
+            Err(e) if lmtp => failed.push(Some(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    for (at, c) in copies.iter().enumerate() {
+        if failed[at].is_some() {
+            continue;
+        }
+        let path = c.tmp_path();
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if lmtp => {
+                failed[at] = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let res = if gone.load(Ordering::SeqCst) {
+            Err(io::Error::other("message aborted"))
+        } else {
+            (&file).write_all(&c.head)
+        };
+        if let Err(e) = res {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        return Ok(Placed { file, at, failed });
+    }
+    Err(failed
+        .iter_mut()
+        .find_map(Option::take)
+        .unwrap_or_else(|| io::Error::other("no mailbox")))
+}
+
+/// Writes copy `c` into its `tmp/` from the spool's body (the bytes from
+/// `from` on, after the spool's own head) and syncs it; on failure
+/// nothing is left in `tmp/`.
+fn copy_tmp(c: &Copy, mut spool: &File, from: u64) -> io::Result<PathBuf> {
+    let path = c.tmp_path();
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
     let res = (|| {
-        let mut w = BufWriter::with_capacity(64 * 1024, &f);
-        w.write_all(&c.head)?;
-        write_lf_lines(&mut w, &message.trace, |_| false, false)?;
-        write_lf_lines(&mut w, &message.data, |_| false, false)?;
-        w.flush()?;
-        drop(w);
+        (&f).write_all(&c.head)?;
+        spool.seek(SeekFrom::Start(from))?;
+        io::copy(&mut spool, &mut &f)?;
         f.sync_all()
     })();
     if let Err(e) = res {
         drop(f);
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&path);
         return Err(e);
     }
-    Ok(tmp)
+    Ok(path)
 }
 
 /// Moves a synced `tmp` file into `new/` and syncs `new/`; returns the
@@ -469,72 +593,188 @@ fn unpublish(new: &Path, sync: &DirSync) {
     let _ = sync.sync(parent_dir(new));
 }
 
-/// Delivers every copy or none (SMTP: one answer for the message).
-fn deliver_all(copies: &[Copy], message: &Message, sync: &DirSync) -> io::Result<()> {
-    let mut tmps: Vec<PathBuf> = Vec::with_capacity(copies.len());
+/// Removes whatever `tmp/` files a message's copies may have.
+fn remove_tmps(copies: &[Copy]) {
     for c in copies {
-        match write_tmp(c, message, sync) {
-            Ok(t) => tmps.push(t),
+        let _ = fs::remove_file(c.tmp_path());
+    }
+}
+
+/// Makes a spooled message durable: the spool is synced, copied for every
+/// other mailbox (each copy has its own `Delivered-To:`, so a copy rather
+/// than a link), and each copy moved into `new/`, which is then synced.
+/// One outcome per copy: in SMTP all or none are delivered (a failure
+/// takes back what was moved); in LMTP each copy fares on its own.
+fn deliver(
+    spooled: Spooled<Placed>,
+    copies: &[Copy],
+    lmtp: bool,
+    sync: &DirSync,
+) -> Vec<io::Result<()>> {
+    let all = |e: &io::Error| copies.iter().map(|_| Err(same_error(e))).collect();
+    let placed = match spooled
+        .into_file()
+        .and_then(|p| p.file.sync_all().map(|()| p))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            remove_tmps(copies);
+            return all(&e);
+        }
+    };
+    let Placed {
+        file,
+        at,
+        mut failed,
+    } = placed;
+    let mut tmps: Vec<Option<PathBuf>> = copies.iter().map(|_| None).collect();
+    tmps[at] = Some(copies[at].tmp_path());
+    let from = copies[at].head.len() as u64;
+    for (i, c) in copies.iter().enumerate() {
+        if i == at || failed[i].is_some() {
+            continue;
+        }
+        match copy_tmp(c, &file, from) {
+            Ok(p) => tmps[i] = Some(p),
+            Err(e) if lmtp => failed[i] = Some(e),
             Err(e) => {
-                for t in &tmps {
-                    let _ = fs::remove_file(t);
-                }
-                return Err(e);
+                remove_tmps(copies);
+                return all(&e);
             }
         }
     }
+    drop(file);
+    if lmtp {
+        return copies
+            .iter()
+            .zip(tmps)
+            .zip(failed)
+            .map(|((c, tmp), failed)| match (failed, tmp) {
+                (Some(e), _) => Err(e),
+                (None, Some(tmp)) => publish(c, &tmp, sync).map(drop),
+                (None, None) => Err(io::Error::other("not written")),
+            })
+            .collect();
+    }
     let mut moved: Vec<PathBuf> = Vec::with_capacity(copies.len());
-    for (i, (c, tmp)) in copies.iter().zip(&tmps).enumerate() {
-        match publish(c, tmp, sync) {
+    for (c, tmp) in copies.iter().zip(&tmps) {
+        let res = match tmp {
+            Some(tmp) => publish(c, tmp, sync),
+            None => Err(io::Error::other("not written")),
+        };
+        match res {
             Ok(new) => moved.push(new),
             Err(e) => {
-                for t in &tmps[i + 1..] {
-                    let _ = fs::remove_file(t);
-                }
+                remove_tmps(copies);
                 for new in &moved {
                     unpublish(new, sync);
                 }
-                return Err(e);
+                return all(&e);
             }
         }
     }
-    Ok(())
+    copies.iter().map(|_| Ok(())).collect()
 }
 
-/// Delivers each copy on its own (LMTP): one outcome per copy.
-fn deliver_each(copies: &[Copy], message: &Message, sync: &DirSync) -> Vec<io::Result<PathBuf>> {
-    copies
-        .iter()
-        .map(|c| {
-            let tmp = write_tmp(c, message, sync)?;
-            publish(c, &tmp, sync)
-        })
-        .collect()
+/// A message on its way into Maildirs ([`MaildirHandler`]): the body is
+/// spooled into the first mailbox's `tmp/` file as it arrives (64 KiB at
+/// a time), and delivered ([`deliver`]) at its end.
+struct MaildirSink {
+    copies: Arc<Vec<Copy>>,
+    /// Per recipient: its copy (`None`: an address that cannot be stored).
+    which: Vec<Option<usize>>,
+    lmtp: bool,
+    sync: DirSync,
+    session: String,
+    /// Set when the message is aborted (a spool file opened meanwhile
+    /// removes itself).
+    gone: Arc<AtomicBool>,
+    /// `None` once finished.
+    spool: Option<Spool<Placed>>,
 }
 
-impl Handler for MaildirHandler {
-    async fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
-        match mailbox_folder(&to.address) {
-            Some(_) => Decision::Accept,
-            None => BAD_MAILBOX_NAME.into(),
+/// Dropping the sink unfinished (an abort, a dropped session) removes
+/// what it wrote: nothing of the message stays in `tmp/`.
+impl Drop for MaildirSink {
+    fn drop(&mut self) {
+        let Some(spool) = self.spool.take() else {
+            return;
+        };
+        self.gone.store(true, Ordering::SeqCst);
+        let opened = spool.opened();
+        drop(spool);
+        if opened {
+            remove_tmps(&self.copies);
         }
     }
+}
 
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> MessageDecision {
-        // The copy each recipient gets (one per distinct mailbox); `None`
-        // for an address that cannot be stored (refused at RCPT, unless a
-        // wrapper let it through).
+impl BodySink for MaildirSink {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+        Box::pin(async move {
+            match self.spool.as_mut() {
+                Some(spool) => spool_write(spool, chunk, &self.session).await,
+                None => Err(Reply::TEMPORARY_FAILURE),
+            }
+        })
+    }
+
+    fn finish(mut self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+        let spool = self.spool.take();
+        Box::pin(async move {
+            let Some(spool) = spool else {
+                return Reply::TEMPORARY_FAILURE.into();
+            };
+            let spooled = spool.end(false, b"");
+            let (copies, lmtp, sync) = (self.copies.clone(), self.lmtp, self.sync.clone());
+            let results = blocking::unblock(move || deliver(spooled, &copies, lmtp, &sync)).await;
+            for (c, r) in self.copies.iter().zip(&results) {
+                match r {
+                    Ok(()) => message.record_delivery(c.stored_path()),
+                    Err(e) => tracing::error!(
+                        session = %self.session,
+                        mailbox = %c.dir.display(),
+                        error = %e,
+                        "maildir delivery failed"
+                    ),
+                }
+            }
+            if !self.lmtp {
+                return match results.iter().find_map(|r| r.as_ref().err()) {
+                    None => Decision::Accept.into(),
+                    Some(e) => write_failure(e).into(),
+                };
+            }
+            MessageDecision::PerRecipient(
+                self.which
+                    .iter()
+                    .map(|w| match w.and_then(|i| results.get(i)) {
+                        Some(Ok(())) => Decision::Accept,
+                        Some(Err(e)) => write_failure(e).into(),
+                        None => Reply::TEMPORARY_FAILURE.into(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn abort(self: Box<Self>, _: AbortReason) {
+        // Drop removes what was written.
+    }
+}
+
+impl MaildirHandler {
+    /// The copies of a message (one per distinct mailbox) and the copy
+    /// each recipient gets (`None` for an address that cannot be stored:
+    /// refused at RCPT, unless a wrapper let it through; in SMTP such an
+    /// address fails the message).
+    fn copies(&self, envelope: &Envelope, lmtp: bool) -> Option<(Vec<Copy>, Vec<Option<usize>>)> {
         let mut copies: Vec<Copy> = Vec::new();
         let mut which: Vec<Option<usize>> = Vec::with_capacity(envelope.recipients.len());
         for r in &envelope.recipients {
             let Some(folder) = mailbox_folder(&r.address) else {
-                if !session.lmtp {
-                    return Reply::TEMPORARY_FAILURE.into();
+                if !lmtp {
+                    return None;
                 }
                 which.push(None);
                 continue;
@@ -555,56 +795,56 @@ impl Handler for MaildirHandler {
             });
             which.push(Some(copies.len() - 1));
         }
-        // Shared with the blocking thread without copying the body.
-        let shared = Arc::clone(message);
-        let sync = self.sync.clone();
-        if !session.lmtp {
-            let (copies, res) = blocking::unblock(move || {
-                let res = deliver_all(&copies, &shared, &sync);
-                (copies, res)
-            })
-            .await;
-            return match res {
-                Ok(()) => {
-                    for c in &copies {
-                        message.record_delivery(c.stored_path());
-                    }
-                    Decision::Accept.into()
-                }
-                Err(e) => {
-                    tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
-                    write_failure(&e).into()
-                }
-            };
+        Some((copies, which))
+    }
+}
+
+impl Handler for MaildirHandler {
+    async fn rcpt(&self, _s: &SessionInfo, _e: &Envelope, to: &Recipient) -> Decision {
+        match mailbox_folder(&to.address) {
+            Some(_) => Decision::Accept,
+            None => BAD_MAILBOX_NAME.into(),
         }
-        let (copies, results) = blocking::unblock(move || {
-            let results = deliver_each(&copies, &shared, &sync);
-            (copies, results)
-        })
-        .await;
-        for (c, r) in copies.iter().zip(&results) {
-            if r.is_ok() {
-                message.record_delivery(c.stored_path());
-            }
-            if let Err(e) = r {
-                tracing::error!(
-                    session = %session.id,
-                    mailbox = %c.dir.display(),
-                    error = %e,
-                    "maildir delivery failed"
-                );
-            }
+    }
+
+    /// Streams the body into `tmp/` as it arrives ([`MaildirSink`]).
+    async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
+        let Some((copies, which)) = self.copies(envelope, session.lmtp) else {
+            return Body::Refuse(Reply::TEMPORARY_FAILURE);
+        };
+        if copies.is_empty() {
+            // LMTP, and no recipient can be stored.
+            return Body::Refuse(Reply::TEMPORARY_FAILURE);
         }
-        MessageDecision::PerRecipient(
-            which
-                .iter()
-                .map(|w| match w.and_then(|i| results.get(i)) {
-                    Some(Ok(_)) => Decision::Accept,
-                    Some(Err(e)) => write_failure(e).into(),
-                    None => Reply::TEMPORARY_FAILURE.into(),
-                })
-                .collect(),
-        )
+        let copies = Arc::new(copies);
+        let gone = Arc::new(AtomicBool::new(false));
+        let (c, lmtp, sync, g) = (
+            copies.clone(),
+            session.lmtp,
+            self.sync.clone(),
+            gone.clone(),
+        );
+        let opener = Box::new(move || place(&c, lmtp, &sync, &g));
+        let mut spool = Spool::new(Vec::new(), false, opener);
+        spool.push_closed(&message.trace);
+        Body::Stream(Box::new(MaildirSink {
+            copies,
+            which,
+            lmtp: session.lmtp,
+            sync: self.sync.clone(),
+            session: session.id.clone(),
+            gone,
+            spool: Some(spool),
+        }))
+    }
+
+    async fn message(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Arc<Message>,
+    ) -> MessageDecision {
+        through_sink(self.body(session, envelope, message).await, message).await
     }
 }
 
@@ -638,25 +878,27 @@ impl MboxHandler {
 
     /// One message in mboxrd form, `From ` line and trailing blank line included.
     pub fn format(from: &str, unix_time: i64, message: &Message) -> Vec<u8> {
+        let mut v = MboxHandler::from_line(from, unix_time);
+        LfLines::convert(&message.trace, true, &mut v);
+        LfLines::convert(&message.data, true, &mut v);
+        v.push(b'\n');
+        v
+    }
+
+    /// The `From sender date` line that starts a message.
+    fn from_line(from: &str, unix_time: i64) -> Vec<u8> {
         let sender = if from.is_empty() {
             "MAILER-DAEMON"
         } else {
             from
         };
-        let mut v = Vec::with_capacity(message.trace.len() + message.data.len() + 128);
-        v.extend_from_slice(format!("From {sender} {}\n", asctime(unix_time)).as_bytes());
-        let quote = |line: &[u8]| {
-            let rest = &line[line.iter().take_while(|&&b| b == b'>').count()..];
-            rest.starts_with(b"From ")
-        };
-        push_lf_lines(&mut v, &message.trace, quote);
-        push_lf_lines(&mut v, &message.data, quote);
-        v.push(b'\n');
-        v
+        format!("From {sender} {}\n", asctime(unix_time)).into_bytes()
     }
 }
 
-fn append_mbox(path: &Path, text: &[u8], sync: &DirSync) -> io::Result<()> {
+/// Appends a spooled message to the mbox at `path` under its lock, and
+/// syncs it; on failure the file is cut back to its previous length.
+fn append_mbox(path: &Path, spooled: Spooled<File>, sync: &DirSync) -> io::Result<()> {
     let (f, created) = match OpenOptions::new().append(true).open(path) {
         Ok(f) => (f, false),
         Err(e) if e.kind() == io::ErrorKind::NotFound => (
@@ -668,8 +910,7 @@ fn append_mbox(path: &Path, text: &[u8], sync: &DirSync) -> io::Result<()> {
     fs4::FileExt::lock(&f)?;
     let len = f.metadata()?.len();
     let res = (|| {
-        let mut w = &f;
-        w.write_all(text)?;
+        spooled.copy_to(&mut &f)?;
         f.sync_all()?;
         // A new file's name is durable only once its directory is synced.
         // An empty file may have been created by a session that has not
@@ -687,30 +928,77 @@ fn append_mbox(path: &Path, text: &[u8], sync: &DirSync) -> io::Result<()> {
     res
 }
 
+/// A message on its way into an mbox: spooled (in memory, then an
+/// anonymous temporary file beside the mbox) and appended whole at its
+/// end under the mbox's lock, so concurrent messages never interleave.
+struct MboxSink {
+    spool: Spool<File>,
+    path: PathBuf,
+    sync: DirSync,
+    session: String,
+}
+
+impl BodySink for MboxSink {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+        Box::pin(spool_write(&mut self.spool, chunk, &self.session))
+    }
+
+    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+        let MboxSink {
+            spool,
+            path,
+            sync,
+            session,
+        } = *self;
+        let spooled = spool.end(true, b"\n");
+        Box::pin(async move {
+            let p = path.clone();
+            match blocking::unblock(move || append_mbox(&p, spooled, &sync)).await {
+                Ok(()) => {
+                    message.record_delivery(format!("mbox:{}", path.display()));
+                    Decision::Accept.into()
+                }
+                Err(e) => {
+                    tracing::error!(session = %session, error = %e, "mbox delivery failed");
+                    write_failure(&e).into()
+                }
+            }
+        })
+    }
+
+    /// The spool's temporary file goes with it; the mbox was not touched.
+    fn abort(self: Box<Self>, _: AbortReason) {}
+}
+
 impl Handler for MboxHandler {
+    /// Spooled (a temporary file beside the mbox past 64 KiB), appended at the end.
+    async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let dir: Arc<Path> = Arc::from(parent_dir(&self.path));
+        let mut spool = Spool::new(
+            MboxHandler::from_line(&envelope.from, now),
+            true,
+            spool::anonymous_in(Some(dir)),
+        );
+        spool.push_closed(&message.trace);
+        Body::Stream(Box::new(MboxSink {
+            spool,
+            path: self.path.clone(),
+            sync: self.sync.clone(),
+            session: session.id.clone(),
+        }))
+    }
+
     async fn message(
         &self,
         session: &SessionInfo,
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let text = MboxHandler::format(&envelope.from, now, message);
-        let path = self.path.clone();
-        let sync = self.sync.clone();
-        match blocking::unblock(move || append_mbox(&path, &text, &sync)).await {
-            Ok(()) => {
-                message.record_delivery(format!("mbox:{}", self.path.display()));
-                Decision::Accept.into()
-            }
-            Err(e) => {
-                tracing::error!(session = %session.id, error = %e, "mbox delivery failed");
-                write_failure(&e).into()
-            }
-        }
+        through_sink(self.body(session, envelope, message).await, message).await
     }
 }
 
@@ -1061,23 +1349,6 @@ mod tests {
         assert_eq!(write_failure(&other), Reply::TEMPORARY_FAILURE);
     }
 
-    #[test]
-    fn lf_conversion() {
-        for (input, want) in [
-            (&b""[..], &b""[..]),
-            (b"a\r\nb\r\n", b"a\nb\n"),
-            (b"\r\n\r\n", b"\n\n"),
-            (b"no end", b"no end"),
-            (b"lone\rCR\r", b"lone\rCR\r"),
-            (b"bare\nLF\r\r\n", b"bare\nLF\r\n"),
-            (b"\n\r\n", b"\n\n"),
-        ] {
-            let mut out = Vec::new();
-            write_lf_lines(&mut out, input, |_| false, false).unwrap();
-            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(input));
-        }
-    }
-
     /// Each directory synced, with how many entries it had then.
     type SyncLog = Arc<Mutex<Vec<(PathBuf, usize)>>>;
 
@@ -1336,5 +1607,169 @@ mod tests {
             refused
         );
         assert!(!format!("{h:?}").contains("s3cret"));
+    }
+
+    /// A body of `lines` 100-byte lines (CRLF), and the same with LF.
+    fn long_body(lines: usize) -> (Vec<u8>, Vec<u8>) {
+        let (mut crlf, mut lf) = (Vec::new(), Vec::new());
+        for i in 0..lines {
+            let line = format!("{i:06} {}", "x".repeat(91));
+            crlf.extend_from_slice(line.as_bytes());
+            crlf.extend_from_slice(b"\r\n");
+            lf.extend_from_slice(line.as_bytes());
+            lf.push(b'\n');
+        }
+        (crlf, lf)
+    }
+
+    /// Writes `data` into a store's sink in `chunk`-byte pieces (cutting
+    /// CRLFs), and returns the sink unfinished.
+    fn stream<H: Handler>(
+        h: &H,
+        s: &SessionInfo,
+        env: &Envelope,
+        data: &[u8],
+        chunk: usize,
+    ) -> Box<dyn BodySink> {
+        let Body::Stream(mut sink) = block_on(h.body(s, env, &message(b""))) else {
+            panic!("a streaming store");
+        };
+        for piece in data.chunks(chunk) {
+            block_on(sink.write(piece)).unwrap();
+        }
+        sink
+    }
+
+    /// Issue 14: the body goes to `tmp/` as it arrives; each mailbox gets
+    /// its own head and the same body; an abort leaves nothing behind.
+    #[test]
+    fn maildir_streams_into_tmp_and_copies_per_mailbox() {
+        let root = tempfile::tempdir().unwrap();
+        let h = MaildirHandler::new(root.path());
+        let s = SessionInfo::default();
+        let env = envelope("a@x", &["b@x", "c@x"]);
+        let (crlf, lf) = long_body(3000);
+        let sink = stream(&h, &s, &env, &crlf, 4093);
+        let tmp = files(&root.path().join("b@x").join("tmp"));
+        assert_eq!(tmp.len(), 1, "spooled into the first mailbox's tmp/");
+        assert!(fs::metadata(&tmp[0]).unwrap().len() > 200_000);
+        let d = block_on(sink.finish(message(b"")));
+        assert_eq!(d, Decision::Accept.into());
+        let trace = "Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\n";
+        for who in ["b@x", "c@x"] {
+            let dir = root.path().join(who);
+            assert!(files(&dir.join("tmp")).is_empty());
+            let new = files(&dir.join("new"));
+            assert_eq!(new.len(), 1, "{who}");
+            let mut want = format!("Return-Path: <a@x>\nDelivered-To: {who}\n{trace}").into_bytes();
+            want.extend_from_slice(&lf);
+            assert!(fs::read(&new[0]).unwrap() == want, "{who}'s copy");
+        }
+        // Cut off: nothing in tmp/ or new/.
+        let env = envelope("a@x", &["d@x"]);
+        let sink = stream(&h, &s, &env, &crlf, 65536);
+        assert_eq!(files(&root.path().join("d@x").join("tmp")).len(), 1);
+        sink.abort(AbortReason::Disconnected);
+        assert!(files(&root.path().join("d@x").join("tmp")).is_empty());
+        assert!(files(&root.path().join("d@x").join("new")).is_empty());
+        // A small body never touches tmp/ before its end.
+        let sink = stream(&h, &s, &envelope("a@x", &["e@x"]), b"hi\r\n", 4);
+        assert!(files(&root.path().join("e@x")).is_empty());
+        drop(sink);
+        assert!(files(&root.path().join("e@x").join("tmp")).is_empty());
+    }
+
+    /// Issue 14: concurrent messages are appended whole, never interleaved;
+    /// an aborted one leaves the mbox untouched.
+    #[test]
+    fn mbox_appends_streamed_messages_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mbox");
+        let h = MboxHandler::new(&path);
+        let s = SessionInfo::default();
+        let env = envelope("a@x", &["b@x"]);
+        let (crlf, lf) = long_body(2000);
+        let (mut one, mut two) = (stream(&h, &s, &env, b"", 1), stream(&h, &s, &env, b"", 1));
+        let quoted = b"From here\r\n".repeat(2000);
+        let (mut a, mut b) = (crlf.chunks(1000), quoted.chunks(100));
+        loop {
+            let (x, y) = (a.next(), b.next());
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            if let Some(x) = x {
+                block_on(one.write(x)).unwrap();
+            }
+            if let Some(y) = y {
+                block_on(two.write(y)).unwrap();
+            }
+        }
+        assert!(!path.exists(), "nothing appended before the end");
+        let cut = stream(&h, &s, &env, &crlf, 7000);
+        assert_eq!(block_on(two.finish(message(b""))), Decision::Accept.into());
+        assert_eq!(block_on(one.finish(message(b""))), Decision::Accept.into());
+        cut.abort(AbortReason::Timeout);
+        let text = fs::read(&path).unwrap();
+        let trace = b"Received: from x by y; Thu, 1 Jan 1970 00:00:00 +0000\n";
+        let starts: Vec<usize> = (0..text.len())
+            .filter(|&i| text[i..].starts_with(b"From a@x "))
+            .collect();
+        assert_eq!(starts.len(), 2, "two messages, the aborted one absent");
+        let second = &text[starts[1]..];
+        let body = &second[second.iter().position(|&b| b == b'\n').unwrap() + 1..];
+        let mut want = trace.to_vec();
+        want.extend_from_slice(&lf);
+        want.push(b'\n');
+        assert!(
+            body == want,
+            "the long message whole, after the quoted one: {:?}",
+            String::from_utf8_lossy(&body[..200.min(body.len())])
+        );
+        let first = &text[..starts[1]];
+        assert_eq!(
+            first.windows(11).filter(|w| w == b">From here\n").count(),
+            2000
+        );
+    }
+
+    /// Issue 14: the debug printer prints each message whole.
+    #[test]
+    fn debug_prints_streamed_messages_whole() {
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        struct W(Arc<Mutex<Vec<u8>>>);
+        impl Write for W {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let h = DebugHandler::new(Box::new(W(buf.clone())));
+        let s = SessionInfo::default();
+        let (crlf, lf) = long_body(1500);
+        let mut one = stream(&h, &s, &envelope("a@x", &["b@x"]), b"", 1);
+        let mut two = stream(&h, &s, &envelope("c@x", &["d@x"]), b"", 1);
+        for piece in crlf.chunks(999) {
+            block_on(one.write(piece)).unwrap();
+            block_on(two.write(piece)).unwrap();
+        }
+        block_on(two.finish(message(b"")));
+        block_on(one.finish(message(b"")));
+        let out = buf.lock().unwrap().clone();
+        let mut want = Vec::new();
+        for from in ["c@x", "a@x"] {
+            let to = if from == "c@x" { "d@x" } else { "b@x" };
+            want.extend_from_slice(
+                format!(
+                    "---------- MESSAGE FOLLOWS ----------\nX-MailFrom: {from}\nX-RcptTo: {to}\n\n"
+                )
+                .as_bytes(),
+            );
+            want.extend_from_slice(&lf);
+            want.extend_from_slice(DEBUG_FOOTER);
+        }
+        assert!(out == want, "each message whole, in the order they ended");
     }
 }

@@ -35,12 +35,77 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use crate::handler::{
-    Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
+    Body, BodySink, Envelope, Handler, MailOptions, Message, MessageDecision, Recipient,
+    SessionInfo,
 };
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Credentials;
-use smtp_proto::server::{CloseReason, Decision, HeloKind};
+use smtp_proto::server::{AbortReason, CloseReason, Decision, HeloKind};
+
+/// What to do with a message's body ([`SyncHandler::body`]); the
+/// synchronous form of [`Body`], with the same memory costs.
+pub enum SyncBody {
+    /// Keep the whole message for [`SyncHandler::message`] (the default;
+    /// costs the message's size in memory). See [`Body::Buffer`].
+    Buffer,
+    /// [`SyncBody::Buffer`] up to this many bytes; longer messages get
+    /// `552 5.3.4`. See [`Body::BufferUpTo`].
+    BufferUpTo(usize),
+    /// Keep none of it. See [`Body::Discard`].
+    Discard,
+    /// Write it as it arrives into this sink, which decides at the end.
+    Stream(Box<dyn SyncBodySink>),
+    /// Refuse the message with this reply at its end.
+    Refuse(Reply),
+}
+
+impl std::fmt::Debug for SyncBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncBody::Buffer => f.write_str("Buffer"),
+            SyncBody::BufferUpTo(n) => f.debug_tuple("BufferUpTo").field(n).finish(),
+            SyncBody::Discard => f.write_str("Discard"),
+            SyncBody::Stream(_) => f.write_str("Stream"),
+            SyncBody::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
+        }
+    }
+}
+
+/// Where a streamed body goes as it arrives ([`SyncBody::Stream`]): the
+/// synchronous form of [`BodySink`], with the same contract (the session
+/// reads nothing more while `write` runs; dropping it unfinished counts as
+/// `abort`).
+pub trait SyncBodySink: Send {
+    /// The next chunk, dot-unstuffed, in order; an `Err` refuses the message.
+    fn write(&mut self, chunk: &[u8]) -> Result<(), Reply>;
+
+    /// The body is complete: make it durable, then decide. See [`BodySink::finish`].
+    fn finish(self: Box<Self>, message: &Arc<Message>) -> MessageDecision;
+
+    /// The body was cut off or refused: deliver nothing of it.
+    fn abort(self: Box<Self>, reason: AbortReason);
+}
+
+/// A [`SyncBodySink`] as a [`BodySink`].
+struct SyncSink(Box<dyn SyncBodySink>);
+
+impl BodySink for SyncSink {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+        let r = self.0.write(chunk);
+        Box::pin(async move { r })
+    }
+
+    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+        Box::pin(async move { self.0.finish(&message) })
+    }
+
+    fn abort(self: Box<Self>, reason: AbortReason) {
+        self.0.abort(reason);
+    }
+}
 
 /// The application's hooks as plain functions; see [`Handler`] for what each
 /// one means. Wrap it in [`SyncAdapter`] to use it as a [`Handler`].
@@ -79,6 +144,13 @@ pub trait SyncHandler: Send + Sync + 'static {
     fn auth(&self, session: &SessionInfo, credentials: &Credentials) -> Decision {
         let _ = (session, credentials);
         Decision::Reply(Reply::AUTH_FAILED)
+    }
+
+    /// A message's body starts: how to take it. The default keeps it whole
+    /// for [`SyncHandler::message`]. See [`Handler::body`].
+    fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> SyncBody {
+        let _ = (session, envelope, message);
+        SyncBody::Buffer
     }
 
     /// A complete message: store it durably before accepting. See [`Handler::message`].
@@ -133,6 +205,16 @@ impl<H: SyncHandler> Handler for SyncAdapter<H> {
         self.0.auth(session, credentials)
     }
 
+    async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
+        match self.0.body(session, envelope, message) {
+            SyncBody::Buffer => Body::Buffer,
+            SyncBody::BufferUpTo(n) => Body::BufferUpTo(n),
+            SyncBody::Discard => Body::Discard,
+            SyncBody::Stream(sink) => Body::Stream(Box::new(SyncSink(sink))),
+            SyncBody::Refuse(r) => Body::Refuse(r),
+        }
+    }
+
     async fn message(
         &self,
         session: &SessionInfo,
@@ -158,6 +240,7 @@ mod tests {
     use crate::handler::Dispatcher;
     use smtp_proto::config::Config;
     use smtp_proto::drive::Instruction;
+    use smtp_proto::reply::EnhancedCode;
     use smtp_proto::server::{PeerInfo, Session};
     use std::time::Instant;
 
@@ -180,23 +263,29 @@ mod tests {
     }
 
     fn run(input: &[u8]) -> String {
+        run_with(Picky, input)
+    }
+
+    /// Feeds `input` (as much as the session takes at a time) and returns
+    /// everything the session sent.
+    fn run_with(h: impl SyncHandler, mut input: &[u8]) -> String {
         let mut s = Session::new(
             Arc::new(Config::new("mx.test")),
             PeerInfo::default(),
             Instant::now(),
         );
-        let mut d = Dispatcher::new(Arc::new(SyncAdapter(Picky)), "t");
-        s.receive(input, Instant::now());
+        let mut d = Dispatcher::new(Arc::new(SyncAdapter(h)), "t");
         let mut out = Vec::new();
-        while matches!(
-            futures_executor::block_on(d.drive(&mut s)),
-            Instruction::Idle { .. }
-        ) && s.wants_write()
-        {
+        loop {
+            let n = s.receive(input, Instant::now());
+            input = &input[n..];
+            let i = futures_executor::block_on(d.drive(&mut s));
             out.extend_from_slice(s.transmit());
             s.transmitted(s.transmit().len());
+            if !matches!(i, Instruction::Idle { .. }) || (n == 0 && input.is_empty()) {
+                break;
+            }
         }
-        out.extend_from_slice(s.transmit());
         String::from_utf8(out).unwrap()
     }
 
@@ -207,6 +296,42 @@ mod tests {
         assert!(out.contains("250 2.1.5"), "{out}");
         assert!(out.contains("550 5.1.1"), "{out}");
         assert!(out.contains("252 2."), "{out}");
+    }
+
+    /// Counts the body's bytes as they arrive, and answers with the count.
+    struct Counter;
+
+    struct Counted(usize);
+
+    impl SyncBodySink for Counted {
+        fn write(&mut self, chunk: &[u8]) -> Result<(), Reply> {
+            self.0 += chunk.len();
+            Ok(())
+        }
+        fn finish(self: Box<Self>, _: &Arc<Message>) -> MessageDecision {
+            let text = format!("counted {}", self.0);
+            Reply::new(250, EnhancedCode::new(2, 0, 0), text).into()
+        }
+        fn abort(self: Box<Self>, _: AbortReason) {}
+    }
+
+    impl SyncHandler for Counter {
+        fn body(&self, _: &SessionInfo, _: &Envelope, _: &Message) -> SyncBody {
+            SyncBody::Stream(Box::new(Counted(0)))
+        }
+    }
+
+    #[test]
+    fn a_sync_body_sink_gets_the_body_as_it_arrives() {
+        let mut input = b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(b"Subject: x\r\n\r\n");
+        for _ in 0..1000 {
+            input.extend_from_slice(&[b'y'; 98]);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b".\r\nQUIT\r\n");
+        let out = run_with(Counter, &input);
+        assert!(out.contains("250 2.0.0 counted 100014\r\n"), "{out}");
     }
 
     #[test]

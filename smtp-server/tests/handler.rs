@@ -468,19 +468,20 @@ fn a_body_cut_off_aborts_the_sink() {
 }
 
 /// Records the message its `message` hook gets; with `discard`, takes
-/// bodies as the sink store does.
+/// bodies as the sink store does; with `cap`, buffers up to it.
 #[derive(Default)]
 struct Kept {
     discard: bool,
+    cap: Option<usize>,
     seen: Mutex<Option<(Vec<u8>, String)>>,
 }
 
 impl Handler for Kept {
     async fn body(&self, s: &SessionInfo, e: &Envelope, m: &Message) -> Body {
-        if self.discard {
-            smtp_server::store::SinkHandler.body(s, e, m).await
-        } else {
-            Body::Buffer
+        match (self.discard, self.cap) {
+            (true, _) => smtp_server::store::SinkHandler.body(s, e, m).await,
+            (false, Some(cap)) => Body::BufferUpTo(cap),
+            (false, None) => Body::Buffer,
         }
     }
 
@@ -518,4 +519,33 @@ fn the_sink_store_keeps_no_body() {
     let (data, id) = h.seen.lock().unwrap().clone().unwrap();
     assert!(data.is_empty(), "no byte of the body kept");
     assert_eq!(id, "s1-1");
+}
+
+#[test]
+fn the_whole_message_form_buffers_up_to_its_cap() {
+    let h = Arc::new(Kept {
+        cap: Some(64),
+        ..Kept::default()
+    });
+    let mut input = HEAD.to_vec();
+    input.extend_from_slice(b"Subject: big\r\n\r\n");
+    for _ in 0..3 {
+        input.extend_from_slice(&[b'z'; 30]);
+        input.extend_from_slice(b"\r\n");
+    }
+    input.extend_from_slice(b".\r\n");
+    input.extend_from_slice(&HEAD[HEAD.iter().position(|&b| b == b'M').unwrap()..]);
+    input.extend_from_slice(b"Subject: small\r\n\r\nok\r\n.\r\nQUIT\r\n");
+    let out = run(Config::new("mx.test"), h.clone(), &input);
+    let finals: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("552 ") || l.starts_with("250 2.0.0"))
+        .collect();
+    assert!(finals[0].starts_with("552 5.3.4"), "{out}");
+    assert!(finals[1].starts_with("250 2.0.0"), "{out}");
+    let (data, _) = h.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        data, b"Subject: small\r\n\r\nok\r\n",
+        "only the small one reached the hook"
+    );
 }
