@@ -67,6 +67,13 @@ impl ClientLink for Link<TcpStream, Client> {
         Box::pin(smtp_server::link::next_event(self))
     }
 
+    fn until_body(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
+        Box::pin(smtp_server::link::next_event_unless(
+            self,
+            Client::wants_body,
+        ))
+    }
+
     fn flush(&mut self) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(std::future::ready(Link::flush(self)))
     }

@@ -69,6 +69,10 @@ pub trait ClientLink: Send {
     /// Does I/O until the client has an event (STARTTLS done inside);
     /// `None` once the client closed and its last bytes are written.
     fn next_event(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>>;
+    /// [`ClientLink::next_event`], returning `None` as well once the
+    /// client takes more body ([`Client::wants_body`]): BDAT chunk replies
+    /// make room for more of it without an event.
+    fn until_body(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>>;
     /// Writes what the client holds.
     fn flush(&mut self) -> BoxFuture<'_, io::Result<()>>;
     /// Ends the session without holding up the caller: QUIT where the
@@ -176,6 +180,10 @@ impl<R: Runtime> ClientLink for Link<R, R::TcpStream, Client> {
 
     fn next_event(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
         Box::pin(Link::next_event(self))
+    }
+
+    fn until_body(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
+        Box::pin(crate::link::next_event_unless(self, Client::wants_body))
     }
 
     fn flush(&mut self) -> BoxFuture<'_, io::Result<()>> {

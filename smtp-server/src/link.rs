@@ -326,10 +326,24 @@ pub trait Driver {
 pub async fn next_event<D: Driver>(
     d: &mut D,
 ) -> io::Result<Option<<D::Machine as Drive>::Event<'_>>> {
+    next_event_unless(d, |_| false).await
+}
+
+/// [`next_event`], but `Ok(None)` also as soon as `enough` holds before
+/// more I/O: e.g. a client whose BDAT chunk replies made room for more
+/// body ([`Client::wants_body`](smtp_proto::client::Client::wants_body)),
+/// which is no event.
+pub async fn next_event_unless<D: Driver>(
+    d: &mut D,
+    enough: fn(&D::Machine) -> bool,
+) -> io::Result<Option<<D::Machine as Drive>::Event<'_>>> {
     loop {
         d.apply_stop();
         if d.machine().has_event() {
             return Ok(d.machine().poll().event());
+        }
+        if enough(d.machine()) {
+            return Ok(None);
         }
         let Output::Instruction(i) = d.machine().poll() else {
             debug_assert!(false, "has_event said no event, poll gave one");

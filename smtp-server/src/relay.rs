@@ -20,6 +20,18 @@
 //!   prepended, never `Return-Path:` or `Delivered-To:`), with
 //!   `SMTPUTF8`, `BODY=` and the DSN parameters passed on (`ENVID` and
 //!   `ORCPT` decoded once and encoded once);
+//! - the body **streams**: when it starts, `DATA` goes upstream and the
+//!   `354` is awaited ([`Handler::body`] answers [`Body::Stream`]); each
+//!   chunk is passed on as it arrives, and a chunk the upstream has not
+//!   taken yet holds up our client (backpressure); the upstream's reply to
+//!   the end of data is ours (`BDAT` when the upstream offers `CHUNKING`:
+//!   chunk replies are read as the body goes, else `DATA`). A relayed session holds at
+//!   most the upstream client's output buffer (256 KiB) and one chunk,
+//!   whatever the message's size (plus the local copy, when a local
+//!   handler of a mixed transaction buffers: see below). A body cut off (disconnect, timeout,
+//!   too big, a bad line, RSET) closes the upstream connection in the
+//!   middle of its `DATA`, never with the end of data: the upstream drops
+//!   the message, and the next transaction opens a new connection;
 //! - an unreachable upstream, a `4xx`, a timeout or a lost connection gives
 //!   `451 4.4.1`, and then nothing is delivered: local recipients of the
 //!   same transaction get no copy either (all or nothing). Once a relayed
@@ -27,7 +39,13 @@
 //!   rest of it (later `RCPT`s and the body get `451 4.4.1`): a `250`
 //!   never covers a recipient that was not handed on. The upstream goes
 //!   first; if it accepts and a local delivery then fails, the client is
-//!   told to retry the whole message (a duplicate upstream, never a loss);
+//!   told to retry the whole message (a duplicate upstream, never a loss).
+//!   The local recipients' handler is asked how it takes the body
+//!   ([`Handler::body`], with their envelope) before `DATA` goes upstream:
+//!   its refusal refuses the whole message; a sink of its own gets every
+//!   chunk after the upstream; a buffering one gets the whole message in
+//!   [`Handler::message`] after the upstream accepted it (that copy is
+//!   the one message-sized buffer a relayed session may hold);
 //! - what the upstream can never take is refused for good: a message that
 //!   needs `SMTPUTF8` (`553 5.6.7`), `8BITMIME`/`BINARYMIME` (`554 5.6.3`)
 //!   or is over its `SIZE` (`552 5.3.4`).
@@ -54,10 +72,11 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::dial::{ClientLink, ClientTls, DialRequest, Dialer};
+use crate::dial::{BoxFuture, ClientLink, ClientTls, DialRequest, Dialer};
 
 use crate::handler::{
-    Body, Envelope, Handler, MailOptions, Message, MessageDecision, Recipient, SessionInfo,
+    Body, BodySink, Envelope, Handler, MailOptions, Message, MessageDecision, Recipient,
+    SessionInfo,
 };
 use crate::store::DomainPolicy;
 use smtp_proto::client::{
@@ -66,7 +85,7 @@ use smtp_proto::client::{
 use smtp_proto::command::BodyType;
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::sasl::Credentials;
-use smtp_proto::server::{CloseReason, Decision, HeloKind};
+use smtp_proto::server::{AbortReason, CloseReason, Decision, HeloKind};
 
 /// How to secure the connection to the upstream.
 #[derive(Clone, Default)]
@@ -416,7 +435,27 @@ impl Conn {
     /// Drives the session until the client has an event; the session's
     /// failure (or its end) is an error.
     async fn event(&mut self) -> Result<ClientEvent, Failure> {
-        match self.link.next_event().await {
+        let next = self.link.next_event().await;
+        self.outcome(next).await
+    }
+
+    /// [`Conn::event`], or `None` once the client takes more body (BDAT
+    /// chunk replies make room without an event).
+    async fn until_body(&mut self) -> Result<Option<ClientEvent>, Failure> {
+        let next = self.link.until_body().await;
+        if matches!(next, Ok(None)) && !self.client().is_closed() {
+            return Ok(None);
+        }
+        self.outcome(next).await.map(Some)
+    }
+
+    /// What the link's answer means: an event, or the session's failure
+    /// (or its end) as an error.
+    async fn outcome(
+        &mut self,
+        next: io::Result<Option<ClientEvent>>,
+    ) -> Result<ClientEvent, Failure> {
+        match next {
             Ok(Some(ClientEvent::Error(e))) => {
                 // Writes the QUIT the client queued when the protocol is
                 // still in step.
@@ -495,10 +534,47 @@ impl UpState {
     }
 }
 
-/// Every session's routing state, and when to look for stale ones next.
+/// Every session's routing state, and when to look for stale ones next;
+/// shared by the [`Router`] and its body sinks ([`RelaySink`]), which
+/// hold a session's state while its body streams.
 struct States {
     map: HashMap<String, SessionState>,
     next_sweep: Instant,
+    /// A state unused this long is dropped ([`Router::stale_after`]).
+    stale_after: Duration,
+}
+
+/// The shared states, locked (a poisoned lock is still usable: every
+/// state is whole between two statements).
+fn lock(states: &Mutex<States>) -> MutexGuard<'_, States> {
+    states.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts a session's state back; now and then (every quarter of
+/// `stale_after`, not at every hook) drops the stale ones.
+fn put_state(states: &Mutex<States>, id: &str, mut state: SessionState) {
+    let now = Instant::now();
+    state.touched = now;
+    let stale: Vec<SessionState> = {
+        let mut states = lock(states);
+        states.map.insert(id.to_owned(), state);
+        if now < states.next_sweep {
+            return;
+        }
+        let stale_after = states.stale_after;
+        states.next_sweep = now + stale_after / 4;
+        let gone: Vec<String> = states
+            .map
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.touched) > stale_after)
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.iter().filter_map(|k| states.map.remove(k)).collect()
+    };
+    for s in stale {
+        tracing::warn!("dropping the relay state of a session that ended without disconnect");
+        close_state(s);
+    }
 }
 
 /// Per-session routing state.
@@ -547,13 +623,15 @@ enum Route {
 /// (e.g. `Dialer::of::<R>()` for a kit runtime), or relayed recipients get `451 4.4.1`.
 pub struct Router<L> {
     domains: DomainPolicy<()>,
-    local: Option<L>,
+    /// Shared with the body sinks of mixed transactions (their `finish`
+    /// outlives the hook that made them).
+    local: Option<Arc<L>>,
     upstream: Option<Arc<Upstream>>,
     networks: Vec<crate::accept::Cidr>,
-    sessions: Mutex<States>,
-    /// A session state unused this long belongs to a session that is gone
-    /// (its `disconnect` never came): it is dropped, its upstream closed.
-    stale_after: Duration,
+    /// Every session's state, shared with the body sinks. A session state
+    /// unused for `stale_after` belongs to a session that is gone (its
+    /// `disconnect` never came): it is dropped, its upstream closed.
+    sessions: Arc<Mutex<States>>,
 }
 
 impl<L> std::fmt::Debug for Router<L> {
@@ -587,14 +665,14 @@ impl<L: Handler> Router<L> {
             * 2;
         Router {
             domains: DomainPolicy::new(domains, ()),
-            local,
+            local: local.map(Arc::new),
             upstream: upstream.map(Arc::new),
             networks,
-            sessions: Mutex::new(States {
+            sessions: Arc::new(Mutex::new(States {
                 map: HashMap::new(),
                 next_sweep: Instant::now(),
-            }),
-            stale_after,
+                stale_after,
+            })),
         }
     }
 
@@ -602,43 +680,22 @@ impl<L: Handler> Router<L> {
     /// the state of a session that ended without `disconnect` (default:
     /// twice the longer of 5 minutes and the upstream's timeout). Set it
     /// above the server's command and data timeouts.
-    pub fn stale_after(mut self, d: Duration) -> Self {
-        self.stale_after = d;
+    pub fn stale_after(self, d: Duration) -> Self {
+        self.sessions().stale_after = d;
         self
     }
 
     fn sessions(&self) -> MutexGuard<'_, States> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.sessions)
     }
 
     fn take_state(&self, id: &str) -> SessionState {
         self.sessions().map.remove(id).unwrap_or_default()
     }
 
-    /// Puts a session's state back; now and then (every quarter of
-    /// `stale_after`, not at every hook) drops the stale ones.
-    fn put_state(&self, id: &str, mut state: SessionState) {
-        let now = Instant::now();
-        state.touched = now;
-        let stale: Vec<SessionState> = {
-            let mut states = self.sessions();
-            states.map.insert(id.to_owned(), state);
-            if now < states.next_sweep {
-                return;
-            }
-            states.next_sweep = now + self.stale_after / 4;
-            let gone: Vec<String> = states
-                .map
-                .iter()
-                .filter(|(_, s)| now.saturating_duration_since(s.touched) > self.stale_after)
-                .map(|(k, _)| k.clone())
-                .collect();
-            gone.iter().filter_map(|k| states.map.remove(k)).collect()
-        };
-        for s in stale {
-            tracing::warn!("dropping the relay state of a session that ended without disconnect");
-            close_state(s);
-        }
+    /// Puts a session's state back ([`put_state`]).
+    fn put_state(&self, id: &str, state: SessionState) {
+        put_state(&self.sessions, id, state);
     }
 
     /// Whether the client may relay to domains we do not serve.
@@ -683,6 +740,27 @@ impl<L: Handler> Router<L> {
         }
     }
 
+    /// The routes of the transaction's recipients, taken out of `state`:
+    /// those its RCPTs recorded or, when the state was lost (swept), routed
+    /// again; a relayed recipient then finds no upstream transaction and
+    /// the message fails.
+    fn routes_of(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        state: &mut SessionState,
+    ) -> Vec<Route> {
+        let routes = std::mem::take(&mut state.routes);
+        if routes.len() == envelope.recipients.len() {
+            return routes;
+        }
+        envelope
+            .recipients
+            .iter()
+            .map(|r| self.route(session, &r.address).unwrap_or(Route::Relay))
+            .collect()
+    }
+
     /// Proxies one RCPT: connects and sends MAIL first if needed.
     async fn relay_rcpt(&self, session: &SessionInfo, to: &Recipient) -> Decision {
         let Some(upstream) = self.upstream.as_deref() else {
@@ -701,11 +779,6 @@ impl<L: Handler> Router<L> {
         self.put_state(&session.id, state);
         decision
     }
-}
-
-/// The upstream's address, for logs.
-fn upstream_name(up: &Option<Arc<Upstream>>) -> &str {
-    up.as_deref().map_or("", |u| u.address.as_str())
 }
 
 /// Closes a state's upstream session (QUIT).
@@ -855,58 +928,86 @@ fn decode_unitext(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// Sends the body upstream; the upstream's final reply, or why it failed.
-async fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
+/// `Misuse` of the client by us, as a failure.
+fn misuse(e: Misuse) -> Failure {
+    Failure::Misuse(e.to_string())
+}
+
+/// Ends the recipients and asks for the body (`DATA`; with BDAT the body
+/// opens at once): `None` once the upstream is ready for it, or its refusal.
+async fn start_data(conn: &mut Conn) -> Result<Option<Reply>, Failure> {
     conn.client()
         .close_recipients(Instant::now())
-        .map_err(|e| Failure::Misuse(e.to_string()))?;
-    let mut parts = [message.trace.as_slice(), message.data.as_slice()];
-    loop {
-        for part in &mut parts {
-            while !part.is_empty() && conn.client().wants_body() {
-                let n = conn
-                    .client()
-                    .push_body(part, Instant::now())
-                    .map_err(|e| Failure::Misuse(e.to_string()))?;
-                if n == 0 {
-                    break;
-                }
-                *part = part.get(n..).unwrap_or_default();
-            }
-        }
-        if parts.iter().all(|p| p.is_empty()) {
-            break;
-        }
-        conn.flush().await?;
-        if !conn.client().wants_body() {
-            // Waiting for the 354 (or refused): one event moves it on.
-            if let ClientEvent::MessageRejected { reply, .. } = conn.event().await? {
-                return Ok(reply);
-            }
-        }
-    }
-    conn.client()
-        .end_body(Instant::now())
-        .map_err(|e| Failure::Misuse(e.to_string()))?;
+        .map_err(misuse)?;
+    conn.flush().await?;
     loop {
         match conn.event().await? {
-            ClientEvent::MessageAccepted { reply, .. }
-            | ClientEvent::MessageRejected { reply, .. } => {
-                return Ok(reply);
-            }
+            ClientEvent::SendBody => return Ok(None),
+            ClientEvent::MessageRejected { reply, .. } => return Ok(Some(reply)),
             _ => {}
         }
     }
 }
 
-/// The body of a transaction whose relayed recipients were accepted: the
-/// upstream's acceptance when it went upstream, else our reply.
-async fn message_upstream(
-    up: &Upstream,
-    st: &mut UpState,
-    message: &Message,
-) -> Result<Reply, Reply> {
-    if st.lost || !st.mail_sent || st.accepted == 0 {
+/// Hands `bytes` to the upstream client (which dot-stuffs them), writing
+/// out whenever it holds all it may ([`ClientConfig::max_pending_output`]):
+/// what is held stays bounded whatever the body's size. `Some(reply)`
+/// when the upstream refused the message meanwhile (a BDAT chunk).
+async fn push_upstream(conn: &mut Conn, mut bytes: &[u8]) -> Result<Option<Reply>, Failure> {
+    while !bytes.is_empty() {
+        if conn.client().wants_body() {
+            let n = conn
+                .client()
+                .push_body(bytes, Instant::now())
+                .map_err(misuse)?;
+            bytes = bytes.get(n..).unwrap_or_default();
+            if bytes.is_empty() || conn.client().wants_body() {
+                continue;
+            }
+        }
+        conn.flush().await?;
+        if !conn.client().wants_body() {
+            // Nothing left to write and still no room: BDAT chunks await
+            // their replies (room comes back without an event), or the
+            // transaction (or session) ended: an event says why.
+            if let Some(ClientEvent::MessageRejected { reply, .. }) = conn.until_body().await? {
+                return Ok(Some(reply));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Ends the body and awaits the upstream's reply to it.
+async fn end_data(conn: &mut Conn) -> Result<Reply, Failure> {
+    conn.client().end_body(Instant::now()).map_err(misuse)?;
+    loop {
+        match conn.event().await? {
+            ClientEvent::MessageAccepted { reply, .. }
+            | ClientEvent::MessageRejected { reply, .. } => return Ok(reply),
+            _ => {}
+        }
+    }
+}
+
+/// Sends a whole message upstream; the upstream's final reply, or why it
+/// failed.
+async fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
+    if let Some(refused) = start_data(conn).await? {
+        return Ok(refused);
+    }
+    for part in [message.trace.as_slice(), message.data.as_slice()] {
+        if let Some(refused) = push_upstream(conn, part).await? {
+            return Ok(refused);
+        }
+    }
+    end_data(conn).await
+}
+
+/// Whether the upstream transaction can take the body: not lost, MAIL
+/// sent, a relayed recipient accepted; else it fails (`451 4.4.1`).
+fn check_usable(up: &Upstream, st: &mut UpState) -> Result<(), Reply> {
+    if st.lost || !st.mail_sent || st.accepted == 0 || st.conn.is_none() {
         st.fail(
             &Failure::Misuse("upstream transaction lost".into()),
             up,
@@ -914,10 +1015,18 @@ async fn message_upstream(
         );
         return Err(unavailable());
     }
-    let Some(conn) = st.conn.as_mut() else {
-        return Err(unavailable());
-    };
-    let result = data_upstream(conn, message).await;
+    Ok(())
+}
+
+/// The upstream's answer to the body (or to DATA) as ours, the upstream
+/// transaction then over: its acceptance, a `5xx` kept (with an enhanced
+/// code), anything else `451 4.4.1` (a `421` or a failure also ends the
+/// upstream session).
+fn upstream_verdict(
+    up: &Upstream,
+    st: &mut UpState,
+    result: Result<Reply, Failure>,
+) -> Result<Reply, Reply> {
     st.mail_sent = false;
     st.accepted = 0;
     match result {
@@ -941,10 +1050,264 @@ async fn message_upstream(
     }
 }
 
+/// The body of a transaction whose relayed recipients were accepted, sent
+/// whole: the upstream's acceptance when it went upstream, else our reply.
+async fn message_upstream(
+    up: &Upstream,
+    st: &mut UpState,
+    message: &Message,
+) -> Result<Reply, Reply> {
+    check_usable(up, st)?;
+    let Some(conn) = st.conn.as_mut() else {
+        return Err(unavailable());
+    };
+    let result = data_upstream(conn, message).await;
+    upstream_verdict(up, st, result)
+}
+
+/// The delivery line of a message the upstream accepted.
+fn relayed_line(up: &Upstream, reply: &Reply) -> String {
+    format!(
+        "relay:{} ({} {}{})",
+        up.address,
+        reply.code(),
+        reply
+            .enhanced()
+            .map(|e| format!("{e} "))
+            .unwrap_or_default(),
+        reply.text().lines().next().unwrap_or("")
+    )
+}
+
+/// The local recipients of a transaction (their routes say `Local`), with
+/// its sender and parameters.
+fn local_envelope(envelope: &Envelope, routes: &[Route]) -> Envelope {
+    Envelope {
+        from: envelope.from.clone(),
+        options: envelope.options.clone(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .zip(routes.iter())
+            .filter(|(_, r)| **r == Route::Local)
+            .map(|(rcpt, _)| rcpt.clone())
+            .collect(),
+    }
+}
+
+/// A mixed transaction's decisions per recipient: relayed ones got the
+/// upstream's acceptance, local ones the local handler's decision.
+fn merge(routes: &[Route], local: MessageDecision, locals: usize) -> MessageDecision {
+    let mut local_each = match local {
+        MessageDecision::All(d) => vec![d; locals],
+        MessageDecision::PerRecipient(v) => v,
+    }
+    .into_iter();
+    MessageDecision::PerRecipient(
+        routes
+            .iter()
+            .map(|r| match r {
+                Route::Relay => Decision::Accept,
+                Route::Local => local_each.next().unwrap_or(Decision::Accept),
+            })
+            .collect(),
+    )
+}
+
+/// How a mixed transaction's local recipients take the body streaming
+/// upstream (their handler's [`Handler::body`]).
+enum LocalCopy {
+    /// No local recipient.
+    None,
+    /// [`Body::Discard`]: [`Handler::message`] gets no data.
+    Discard,
+    /// [`Body::Stream`]: every chunk after the upstream got it.
+    Stream(Box<dyn BodySink>),
+    /// [`Body::Buffer`] (`cap` unbounded) or [`Body::BufferUpTo`]: kept
+    /// for [`Handler::message`].
+    Buffer { data: Vec<u8>, cap: usize },
+}
+
+impl LocalCopy {
+    /// Nothing of the body is delivered locally: a sink is aborted.
+    fn abort(self, reason: AbortReason) {
+        if let LocalCopy::Stream(sink) = self {
+            sink.abort(reason);
+        }
+    }
+}
+
+/// The local side of a mixed transaction: its handler, the session and the
+/// local recipients' envelope (owned: [`BodySink::finish`] is `'static`).
+struct LocalPart<L> {
+    handler: Arc<L>,
+    session: SessionInfo,
+    envelope: Envelope,
+}
+
+/// A relayed body streaming upstream ([`Body::Stream`] from
+/// [`Router`]'s [`Handler::body`]): `DATA` was accepted, and the sink holds
+/// the session's state, its upstream connection inside, until the body
+/// ends; then the state goes back to the router's map, the connection in
+/// it for the next transaction (or gone, when the body was cut off).
+struct RelaySink<L: Handler> {
+    states: Arc<Mutex<States>>,
+    id: String,
+    upstream: Arc<Upstream>,
+    /// The session's state, taken out of `states` (`None` once put back).
+    state: Option<SessionState>,
+    /// Each recipient's route, in order.
+    routes: Vec<Route>,
+    /// The upstream is inside the body: cutting it off closes the
+    /// connection (an upstream that refused the message is done with it).
+    in_body: bool,
+    local: Option<LocalPart<L>>,
+    copy: LocalCopy,
+}
+
+impl<L: Handler> RelaySink<L> {
+    /// The body is cut off, refused or dropped: the upstream connection
+    /// closes in the middle of its body (never with the end of data, so
+    /// the upstream drops the message), the local copy is dropped, and the
+    /// state goes back without a connection or a transaction.
+    fn cancel(&mut self, reason: AbortReason) {
+        std::mem::replace(&mut self.copy, LocalCopy::None).abort(reason);
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.in_body) {
+            if let Some(conn) = state.up.conn.take() {
+                tracing::info!(?reason, upstream = %self.upstream.address,
+                    "relayed body cut off: closing the upstream connection inside DATA");
+                // Closes at once (no QUIT, no end of data) during a transaction.
+                conn.quit();
+            }
+        }
+        state.up.clear();
+        put_state(&self.states, &self.id, state);
+    }
+
+    /// Passes a chunk upstream, then to the local copy.
+    async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), Reply> {
+        let Some(state) = self.state.as_mut() else {
+            return Err(unavailable());
+        };
+        let up = &*self.upstream;
+        let Some(conn) = state.up.conn.as_mut() else {
+            return Err(unavailable());
+        };
+        // Written out before the next chunk is read: a slow upstream slows
+        // our client, and a slow client never leaves bytes waiting here.
+        let pushed = match push_upstream(conn, chunk).await {
+            Ok(None) => conn.flush().await.map(|()| None),
+            other => other,
+        };
+        match pushed {
+            Ok(None) => {}
+            Ok(Some(refused)) => {
+                self.in_body = false;
+                let verdict = upstream_verdict(up, &mut state.up, Ok(refused));
+                return Err(verdict.err().unwrap_or_else(unavailable));
+            }
+            Err(e) => {
+                self.in_body = false;
+                state.up.fail(&e, up, "DATA");
+                return Err(unavailable());
+            }
+        }
+        match &mut self.copy {
+            LocalCopy::Stream(sink) => sink.write(chunk).await,
+            LocalCopy::Buffer { data, cap } => {
+                if data.len().saturating_add(chunk.len()) > *cap {
+                    *data = Vec::new();
+                    return Err(Reply::MESSAGE_TOO_BIG);
+                }
+                data.extend_from_slice(chunk);
+                Ok(())
+            }
+            LocalCopy::None | LocalCopy::Discard => Ok(()),
+        }
+    }
+
+    /// The end of the body: the upstream's verdict first, then the local copy.
+    async fn finish_message(mut self: Box<Self>, message: Arc<Message>) -> MessageDecision {
+        let copy = std::mem::replace(&mut self.copy, LocalCopy::None);
+        let Some(mut state) = self.state.take() else {
+            copy.abort(AbortReason::Refused);
+            return Decision::Reply(unavailable()).into();
+        };
+        self.in_body = false;
+        let up = self.upstream.clone();
+        let result = match state.up.conn.as_mut() {
+            Some(conn) => end_data(conn).await,
+            None => Err(Failure::Misuse("upstream transaction lost".into())),
+        };
+        let verdict = upstream_verdict(&up, &mut state.up, result);
+        // The connection goes back for the session's next transaction.
+        put_state(&self.states, &self.id, state);
+        let reply = match verdict {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                // Nothing is delivered when the upstream did not take it.
+                copy.abort(AbortReason::Refused);
+                return Decision::Reply(refusal).into();
+            }
+        };
+        message.record_delivery(relayed_line(&up, &reply));
+        let Some(local) = self.local.take() else {
+            copy.abort(AbortReason::Refused);
+            return Decision::Accept.into();
+        };
+        let LocalPart {
+            handler,
+            session,
+            envelope,
+        } = local;
+        let decision = match copy {
+            LocalCopy::None => return Decision::Accept.into(),
+            LocalCopy::Stream(sink) => sink.finish(message.clone()).await,
+            LocalCopy::Discard => handler.message(&session, &envelope, &message).await,
+            LocalCopy::Buffer { data, .. } => {
+                let mut whole = Message::new(data, message.trace.clone());
+                whole.id.clone_from(&message.id);
+                let whole = Arc::new(whole);
+                let d = handler.message(&session, &envelope, &whole).await;
+                for place in whole.deliveries() {
+                    message.record_delivery(place);
+                }
+                d
+            }
+        };
+        merge(&self.routes, decision, envelope.recipients.len())
+    }
+}
+
+impl<L: Handler> BodySink for RelaySink<L> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+        Box::pin(self.write_chunk(chunk))
+    }
+
+    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+        Box::pin(self.finish_message(message))
+    }
+
+    fn abort(mut self: Box<Self>, reason: AbortReason) {
+        self.cancel(reason);
+    }
+}
+
+/// A sink dropped without `finish` or `abort` (its session's task gone)
+/// counts as aborted.
+impl<L: Handler> Drop for RelaySink<L> {
+    fn drop(&mut self) {
+        self.cancel(AbortReason::Disconnected);
+    }
+}
+
 impl<L: Handler> Handler for Router<L> {
     fn wants_trace(&self) -> bool {
         // A relayed message carries our Received: header upstream.
-        self.upstream.is_some() || self.local.as_ref().is_some_and(L::wants_trace)
+        self.upstream.is_some() || self.local.as_deref().is_some_and(L::wants_trace)
     }
 
     async fn connect(&self, session: &SessionInfo) -> Decision {
@@ -1007,11 +1370,92 @@ impl<L: Handler> Handler for Router<L> {
     }
 
     async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
-        match &self.local {
-            // Relayed bodies are sent upstream whole for now.
-            Some(l) if self.upstream.is_none() => l.body(session, envelope, message).await,
-            _ => Body::Buffer,
+        let Some(upstream) = self.upstream.clone() else {
+            return match &self.local {
+                Some(l) => l.body(session, envelope, message).await,
+                None => Body::Buffer,
+            };
+        };
+        let mut state = self.take_state(&session.id);
+        let routes = self.routes_of(session, envelope, &mut state);
+        if !routes.contains(&Route::Relay) {
+            // Every recipient is local: the local handler takes the body
+            // (and `message` gets it, unless the handler streams it).
+            state.routes = routes;
+            self.put_state(&session.id, state);
+            return match &self.local {
+                Some(l) => l.body(session, envelope, message).await,
+                None => Body::Discard,
+            };
         }
+        if let Err(refusal) = check_usable(&upstream, &mut state.up) {
+            self.put_state(&session.id, state);
+            return Body::Refuse(refusal);
+        }
+        // The local recipients' handler says first how it takes the body:
+        // its refusal refuses the message before anything goes upstream.
+        let local_env = local_envelope(envelope, &routes);
+        let (copy, local) = match &self.local {
+            Some(l) if !local_env.recipients.is_empty() => {
+                let copy = match l.body(session, &local_env, message).await {
+                    Body::Refuse(refusal) => {
+                        self.put_state(&session.id, state);
+                        return Body::Refuse(refusal);
+                    }
+                    Body::Stream(sink) => LocalCopy::Stream(sink),
+                    Body::Discard => LocalCopy::Discard,
+                    Body::BufferUpTo(cap) => LocalCopy::Buffer {
+                        data: Vec::new(),
+                        cap,
+                    },
+                    // Body::Buffer, and any other buffering form.
+                    _ => LocalCopy::Buffer {
+                        data: Vec::new(),
+                        cap: usize::MAX,
+                    },
+                };
+                let part = LocalPart {
+                    handler: l.clone(),
+                    session: session.clone(),
+                    envelope: local_env,
+                };
+                (copy, Some(part))
+            }
+            _ => (LocalCopy::None, None),
+        };
+        // DATA upstream, its 354 awaited, our trace header first (boxed, as
+        // the other upstream steps).
+        let started = Box::pin(async {
+            let conn = state
+                .up
+                .conn
+                .as_mut()
+                .ok_or_else(|| Failure::Misuse("no upstream".into()))?;
+            match start_data(conn).await? {
+                Some(refused) => Ok(Some(refused)),
+                None => push_upstream(conn, &message.trace).await,
+            }
+        })
+        .await;
+        let refusal = match started {
+            Ok(None) => {
+                return Body::Stream(Box::new(RelaySink {
+                    states: self.sessions.clone(),
+                    id: session.id.clone(),
+                    upstream,
+                    state: Some(state),
+                    routes,
+                    in_body: true,
+                    local,
+                    copy,
+                }));
+            }
+            Ok(Some(refused)) => upstream_verdict(&upstream, &mut state.up, Ok(refused)),
+            Err(e) => upstream_verdict(&upstream, &mut state.up, Err(e)),
+        };
+        copy.abort(AbortReason::Refused);
+        self.put_state(&session.id, state);
+        Body::Refuse(refusal.err().unwrap_or_else(unavailable))
     }
 
     async fn verify(&self, session: &SessionInfo, arg: &str, expand: bool) -> Decision {
@@ -1034,6 +1478,8 @@ impl<L: Handler> Handler for Router<L> {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
+        // Reached when no sink took the body: every recipient is local, or
+        // the message came whole (a caller driving the hooks itself).
         let Some(upstream) = self.upstream.as_deref() else {
             // Every accepted recipient is local.
             return match &self.local {
@@ -1042,73 +1488,30 @@ impl<L: Handler> Handler for Router<L> {
             };
         };
         let mut state = self.take_state(&session.id);
-        let mut routes = std::mem::take(&mut state.routes);
-        if routes.len() != envelope.recipients.len() {
-            // The state was lost (swept): route again; a relayed recipient
-            // then finds no upstream transaction and the message fails.
-            routes = envelope
-                .recipients
-                .iter()
-                .map(|r| self.route(session, &r.address).unwrap_or(Route::Relay))
-                .collect();
-        }
+        let routes = self.routes_of(session, envelope, &mut state);
         let relayed = routes.contains(&Route::Relay);
         if relayed {
             let verdict = Box::pin(message_upstream(upstream, &mut state.up, message)).await;
             self.put_state(&session.id, state);
             match verdict {
-                Ok(reply) => message.record_delivery(format!(
-                    "relay:{} ({} {}{})",
-                    upstream_name(&self.upstream),
-                    reply.code(),
-                    reply
-                        .enhanced()
-                        .map(|e| format!("{e} "))
-                        .unwrap_or_default(),
-                    reply.text().lines().next().unwrap_or("")
-                )),
+                Ok(reply) => message.record_delivery(relayed_line(upstream, &reply)),
                 Err(reply) => return MessageDecision::All(Decision::Reply(reply)),
             }
         } else {
             self.put_state(&session.id, state);
         }
-        let local: Vec<Recipient> = envelope
-            .recipients
-            .iter()
-            .zip(routes.iter())
-            .filter(|(_, r)| **r == Route::Local)
-            .map(|(rcpt, _)| rcpt.clone())
-            .collect();
-        if local.is_empty() {
+        let local_env = local_envelope(envelope, &routes);
+        if local_env.recipients.is_empty() {
             return MessageDecision::All(Decision::Accept);
         }
         let Some(l) = &self.local else {
             return MessageDecision::All(Decision::Accept);
         };
-        let local_env = Envelope {
-            from: envelope.from.clone(),
-            options: envelope.options.clone(),
-            recipients: local,
-        };
         let local_decision = l.message(session, &local_env, message).await;
         if !relayed {
             return local_decision;
         }
-        // Merge per recipient: relayed ones got the upstream's acceptance.
-        let mut local_each = match local_decision {
-            MessageDecision::All(d) => vec![d; local_env.recipients.len()],
-            MessageDecision::PerRecipient(v) => v,
-        }
-        .into_iter();
-        MessageDecision::PerRecipient(
-            routes
-                .iter()
-                .map(|r| match r {
-                    Route::Relay => Decision::Accept,
-                    Route::Local => local_each.next().unwrap_or(Decision::Accept),
-                })
-                .collect(),
-        )
+        merge(&routes, local_decision, local_env.recipients.len())
     }
 
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
@@ -1188,5 +1591,590 @@ mod tests {
         assert!(ok(&authed, "a@victim.example"));
         // A Unix-socket client is local.
         assert!(ok(&SessionInfo::default(), "a@victim.example"));
+    }
+
+    // ----- streaming bodies (issue 14, item 3) -----
+
+    use crate::dial::{Connecting, Dial};
+    use futures_executor::block_on;
+    use smtp_proto::client::{Instruction, Output};
+
+    /// An in-memory upstream: plain SMTP without extensions, `DATA` and
+    /// the end of data answered as set.
+    #[derive(Default)]
+    struct FakeUp {
+        /// Replies not yet read by the client.
+        out: Vec<u8>,
+        line: Vec<u8>,
+        /// Inside DATA: the body so far (after a virtual CRLF).
+        body: Option<Vec<u8>>,
+        /// Bodies ended with the end of data.
+        ended: Vec<Vec<u8>>,
+        /// Commands received.
+        commands: Vec<String>,
+        connections: usize,
+        closed: usize,
+        data_reply: Option<&'static str>,
+        end_reply: Option<&'static str>,
+        /// Offers CHUNKING; inside a BDAT chunk: the bytes still to come
+        /// and whether it is the last.
+        chunking: bool,
+        bdat: Option<(usize, bool)>,
+    }
+
+    impl FakeUp {
+        fn input(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                if let Some((left, last)) = &mut self.bdat {
+                    self.body.get_or_insert_with(|| b"\r\n".to_vec()).push(b);
+                    *left -= 1;
+                    if *left == 0 {
+                        let last = *last;
+                        self.bdat = None;
+                        let reply = if last {
+                            let mut body = self.body.take().unwrap_or_default();
+                            self.ended.push(body.split_off(2));
+                            self.end_reply.unwrap_or("250 2.0.0 queued")
+                        } else {
+                            "250 2.0.0 chunk"
+                        };
+                        self.out
+                            .extend_from_slice(format!("{reply}\r\n").as_bytes());
+                    }
+                    continue;
+                }
+                if let Some(body) = self.body.as_mut().filter(|_| !self.chunking) {
+                    body.push(b);
+                    if body.ends_with(b"\r\n.\r\n") {
+                        let mut body = self.body.take().unwrap_or_default();
+                        body.truncate(body.len() - 3);
+                        self.ended.push(body.split_off(2));
+                        let reply = self.end_reply.unwrap_or("250 2.0.0 queued");
+                        self.out
+                            .extend_from_slice(format!("{reply}\r\n").as_bytes());
+                    }
+                    continue;
+                }
+                self.line.push(b);
+                if !self.line.ends_with(b"\r\n") {
+                    continue;
+                }
+                let cmd = String::from_utf8_lossy(&self.line).trim_end().to_owned();
+                self.line.clear();
+                let verb = cmd.get(..4).unwrap_or("").to_ascii_uppercase();
+                self.commands.push(cmd);
+                let reply = match verb.as_str() {
+                    "EHLO" if self.chunking => "250-fake.test\r\n250 CHUNKING",
+                    "BDAT" => {
+                        let mut words = self.commands.last().unwrap().split(' ').skip(1);
+                        let n: usize = words.next().unwrap().parse().unwrap();
+                        let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                        assert!(n > 0, "the client sends no empty chunks here");
+                        self.bdat = Some((n, last));
+                        continue;
+                    }
+                    "EHLO" => "250 fake.test",
+                    "QUIT" => "221 2.0.0 bye",
+                    "DATA" => {
+                        let reply = self.data_reply.unwrap_or("354 go ahead");
+                        if reply.starts_with("354") {
+                            self.body = Some(b"\r\n".to_vec());
+                        }
+                        reply
+                    }
+                    _ => "250 2.0.0 ok",
+                };
+                self.out
+                    .extend_from_slice(format!("{reply}\r\n").as_bytes());
+            }
+        }
+
+        /// The body inside DATA now, if any.
+        fn partial(&self) -> Option<&[u8]> {
+            self.body.as_deref().map(|b| &b[2..])
+        }
+    }
+
+    type Fake = Arc<Mutex<FakeUp>>;
+
+    static FAKES: Mutex<Vec<(String, Fake)>> = Mutex::new(Vec::new());
+
+    /// A new in-memory upstream and its settings.
+    fn fake(name: &str) -> (Upstream, Fake) {
+        let up: Fake = Arc::default();
+        let address = format!("{name}.fake:25");
+        let mut fakes = FAKES.lock().unwrap();
+        assert!(
+            fakes.iter().all(|(a, _)| *a != address),
+            "one fake per name"
+        );
+        fakes.push((address.clone(), up.clone()));
+        (Upstream::new(address, "relay.test"), up)
+    }
+
+    struct FakeDial;
+    static FAKE_DIAL: FakeDial = FakeDial;
+
+    impl Dial for FakeDial {
+        fn connect(&'static self, req: DialRequest) -> Connecting {
+            Box::pin(async move {
+                let fakes = FAKES.lock().unwrap();
+                let (_, up) = fakes.iter().find(|(a, _)| *a == req.address).unwrap();
+                let mut u = up.lock().unwrap();
+                u.connections += 1;
+                u.out = b"220 fake.test ESMTP\r\n".to_vec();
+                u.line.clear();
+                u.body = None;
+                let client = Client::new(req.client, Instant::now());
+                Ok(Box::new(FakeLink {
+                    client,
+                    up: up.clone(),
+                }) as Box<dyn ClientLink>)
+            })
+        }
+    }
+
+    struct FakeLink {
+        client: Client,
+        up: Fake,
+    }
+
+    impl FakeLink {
+        /// Writes what the client holds into the upstream.
+        fn write_out(&mut self) {
+            let bytes = self.client.transmit().to_vec();
+            self.client.transmitted(bytes.len());
+            self.up.lock().unwrap().input(&bytes);
+        }
+
+        /// Writes, then reads the upstream's replies; whether anything moved.
+        fn pump(&mut self) -> bool {
+            let wrote = !self.client.transmit().is_empty();
+            self.write_out();
+            let replies = std::mem::take(&mut self.up.lock().unwrap().out);
+            self.client.receive(&replies, Instant::now());
+            wrote || !replies.is_empty()
+        }
+    }
+
+    impl ClientLink for FakeLink {
+        fn client(&mut self) -> &mut Client {
+            &mut self.client
+        }
+
+        fn next_event(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
+            Box::pin(async move {
+                loop {
+                    if self.client.has_event() {
+                        return Ok(self.client.poll().event());
+                    }
+                    if let Output::Instruction(Instruction::Closed) = self.client.poll() {
+                        self.write_out();
+                        return Ok(None);
+                    }
+                    if !self.pump() {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+            })
+        }
+
+        fn until_body(&mut self) -> BoxFuture<'_, io::Result<Option<ClientEvent>>> {
+            Box::pin(async move {
+                while !self.client.wants_body() && !self.client.has_event() {
+                    if !self.pump() {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                if self.client.has_event() {
+                    return Ok(self.client.poll().event());
+                }
+                Ok(None)
+            })
+        }
+
+        fn flush(&mut self) -> BoxFuture<'_, io::Result<()>> {
+            self.write_out();
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn close(mut self: Box<Self>) {
+            let _ = self.client.quit(Instant::now());
+            self.write_out();
+        }
+    }
+
+    impl Drop for FakeLink {
+        fn drop(&mut self) {
+            self.up.lock().unwrap().closed += 1;
+        }
+    }
+
+    /// How the test's local handler takes bodies.
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Buffer,
+        UpTo(usize),
+        Discard,
+        Refuse,
+        Stream,
+    }
+
+    /// What the local handler saw.
+    #[derive(Default)]
+    struct Seen {
+        /// `message` calls: the data and the recipients.
+        messages: Vec<(Vec<u8>, Vec<String>)>,
+        streamed: Vec<u8>,
+        finished: bool,
+        aborted: Option<AbortReason>,
+    }
+
+    struct Local {
+        mode: Mode,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    struct LocalSink(Arc<Mutex<Seen>>);
+
+    impl BodySink for LocalSink {
+        fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
+            self.0.lock().unwrap().streamed.extend_from_slice(chunk);
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
+            self.0.lock().unwrap().finished = true;
+            message.record_delivery("local:stream");
+            Box::pin(std::future::ready(Decision::Accept.into()))
+        }
+
+        fn abort(self: Box<Self>, reason: AbortReason) {
+            self.0.lock().unwrap().aborted = Some(reason);
+        }
+    }
+
+    impl Handler for Local {
+        async fn body(&self, _: &SessionInfo, _: &Envelope, _: &Message) -> Body {
+            match self.mode {
+                Mode::Buffer => Body::Buffer,
+                Mode::UpTo(n) => Body::BufferUpTo(n),
+                Mode::Discard => Body::Discard,
+                Mode::Refuse => Body::Refuse(Reply::TEMPORARY_FAILURE),
+                Mode::Stream => Body::Stream(Box::new(LocalSink(self.seen.clone()))),
+            }
+        }
+
+        async fn message(
+            &self,
+            _: &SessionInfo,
+            envelope: &Envelope,
+            message: &Arc<Message>,
+        ) -> MessageDecision {
+            let rcpts = envelope.recipient_addresses().map(str::to_owned).collect();
+            let mut seen = self.seen.lock().unwrap();
+            seen.messages.push((message.data.clone(), rcpts));
+            message.record_delivery("local:whole");
+            Decision::Accept.into()
+        }
+    }
+
+    /// A router with a local handler for `local.example` and an in-memory
+    /// upstream for everything else.
+    fn mixed(name: &str, mode: Mode) -> (Router<Local>, Fake, Arc<Mutex<Seen>>) {
+        let (up, fake) = fake(name);
+        let seen = Arc::<Mutex<Seen>>::default();
+        let local = Local {
+            mode,
+            seen: seen.clone(),
+        };
+        let router = Router::new(
+            vec!["local.example".into()],
+            Some(local),
+            Some(up),
+            Vec::new(),
+        );
+        (router, fake, seen)
+    }
+
+    /// A session (a Unix-socket client: trusted) that dials the fakes.
+    fn dialing(id: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            dialer: Some(Dialer::new(&FAKE_DIAL)),
+            ..SessionInfo::default()
+        }
+    }
+
+    /// MAIL and the RCPTs (each accepted); the envelope.
+    fn transaction<L: Handler>(router: &Router<L>, s: &SessionInfo, rcpts: &[&str]) -> Envelope {
+        let options = MailOptions::default();
+        assert_eq!(
+            block_on(router.mail(s, "a@x.example", &options)),
+            Decision::Accept
+        );
+        let mut env = Envelope {
+            from: "a@x.example".into(),
+            options,
+            recipients: Vec::new(),
+        };
+        for r in rcpts {
+            let to = Recipient {
+                address: (*r).into(),
+                notify: None,
+                orcpt: None,
+            };
+            assert_eq!(block_on(router.rcpt(s, &env, &to)), Decision::Accept, "{r}");
+            env.recipients.push(to);
+        }
+        env
+    }
+
+    fn message(id: &str) -> Message {
+        let mut m = Message::new(Vec::new(), b"Received: by relay.test\r\n".to_vec());
+        m.id = id.into();
+        m
+    }
+
+    fn stream(body: Body) -> Box<dyn BodySink> {
+        match body {
+            Body::Stream(sink) => sink,
+            other => panic!("not a stream: {other:?}"),
+        }
+    }
+
+    /// The body goes upstream as it comes (DATA at its start, each chunk
+    /// written before the next is asked for), the upstream's acceptance is
+    /// recorded, and the connection serves the next transaction.
+    #[test]
+    fn relayed_body_streams_and_the_connection_is_reused() {
+        let (up, fake) = fake("relayed");
+        let router = Router::new(Vec::new(), None::<()>, Some(up), Vec::new());
+        let s = dialing("s1");
+        for n in 1..=2 {
+            let env = transaction(&router, &s, &["you@remote.example"]);
+            let msg = message(&format!("s1-{n}"));
+            let mut sink = stream(block_on(router.body(&s, &env, &msg)));
+            assert!(
+                fake.lock().unwrap().partial().is_some(),
+                "DATA at the body's start"
+            );
+            block_on(sink.write(b"Subject: x\r\n\r\n")).unwrap();
+            block_on(sink.write(b".dot\r\nmore\r\n")).unwrap();
+            assert_eq!(
+                fake.lock().unwrap().partial().unwrap(),
+                b"Received: by relay.test\r\nSubject: x\r\n\r\n..dot\r\nmore\r\n",
+                "each chunk went upstream at once (dot-stuffed)"
+            );
+            let msg = Arc::new(msg);
+            let d = block_on(sink.finish(msg.clone()));
+            assert_eq!(d, MessageDecision::All(Decision::Accept));
+            assert_eq!(
+                msg.deliveries(),
+                ["relay:relayed.fake:25 (250 2.0.0 queued)"]
+            );
+        }
+        let f = fake.lock().unwrap();
+        assert_eq!(f.ended.len(), 2);
+        assert_eq!(f.connections, 1, "{:?}", f.commands);
+        assert_eq!(f.closed, 0);
+    }
+
+    /// With CHUNKING upstream the body goes as BDAT chunks whose replies
+    /// are read as it goes: a body many times the client's buffer passes.
+    #[test]
+    fn a_large_body_streams_as_bdat_chunks() {
+        let (up, fake) = fake("bdat");
+        fake.lock().unwrap().chunking = true;
+        let router = Router::new(Vec::new(), None::<()>, Some(up), Vec::new());
+        let s = dialing("b1");
+        let env = transaction(&router, &s, &["you@remote.example"]);
+        let msg = message("b1-1");
+        let mut sink = stream(block_on(router.body(&s, &env, &msg)));
+        let line = [b'b'; 998];
+        let mut want = b"Received: by relay.test\r\n".to_vec();
+        for _ in 0..4000 {
+            block_on(sink.write(&line)).unwrap();
+            block_on(sink.write(b"\r\n")).unwrap();
+            want.extend_from_slice(&line);
+            want.extend_from_slice(b"\r\n");
+        }
+        let d = block_on(sink.finish(Arc::new(msg)));
+        assert_eq!(d, MessageDecision::All(Decision::Accept));
+        let f = fake.lock().unwrap();
+        assert!(f.commands.iter().filter(|c| c.starts_with("BDAT")).count() > 10);
+        assert_eq!(f.ended.len(), 1);
+        assert!(f.ended[0] == want, "the body whole, not dot-stuffed");
+    }
+
+    /// A body cut off (aborted or dropped) closes the upstream connection
+    /// inside DATA, never with the end of data; the next transaction opens
+    /// a new connection.
+    #[test]
+    fn a_cut_off_body_is_never_ended_upstream() {
+        let (up, fake) = fake("cut");
+        let router = Router::new(Vec::new(), None::<()>, Some(up), Vec::new());
+        let s = dialing("c1");
+        for (n, drop_it) in [(1, false), (2, true)] {
+            let env = transaction(&router, &s, &["you@remote.example"]);
+            let msg = message(&format!("c1-{n}"));
+            let mut sink = stream(block_on(router.body(&s, &env, &msg)));
+            block_on(sink.write(b"Subject: cut\r\n\r\npart\r\n")).unwrap();
+            if drop_it {
+                drop(sink);
+            } else {
+                sink.abort(AbortReason::Disconnected);
+            }
+            let f = fake.lock().unwrap();
+            assert_eq!(f.closed, n, "the upstream connection closed");
+            assert!(f.ended.is_empty(), "no end of data upstream");
+            assert!(!f.commands.iter().any(|c| c == "QUIT"), "{:?}", f.commands);
+        }
+        let env = transaction(&router, &s, &["you@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("c1-3"))));
+        block_on(sink.write(b"Subject: ok\r\n\r\nwhole\r\n")).unwrap();
+        let d = block_on(sink.finish(Arc::new(message("c1-3"))));
+        assert_eq!(d, MessageDecision::All(Decision::Accept));
+        let f = fake.lock().unwrap();
+        assert_eq!(f.connections, 3);
+        assert_eq!(f.ended.len(), 1);
+    }
+
+    /// Mixed transactions: the upstream first, then the local copy in
+    /// whatever form the local handler wants; decisions per recipient.
+    #[test]
+    fn mixed_transaction_local_copy_forms() {
+        let chunks: [&[u8]; 2] = [b"Subject: m\r\n\r\n", b"both\r\n"];
+        for (name, mode) in [
+            ("buffer", Mode::Buffer),
+            ("upto", Mode::UpTo(1024)),
+            ("discard", Mode::Discard),
+            ("stream", Mode::Stream),
+        ] {
+            let (router, fake, seen) = mixed(name, mode);
+            let s = dialing(name);
+            let env = transaction(
+                &router,
+                &s,
+                &[
+                    "me@local.example",
+                    "you@remote.example",
+                    "her@local.example",
+                ],
+            );
+            let msg = message("m-1");
+            let mut sink = stream(block_on(router.body(&s, &env, &msg)));
+            for c in chunks {
+                block_on(sink.write(c)).unwrap();
+            }
+            let msg = Arc::new(msg);
+            let d = block_on(sink.finish(msg.clone()));
+            assert_eq!(
+                d,
+                MessageDecision::PerRecipient(vec![Decision::Accept; 3]),
+                "{name}"
+            );
+            let f = fake.lock().unwrap();
+            assert_eq!(
+                f.ended,
+                [b"Received: by relay.test\r\nSubject: m\r\n\r\nboth\r\n".to_vec()],
+                "{name}"
+            );
+            let seen = seen.lock().unwrap();
+            let locals = vec![
+                "me@local.example".to_owned(),
+                "her@local.example".to_owned(),
+            ];
+            match mode {
+                Mode::Buffer | Mode::UpTo(_) => {
+                    assert_eq!(
+                        seen.messages,
+                        [(b"Subject: m\r\n\r\nboth\r\n".to_vec(), locals)],
+                        "{name}"
+                    );
+                    assert_eq!(msg.deliveries()[1], "local:whole");
+                }
+                Mode::Discard => assert_eq!(seen.messages, [(Vec::new(), locals)]),
+                Mode::Stream => {
+                    assert_eq!(seen.streamed, b"Subject: m\r\n\r\nboth\r\n");
+                    assert!(seen.finished && seen.aborted.is_none());
+                    assert_eq!(msg.deliveries()[1], "local:stream");
+                }
+                Mode::Refuse => unreachable!(),
+            }
+            assert!(msg.deliveries()[0].starts_with("relay:"), "{name}");
+        }
+    }
+
+    /// The local handler's refusal refuses the message before DATA goes
+    /// upstream; its cap refuses it (`552 5.3.4`) and cuts the upstream
+    /// body off.
+    #[test]
+    fn mixed_transaction_local_refusal_and_cap() {
+        let (router, fake, _) = mixed("refuse", Mode::Refuse);
+        let s = dialing("r1");
+        let env = transaction(&router, &s, &["me@local.example", "you@remote.example"]);
+        match block_on(router.body(&s, &env, &message("r1-1"))) {
+            Body::Refuse(r) => assert_eq!(r, Reply::TEMPORARY_FAILURE),
+            other => panic!("{other:?}"),
+        }
+        assert!(!fake.lock().unwrap().commands.iter().any(|c| c == "DATA"));
+        // The next transaction resets the upstream one.
+        let _ = transaction(&router, &s, &["you@remote.example"]);
+        assert!(fake.lock().unwrap().commands.iter().any(|c| c == "RSET"));
+
+        let (router, fake, seen) = mixed("cap", Mode::UpTo(10));
+        let s = dialing("k1");
+        let env = transaction(&router, &s, &["me@local.example", "you@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("k1-1"))));
+        block_on(sink.write(b"S: 1\r\n")).unwrap();
+        let refusal = block_on(sink.write(b"more than ten octets\r\n")).unwrap_err();
+        assert_eq!(refusal, Reply::MESSAGE_TOO_BIG);
+        sink.abort(AbortReason::Refused);
+        let f = fake.lock().unwrap();
+        assert!(f.ended.is_empty() && f.closed == 1);
+        assert!(seen.lock().unwrap().messages.is_empty());
+    }
+
+    /// The upstream's refusal of DATA or of the body is the client's, and
+    /// then nothing is delivered locally.
+    #[test]
+    fn upstream_refusals_deliver_nothing_locally() {
+        let (router, fake, seen) = mixed("nodata", Mode::Stream);
+        fake.lock().unwrap().data_reply = Some("554 no thanks");
+        let s = dialing("n1");
+        let env = transaction(&router, &s, &["me@local.example", "you@remote.example"]);
+        match block_on(router.body(&s, &env, &message("n1-1"))) {
+            Body::Refuse(r) => {
+                assert_eq!(
+                    (r.code(), r.enhanced()),
+                    (554, Some(EnhancedCode::new(5, 0, 0)))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().aborted, Some(AbortReason::Refused));
+
+        let (router, fake, seen) = mixed("noend", Mode::Stream);
+        fake.lock().unwrap().end_reply = Some("550 5.7.1 spam");
+        let s = dialing("e1");
+        let env = transaction(&router, &s, &["me@local.example", "you@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("e1-1"))));
+        block_on(sink.write(b"Subject: s\r\n\r\nspam\r\n")).unwrap();
+        let d = block_on(sink.finish(Arc::new(message("e1-1"))));
+        match d {
+            MessageDecision::All(Decision::Reply(r)) => assert_eq!(r.code(), 550),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().unwrap();
+        assert!(!seen.finished && seen.aborted == Some(AbortReason::Refused));
+        // Deferred: 451 4.4.1, the connection kept for the next one.
+        fake.lock().unwrap().end_reply = Some("452 4.3.1 full");
+        let env = transaction(&router, &s, &["you@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("e1-2"))));
+        block_on(sink.write(b"x\r\n")).unwrap();
+        let d = block_on(sink.finish(Arc::new(message("e1-2"))));
+        assert_eq!(d, MessageDecision::All(Decision::Reply(unavailable())));
+        assert_eq!(fake.lock().unwrap().connections, 1);
     }
 }

@@ -3,7 +3,18 @@
 //!
 //! These are [`Handler`]s that every adapter can use. They are
 //! runtime-agnostic: file I/O runs on the [`blocking`] crate's thread pool,
-//! so it never blocks an async worker thread. Storage handlers answer `250`
+//! so it never blocks an async worker thread.
+//!
+//! Every store takes the body as it arrives ([`Handler::body`] returns a
+//! [`Body::Stream`] or [`Body::Discard`]), so a session holds at most 64 KiB
+//! of a message whatever its size: [`SinkHandler`] keeps none of it;
+//! [`MaildirHandler`] writes the mailbox's `tmp/` file in 64 KiB runs;
+//! [`MboxHandler`] and [`DebugHandler`] spool past 64 KiB to an anonymous
+//! temporary file (nothing is left behind, even after a crash) and append
+//! or print the message whole at its end, under a lock. A body cut off
+//! (too big, a bad line, a disconnect, a timeout) leaves nothing behind.
+//! Their [`Handler::message`] (the whole-message form) still works, for
+//! callers that hold a message already. Storage handlers answer `250`
 //! only after the data is on disk (`fsync` of the file, and of every
 //! directory whose entries changed), and a 4xx when anything fails (`452`
 //! for a full disk or quota, `451 4.3.0` otherwise), leaving nothing
@@ -807,7 +818,7 @@ impl Handler for MaildirHandler {
         }
     }
 
-    /// Streams the body into `tmp/` as it arrives ([`MaildirSink`]).
+    /// Streams the body into the first mailbox's `tmp/` as it arrives.
     async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
         let Some((copies, which)) = self.copies(envelope, session.lmtp) else {
             return Body::Refuse(Reply::TEMPORARY_FAILURE);

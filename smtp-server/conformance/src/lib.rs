@@ -34,6 +34,7 @@ mod hardening_net;
 mod hardening_ops;
 mod hardening_relay;
 mod hardening_store;
+mod streaming;
 mod support;
 
 use std::process::ExitCode;
@@ -72,7 +73,8 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(hardening_net::ALL)
             .chain(hardening_ops::ALL)
             .chain(hardening_relay::ALL)
-            .chain(hardening_store::ALL);
+            .chain(hardening_store::ALL)
+            .chain(streaming::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
