@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Servers side by side (issue 7): our smtpd (tokio, smol, blocking) against
-# Postfix's smtp-sink, aiosmtpd and mailin-embedded, all discarding mail, on
-# 127.0.0.1. See bench/README.md for what each scenario measures and how.
+# Postfix's smtp-sink, aiosmtpd, mailin-embedded and nodemailer's
+# smtp-server, all discarding mail, on 127.0.0.1; and our smtpd storing
+# into a Maildir or relaying to an smtp-sink. See bench/README.md for what
+# each scenario measures and how.
 #
 #   bench/run.sh                 full run: RUNS=3 per cell, criterion benches too
 #   bench/run.sh --quick         1 run, small counts, no criterion (to try it out)
@@ -9,9 +11,11 @@
 #
 # Options: --runs N, --servers "tokio smtp-sink ...", --scenarios "a b c ...",
 # --no-build, --no-install, --no-criterion, --label TEXT (goes into the report).
+# Servers also: tokio-maildir tokio-relay nodemailer; scenario also: i.
 # Environment: SMTPD_TOKIO, SMTPD_SMOL, SMTPD_BLOCKING (binary paths),
 # BENCH_TARGET_DIR (default target/bench in the repository), LOADGEN (see gen_* below),
-# and the per-scenario counts (A_MSGS ... G_SECS).
+# and the per-scenario counts (A_MSGS ... G_SECS, I_CONNS, I_SIZE, I_WAIT,
+# I_SETTLE, I_FINISH).
 set -euo pipefail
 # Read the whole script before running any of it (safe to edit during a run).
 {
@@ -25,6 +29,7 @@ SMTPD_SMOL=${SMTPD_SMOL:-$BIN_DIR/smtpd-smol}
 SMTPD_BLOCKING=${SMTPD_BLOCKING:-$BIN_DIR/smtpd-blocking}
 PEERS_TARGET=$HERE/peers/target
 MAILIN_SINK=$PEERS_TARGET/release/mailin-sink
+NODEMAILER_SINK=$HERE/peers/nodemailer-sink
 CLIENT=$PEERS_TARGET/release/smtp-bench-client
 VENV=$HERE/.venv
 RESULTS=$HERE/results
@@ -37,7 +42,9 @@ CRITERION=1
 CRITERION_ONLY=0
 LABEL=${LABEL:-}
 ORIG_ARGS=${*:+$(printf "%q " "$@")}
+# Also: tokio-maildir, tokio-relay, nodemailer (see server_cmd).
 SERVERS="tokio tokio-1 smol smol-1 blocking smtp-sink aiosmtpd mailin"
+# Also: i (held bodies: 3 GiB of message bodies at once; only when asked).
 SCENARIOS="a b c d e f g h"
 # The load generator for the smtp-source scenarios (b-e): `smtp-source`
 # (Postfix), `bench-client` (bench/peers/smtp-bench-client, as a cross-check),
@@ -57,7 +64,7 @@ while [ $# -gt 0 ]; do
     --criterion) CRITERION=1 ;;
     --criterion-only | --bench-only) CRITERION=1 CRITERION_ONLY=1 ;;
     --label) LABEL=$2; shift ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -66,9 +73,18 @@ done
 # Per-scenario sizes; --quick divides the counts so a run takes seconds.
 if [ "$QUICK" = 1 ]; then
   : "${A_MSGS:=2000}" "${B_MSGS:=1000}" "${C_MSGS:=500}" "${D_MSGS:=200}" "${E_MSGS:=1}" "${F_CONNS:=500}" "${G_SECS:=2}"
+  : "${I_CONNS:=10}" "${I_SIZE:=4194304}"
 else
   : "${A_MSGS:=100000}" "${B_MSGS:=50000}" "${C_MSGS:=20000}" "${D_MSGS:=5000}" "${E_MSGS:=100}" "${F_CONNS:=10000}" "${G_SECS:=5}"
+  : "${I_CONNS:=100}" "${I_SIZE:=31457280}"
 fi
+# (i): seconds to wait for every body to be written before reading the RSS
+# anyway (a server that stops reading blocks the client's writes), seconds
+# to let the server take in what is in flight before the reading, and
+# seconds for the sessions to finish after the release.
+I_WAIT=${I_WAIT:-120}
+I_SETTLE=${I_SETTLE:-2}
+I_FINISH=${I_FINISH:-300}
 # (h): one pacing rate for every server (below the peaks of all but aiosmtpd).
 H_RATE=${H_RATE:-15000}
 GEN_TIMEOUT=${GEN_TIMEOUT:-300} # seconds, for one load-generator run
@@ -78,6 +94,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$RESULTS"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/smtp-bench.XXXXXX")
 RAW=$WORK/raw.tsv # server scenario run key=value...
+MAILDIR=$WORK/maildir # tokio-maildir's store, emptied after every run
 : >"$RAW"
 REPORT=$RESULTS/$STAMP.md
 CLK_TCK=$(getconf CLK_TCK)
@@ -145,6 +162,16 @@ install_tools() {
     timeout 300 python3 -m venv "$VENV"
     timeout 600 "$VENV/bin/pip" install -q aiosmtpd
   fi
+  case " $SERVERS " in *" nodemailer "*) ;; *) return 0 ;; esac
+  if [ ! -d "$NODEMAILER_SINK/node_modules/smtp-server" ]; then
+    if command -v npm >/dev/null; then
+      note "installing smtp-server (npm) into $NODEMAILER_SINK/node_modules"
+      (cd "$NODEMAILER_SINK" && { timeout 600 npm ci --no-audit --no-fund >&2 || timeout 600 npm install --no-audit --no-fund >&2; }) ||
+        loud "npm could not install smtp-server for nodemailer"
+    else
+      loud "no npm: cannot install nodemailer's smtp-server"
+    fi
+  fi
 }
 
 build_all() {
@@ -186,15 +213,27 @@ have_server() {
     smtp-sink) command -v smtp-sink >/dev/null ;;
     aiosmtpd) [ -x "$VENV/bin/python" ] ;;
     mailin) [ -x "$MAILIN_SINK" ] ;;
+    tokio-maildir) [ -x "$SMTPD_TOKIO" ] ;;
+    tokio-relay) [ -x "$SMTPD_TOKIO" ] && command -v smtp-sink >/dev/null ;;
+    nodemailer) command -v node >/dev/null && [ -d "$NODEMAILER_SINK/node_modules/smtp-server" ] ;;
     *) return 1 ;;
   esac
 }
 
-# server_cmd NAME PORT MAXCONN: the command line that runs NAME as a sink.
+# server_cmd NAME PORT MAXCONN [SCENARIO]: the command line that runs NAME.
 server_cmd() {
-  local addr=127.0.0.1:$2 max=$3
-  local ours=(--sink --listen "$addr" --hostname bench.test --log warn
+  local addr=127.0.0.1:$2 max=$3 sc=${4:-}
+  local common=(--listen "$addr" --hostname bench.test --log warn
     --max-connections "$max" --max-connections-per-ip "$max")
+  # (i): sessions sit inside DATA while the others write their bodies; and
+  # room for its 30 MiB bodies whatever the defaults.
+  local smtp_sink_t=() aiosmtpd_s=()
+  if [ "$sc" = i ]; then
+    common+=(--data-timeout 600 --max-size 67108864)
+    smtp_sink_t=(-t 600)
+    aiosmtpd_s=(-s 67108864)
+  fi
+  local ours=(--sink "${common[@]}")
   case $1 in
     tokio) echo "$SMTPD_TOKIO" "${ours[@]}" ;;
     smol) echo "$SMTPD_SMOL" "${ours[@]}" ;;
@@ -204,48 +243,101 @@ server_cmd() {
     blocking) echo "$SMTPD_BLOCKING" "${ours[@]}" ;;
     # -u: smtp-sink refuses to run as root without dropping privileges.
     # -m: its connection limit (default 256). It offers PIPELINING.
-    smtp-sink) echo smtp-sink $([ "$(id -u)" = 0 ] && echo -u nobody) -h bench.test -m "$max" "$addr" 1024 ;;
-    aiosmtpd) echo "$VENV/bin/python" -m aiosmtpd -n -c aiosmtpd.handlers.Sink -l "$addr" ;;
+    smtp-sink) echo smtp-sink $([ "$(id -u)" = 0 ] && echo -u nobody) -h bench.test -m "$max" "${smtp_sink_t[@]}" "$addr" 1024 ;;
+    aiosmtpd) echo "$VENV/bin/python" -m aiosmtpd -n -c aiosmtpd.handlers.Sink "${aiosmtpd_s[@]}" -l "$addr" ;;
+    # tokio-relay's upstream: -c counts sessions and messages on stdout.
+    upstream-sink) echo smtp-sink $([ "$(id -u)" = 0 ] && echo -u nobody) -c -h upstream.test -m "$max" "${smtp_sink_t[@]}" "$addr" 1024 ;;
     # mailin-embedded serves one session per pool thread.
     mailin) echo "$MAILIN_SINK" "$addr" "$max" ;;
+    # Durable: a Maildir per recipient under $MAILDIR (fsync'd; emptied
+    # after each run). Every generator sends to rcpt0@bench.test.
+    tokio-maildir) echo "$SMTPD_TOKIO" "${common[@]}" --domain bench.test --maildir "$MAILDIR" ;;
+    # Relays everything to an smtp-sink on $UPPORT (start_server starts it):
+    # bench.test is served but has no local store, so its recipients are
+    # relayed (and the client is on loopback anyway). smtp-sink offers no
+    # TLS; --relay-no-starttls says so.
+    tokio-relay) echo "$SMTPD_TOKIO" "${common[@]}" --domain bench.test --relay "127.0.0.1:$UPPORT" --relay-no-starttls ;;
+    # nodemailer's smtp-server (peers/nodemailer-sink): reads each message
+    # stream to its end and drops it; SIZE 64 MiB; no AUTH/STARTTLS.
+    nodemailer) echo node "$NODEMAILER_SINK/server.js" "$addr" "$max" ;;
   esac
 }
 
-# start_server NAME MAXCONN: sets PORT and SPID (the server itself).
-start_server() {
-  free_port
+# launch NAME PORT MAXCONN SCENARIO LOG: starts server NAME on PORT under
+# timeout, waits until it listens; sets LPID (the server) and LTPID (timeout).
+launch() {
   local cmd
-  cmd=$(server_cmd "$1" "$PORT" "$2")
+  cmd=$(server_cmd "$1" "$2" "$3" "$4")
   # shellcheck disable=SC2086 # the command line is ours, words split on purpose
-  timeout --kill-after=5 "$SERVER_TIMEOUT" $cmd >"$WORK/server.log" 2>&1 &
-  local tpid=$!
+  timeout --kill-after=5 "$SERVER_TIMEOUT" $cmd >"$5" 2>&1 &
+  local tpid=$! i
   STARTED+=("$tpid")
-  local i
-  SPID=
+  LPID=
   for i in $(seq 100); do
-    [ -z "$SPID" ] && SPID=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{print $1}')
-    if [ -n "$SPID" ] && ss -Hltn "( sport = :$PORT )" | grep -q .; then
-      STARTED+=("$SPID")
-      TPID=$tpid
+    [ -z "$LPID" ] && LPID=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{print $1}')
+    if [ -n "$LPID" ] && ss -Hltn "( sport = :$2 )" | grep -q .; then
+      STARTED+=("$LPID")
+      LTPID=$tpid
       return 0
     fi
     kill -0 "$tpid" 2>/dev/null || break
     sleep 0.1
   done
-  loud "server $1 did not start on port $PORT: $(tail -n3 "$WORK/server.log")"
+  loud "server $1 did not start on port $2: $(tail -n3 "$5")"
   kill -TERM "$tpid" 2>/dev/null || true
   wait "$tpid" 2>/dev/null || true
-  forget "$tpid" ${SPID:+"$SPID"}
+  forget "$tpid" ${LPID:+"$LPID"}
   return 1
 }
 
-stop_server() {
-  kill -TERM "$SPID" 2>/dev/null || true
+# start_server NAME MAXCONN [SCENARIO]: sets PORT, SPID (the server itself)
+# and TPID; for tokio-relay also UPPORT, UP_SPID, UP_TPID (its upstream).
+start_server() {
+  UP_SPID= UP_TPID= UPPORT=
+  if [ "$1" = tokio-relay ]; then
+    free_port
+    UPPORT=$PORT
+    launch upstream-sink "$UPPORT" "$2" "${3:-}" "$WORK/upstream.log" || return 1
+    UP_SPID=$LPID UP_TPID=$LTPID
+  fi
+  if [ "$1" = tokio-maildir ]; then
+    rm -rf "$MAILDIR"
+    mkdir -p "$MAILDIR"
+  fi
+  free_port
+  if ! launch "$1" "$PORT" "$2" "${3:-}" "$WORK/server.log"; then
+    stop_pid "$UP_SPID" "$UP_TPID"
+    return 1
+  fi
+  SPID=$LPID TPID=$LTPID
+}
+
+stop_pid() { # server, its timeout wrapper (either may be empty)
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
   local i
-  for i in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$SPID" "$TPID" 2>/dev/null || true
-  wait "$TPID" 2>/dev/null || true
-  forget "$SPID" "$TPID"
+  for i in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" ${2:+"$2"} 2>/dev/null || true
+  [ -n "$2" ] && { wait "$2" 2>/dev/null || true; }
+  forget "$1" ${2:+"$2"}
+}
+
+stop_server() {
+  stop_pid "$SPID" "$TPID"
+  stop_pid "$UP_SPID" "$UP_TPID"
+  UP_SPID= UP_TPID=
+  rm -rf "$MAILDIR" # tokio-maildir's messages: up to 3 GiB in (i)
+}
+
+# A check that the messages went somewhere: `stored=N`, the files in
+# tokio-maildir's */new, or `relayed=N`, what tokio-relay's upstream counted.
+stored_word() {
+  if [ -d "$MAILDIR" ]; then
+    echo "stored=$(find "$MAILDIR" -path '*/new/*' -type f | wc -l)"
+  elif [ -n "$UP_SPID" ]; then
+    sleep 0.2
+    echo "relayed=$(tr '\r' '\n' <"$WORK/upstream.log" | grep -o 'mesg=[0-9]*' | tail -n1 | cut -d= -f2)"
+  fi
 }
 
 cpu_ticks() { # utime+stime of a process, all threads (fields 14, 15 of stat)
@@ -260,11 +352,14 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # are read when present.
 gen_smtp_source() {
   local s=$1 p=127.0.0.1:$2
+  # The envelope of smtp-bench-client (smtp-source's default is foo@`hostname`),
+  # so that tokio-maildir and tokio-relay, serving bench.test, take it.
+  local S=(smtp-source -f sender@bench.client -t rcpt0@bench.test)
   case $s in # -d: many messages per connection; without it, one each
-    b) GEN_MSGS=$B_MSGS GEN_CMD=(smtp-source -d -s 16 -m "$B_MSGS" -l 1024 -r 1 "$p") ;;
-    c) GEN_MSGS=$C_MSGS GEN_CMD=(smtp-source -s 16 -m "$C_MSGS" -l 1024 -r 1 "$p") ;;
-    d) GEN_MSGS=$D_MSGS GEN_CMD=(smtp-source -d -s 4 -m "$D_MSGS" -l 102400 -r 1 "$p") ;;
-    e) GEN_MSGS=$E_MSGS GEN_CMD=(smtp-source -d -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
+    b) GEN_MSGS=$B_MSGS GEN_CMD=("${S[@]}" -d -s 16 -m "$B_MSGS" -l 1024 -r 1 "$p") ;;
+    c) GEN_MSGS=$C_MSGS GEN_CMD=("${S[@]}" -s 16 -m "$C_MSGS" -l 1024 -r 1 "$p") ;;
+    d) GEN_MSGS=$D_MSGS GEN_CMD=("${S[@]}" -d -s 4 -m "$D_MSGS" -l 102400 -r 1 "$p") ;;
+    e) GEN_MSGS=$E_MSGS GEN_CMD=("${S[@]}" -d -s 1 -m "$E_MSGS" -l 10485760 -r 1 "$p") ;;
     *) return 1 ;;
   esac
 }
@@ -343,7 +438,7 @@ run_load() { # server scenario run [count rate]
   t0=$(cpu_ticks "$SPID")
   if run_gen "$gen" "$sc" "$PORT" "${4:-}" "${5:-}"; then
     t1=$(cpu_ticks "$SPID")
-    record "$srv" "$sc" "$run" "$GEN_OUT wall=$WALL srv_cpu=$(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN {print (b - a) / h}') gen_cpu=$GEN_CPU gen=$gen"
+    record "$srv" "$sc" "$run" "$GEN_OUT wall=$WALL srv_cpu=$(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN {print (b - a) / h}') gen_cpu=$GEN_CPU gen=$gen $(stored_word)"
   fi
   stop_server
 }
@@ -379,6 +474,69 @@ run_idle() { # server run
   stop_server
 }
 
+# Bytes in the kernel between the client and the server, in KiB: the
+# Recv-Q of the server's sockets on PORT (received, not yet read by the
+# server) plus the Send-Q of the client's (written, not yet acknowledged).
+in_flight_kib() {
+  { ss -Htn state established "( sport = :$1 )" | awk '{print $1}'
+    ss -Htn state established "( dport = :$1 )" | awk '{print $2}'; } |
+    awk '{s += $1} END {printf "%.0f", s / 1024}'
+}
+
+run_held() { # server run: scenario (i), held bodies
+  local srv=$1 run=$2
+  if [ "$srv" = tokio-maildir ]; then # it stores every body: check the disk first
+    local need_kib=$((I_CONNS * I_SIZE / 1024 * 12 / 10)) free_kib
+    free_kib=$(df -Pk "$WORK" | awk 'NR == 2 {print $4}')
+    if [ "$free_kib" -lt "$need_kib" ]; then
+      loud "SKIPPING (i) for tokio-maildir: $((free_kib / 1024)) MiB free in $WORK, needs $((need_kib / 1024))"
+      return 0
+    fi
+  fi
+  start_server "$srv" $((I_CONNS + 16)) i || return 0
+  local r0 r1 hwm t0 t1 line= done_line= inflight i
+  sleep 0.5
+  r0=$(rss_kib "$SPID")
+  t0=$(cpu_ticks "$SPID")
+  rm -f "$WORK/release"
+  # The client prints `ready ...` once every session has written its body
+  # (or after I_WAIT s), then waits for $WORK/release before the dots.
+  timeout --kill-after=5 $((I_WAIT + I_FINISH + 300)) "$CLIENT" hold -n "$I_CONNS" -l "$I_SIZE" \
+    --wait "$I_WAIT" --release "$WORK/release" --hold 300 --finish "$I_FINISH" \
+    "127.0.0.1:$PORT" >"$WORK/gen.out" 2>"$WORK/gen.err" </dev/null &
+  local cpid=$!
+  STARTED+=("$cpid")
+  for i in $(seq $(((I_WAIT + 60) * 10))); do
+    line=$(grep -m1 '^ready' "$WORK/gen.out" || true)
+    [ -n "$line" ] && break
+    kill -0 "$cpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -n "$line" ]; then
+    sleep "$I_SETTLE"
+    r1=$(rss_kib "$SPID" 2>/dev/null || true)
+    inflight=$(in_flight_kib "$PORT")
+  fi
+  touch "$WORK/release"
+  wait "$cpid" 2>/dev/null || true
+  forget "$cpid"
+  done_line=$(grep -m1 '^accepted=' "$WORK/gen.out" || true)
+  # A server that died (out of memory, say) has no figures.
+  t1=$(cpu_ticks "$SPID" 2>/dev/null || true)
+  hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$SPID/status" 2>/dev/null || true)
+  if [ -n "$line" ] && { [ -z "$r1" ] || [ -z "$t1" ]; }; then
+    loud "(i) $srv run $run: the server was gone before the end: $(tail -n3 "$WORK/server.log") ${done_line:-}"
+  elif [ -n "$line" ] && [ -n "$done_line" ]; then
+    record "$srv" i "$run" "${line#ready } $done_line rss0_kib=$r0 rss1_kib=$r1 hwm_kib=$hwm in_flight_kib=$inflight $(awk -v a="$r0" -v b="$r1" -v l="$line" 'BEGIN {
+        match(l, /connections=[0-9]+/); n = substr(l, RSTART + 12, RLENGTH - 12)
+        printf "mib_growth=%.1f mib_per_session=%.3f", (b - a) / 1024, (b - a) / 1024 / (n > 0 ? n : 1) }') srv_cpu=$(awk -v a="$t0" -v b="$t1" -v h="$CLK_TCK" 'BEGIN {print (b - a) / h}') gen=bench-client $(stored_word)"
+    case " $done_line " in *" accepted=$I_CONNS "*) ;; *) loud "(i) $srv run $run: not every message accepted: $done_line $(head -c 300 "$WORK/gen.err")" ;; esac
+  else
+    loud "held-bodies client for $srv: ${line:-no ready line} ${done_line:-no result line}: $(head -c 300 "$WORK/gen.err")"
+  fi
+  stop_server
+}
+
 peak_of() { # server: median msgs/s of the (g) probes so far
   python3 "$HERE/summarize.py" --peak "$1" <"$RAW"
 }
@@ -392,6 +550,7 @@ run_cells() {
         note "$srv / scenario $sc / run $run of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
         case $sc in
           f) run_idle "$srv" "$run" ;;
+          i) run_held "$srv" "$run" ;;
           g)
             # Half of the peak of the same transaction shape (pipelined when
             # offered, not chained behind the previous dot), probed first.
@@ -458,12 +617,13 @@ LOAD_END=$(cat /proc/loadavg)
 {
   echo "# Servers side by side ($STAMP)"
   echo
-  echo "Command: \`bench/run.sh ${ORIG_ARGS% }\` — runs per cell: $RUNS; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Command: \`bench/run.sh ${ORIG_ARGS% }\` — runs per cell: $RUNS; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' plus uncommitted changes outside bench/ (built as they were)')"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo); /proc/loadavg at start: $LOAD_START; at end: $LOAD_END"
   [ -n "$LABEL" ] && echo "Label: $LABEL"
   echo
   [ -s "$WORK/notes" ] && sed 's/^/- /' "$WORK/notes" && echo
   python3 "$HERE/summarize.py" --counts "A=$A_MSGS B=$B_MSGS C=$C_MSGS D=$D_MSGS E=$E_MSGS F=$F_CONNS G=${G_SECS}s" \
+    --held "I_CONNS=$I_CONNS I_SIZE=$I_SIZE I_WAIT=${I_WAIT}s I_SETTLE=${I_SETTLE}s" \
     --criterion "$WORK/criterion-command.txt" --criterion "$WORK/criterion-data.txt" <"$RAW"
   echo
   echo "<details><summary>raw runs</summary>"

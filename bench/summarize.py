@@ -3,6 +3,10 @@
 key=value...) into the Markdown table of the report: medians per cell, the
 ratio to Postfix's smtp-sink, CPU per 1,000 messages and who was CPU-bound.
 
+Scenario (i), held bodies, gets a table of its own: the server's RSS growth
+while every session holds a whole body but its final dot, in all and per
+session, and how many messages were accepted after the dot.
+
 `--peak SERVER` prints only that server's median msgs/s in the (g) probes
 (`gpeak`: the unpaced peak of the transaction shape run.sh paces in (g) at
 half of it)."""
@@ -22,7 +26,10 @@ SCENARIOS = {
     "g": ("latency at half of peak, 16 sessions", "p50 / p99 ms", "low", 1024),
     "h": ("latency at one rate for all, 16 sessions", "p50 / p99 ms", "low", 1024),
 }
-SERVERS = ["tokio", "tokio-1", "smol", "smol-1", "blocking", "smtp-sink", "aiosmtpd", "mailin"]
+SERVERS = [
+    "tokio", "tokio-1", "tokio-maildir", "tokio-relay", "smol", "smol-1", "blocking",
+    "smtp-sink", "aiosmtpd", "mailin", "nodemailer",
+]
 BASE = "smtp-sink"
 
 
@@ -95,11 +102,62 @@ def bound(srv_pct, gen_pct):
     return "neither (waits)"
 
 
+def held(data, sizes):
+    """The (i) table: RSS growth with every body held before its dot."""
+    runs = {}
+    for srv, sc, _run, kv in data:
+        if sc == "i":
+            runs.setdefault(srv, []).append(kv)
+    if not runs:
+        return
+    print()
+    print("(i) held bodies: every session sends its whole body but not the final dot; "
+          "the server's RSS is read then (growth from before the sessions opened).")
+    print()
+    print("| server | RSS growth, all sessions | per session | accepted / sessions | peak RSS | "
+          "in flight at the reading | written at the reading | release to last reply | stored / relayed | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for srv in SERVERS + sorted(set(runs) - set(SERVERS)):
+        kvs = runs.get(srv)
+        if not kvs:
+            continue
+        growth = med([num(kv, "mib_growth") for kv in kvs])
+        per = med([num(kv, "mib_per_session") for kv in kvs])
+        # VmHWM can lag VmRSS a little (per-thread RSS counters): the larger.
+        hwm = med([max(num(kv, "hwm_kib") or 0, num(kv, "rss1_kib") or 0) or None for kv in kvs])
+        flight = med([num(kv, "in_flight_kib") for kv in kvs])
+        accepted = [int(num(kv, "accepted") or 0) for kv in kvs]
+        total = max(int(num(kv, "sessions") or 0) for kv in kvs)
+        acc = f"{min(accepted)}" if min(accepted) == max(accepted) else f"{min(accepted)}–{max(accepted)}"
+        written = [num(kv, "written_bytes") or 0 for kv in kvs]
+        full = max(num(kv, "bytes") or 0 for kv in kvs)
+        wr = "all" if full and min(written) >= full else f"{min(written) / 2**20:,.0f} of {full / 2**20:,.0f} MiB"
+        fin = med([num(kv, "finish_seconds") for kv in kvs])
+        stored = [kv.get("stored") or kv.get("relayed") for kv in kvs if "stored" in kv or "relayed" in kv]
+        print(
+            f"| {srv} | {fmt(growth)} MiB | {fmt(per)} MiB | {acc} / {total} | "
+            f"{fmt(hwm / 1024 if hwm is not None else None)} MiB | "
+            f"{'0' if flight == 0 else fmt(flight / 1024 if flight is not None else None)} MiB | {wr} | "
+            f"{fmt(fin)} s | {'/'.join(stored) if stored else '–'} | {len(kvs)} |"
+        )
+    print()
+    print("RSS: `VmRSS` of the server process (for tokio-relay the smtpd's, not its upstream's), "
+          "read once the client has written every body (or gave up waiting) and a pause has "
+          "passed; median of the runs. Peak RSS: `VmHWM` at the end (the dots and replies "
+          "included). In flight: bytes in the kernel between the two (the server's unread "
+          "Recv-Q plus the client's Send-Q) at the reading, which the RSS does not count: a "
+          "server that stops reading leaves the bodies there. Stored / relayed: messages in the "
+          "Maildir (tokio-maildir), or counted by the upstream smtp-sink (tokio-relay).")
+    if sizes:
+        print(f"Sizes: {sizes}.")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peak")
     ap.add_argument("--counts", default="")
     ap.add_argument("--criterion", action="append", default=[])
+    ap.add_argument("--held", default="")
     args = ap.parse_args()
     data = list(rows(sys.stdin))
 
@@ -115,7 +173,7 @@ def main():
             cells.setdefault((sc, srv), []).append((derive(sc, kv), kv))
     ceiling = [num(kv, "mb_per_s") for s, _, _, kv in data if s == "iperf3"]
 
-    if cells or ceiling:
+    if cells:
         print("| scenario | server | generator | result | vs smtp-sink | srv CPU s / 1k msgs | srv CPU | gen CPU | CPU-bound | runs |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for sc, (desc, unit, better, _) in SCENARIOS.items():
@@ -158,8 +216,10 @@ def main():
               "the run's wall time (100 % = one core; the machine has two).")
         if args.counts:
             print(f"Sizes: {args.counts} (messages per run; F = idle sessions; G = seconds of paced load).")
-        if ceiling:
-            print(f"Loopback ceiling (iperf3, one TCP stream, 3 s): {fmt(med(ceiling))} MB/s.")
+    if ceiling:
+        print(f"Loopback ceiling (iperf3, one TCP stream, 3 s): {fmt(med(ceiling))} MB/s.")
+
+    held(data, args.held)
 
     crit = []
     for path in args.criterion:

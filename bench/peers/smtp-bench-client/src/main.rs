@@ -4,6 +4,8 @@
 //! smtp-bench-client send [-s SESSIONS] [-m MESSAGES] [-l BYTES] [-r RCPTS]
 //!                        [-k PER_CONN] [--lockstep] [--no-chain] [--rate MSGS_PER_S] ADDR
 //! smtp-bench-client idle -n CONNECTIONS [--hold SECS] ADDR
+//! smtp-bench-client hold -n SESSIONS -l BYTES [--wait SECS] [--release FILE]
+//!                        [--hold SECS] [--finish SECS] ADDR
 //! ```
 //!
 //! `send` runs MESSAGES transactions over SESSIONS concurrent sessions
@@ -29,8 +31,29 @@
 //! standard input closes or `--hold` seconds pass (bench/run.sh reads the
 //! server's RSS meanwhile).
 //!
-//! The payload length `-l` excludes the few header lines, like Postfix's
-//! `smtp-source -l`. Lines are 78 `X` plus CRLF.
+//! `hold` (held bodies): SESSIONS sessions at once, each on its own thread,
+//! send EHLO, MAIL, RCPT and DATA, then a body of exactly `-l` BYTES (a few
+//! header lines, then 78-character text lines with CRLF) but not the final
+//! dot. When every session has written its whole body, or `--wait` seconds
+//! (default 120) after the start, whichever comes first, it prints `ready
+//! connections=N written=W sessions=M bytes=B written_bytes=X failed=F
+//! ready_seconds=S` (N of the M sessions got their 354; W wrote their whole
+//! body; X bytes of body written in all, of B; F sessions already failed)
+//! and waits to be released: by the file `--release FILE` appearing, else
+//! by a line (or the end) on standard input, at the latest after `--hold`
+//! seconds (default 600). Then every session sends the dot as soon as its
+//! body is written, reads the reply and QUITs; after all are done, or
+//! `--finish` seconds (default 600), it prints `accepted=K refused=R
+//! errors=E unfinished=U sessions=M finish_seconds=T seconds=S` (refused: a
+//! 4xx/5xx reply; errors: I/O errors, timeouts and the U sessions still
+//! unfinished; T from the release to the end) and exits. "Written" means
+//! handed to the kernel: a server that stops reading leaves up to the
+//! socket buffers' size (several MiB a session) unread, which bench/run.sh
+//! measures. The body comes from one shared 64 KB buffer of whole lines,
+//! never a copy per session; `-l` counts its header lines too.
+//!
+//! For `send`, the payload length `-l` excludes the few header lines, like
+//! Postfix's `smtp-source -l`. Lines are 78 `X` plus CRLF.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -55,11 +78,14 @@ struct Opts {
     rate: Option<f64>,
     connections: usize,
     hold: Option<f64>,
+    wait: f64,
+    finish: f64,
+    release: Option<String>,
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: smtp-bench-client send [-s N] [-m N] [-l BYTES] [-r N] [-k N] [--lockstep] [--no-chain] [--rate R] ADDR\n       smtp-bench-client idle -n N [--hold SECS] ADDR"
+        "usage: smtp-bench-client send [-s N] [-m N] [-l BYTES] [-r N] [-k N] [--lockstep] [--no-chain] [--rate R] ADDR\n       smtp-bench-client idle -n N [--hold SECS] ADDR\n       smtp-bench-client hold -n N -l BYTES [--wait SECS] [--release FILE] [--hold SECS] [--finish SECS] ADDR"
     );
     ExitCode::from(2)
 }
@@ -67,7 +93,7 @@ fn usage() -> ExitCode {
 fn parse() -> Option<Opts> {
     let mut args = std::env::args().skip(1);
     let mode = args.next()?;
-    if mode != "send" && mode != "idle" {
+    if mode != "send" && mode != "idle" && mode != "hold" {
         return None;
     }
     let mut o = Opts {
@@ -83,6 +109,9 @@ fn parse() -> Option<Opts> {
         rate: None,
         connections: 100,
         hold: None,
+        wait: 120.0,
+        finish: 600.0,
+        release: None,
     };
     let mut addr = None;
     while let Some(a) = args.next() {
@@ -97,6 +126,9 @@ fn parse() -> Option<Opts> {
             "--no-chain" => o.no_chain = true,
             "--rate" => o.rate = Some(args.next()?.parse().ok()?),
             "--hold" => o.hold = Some(args.next()?.parse().ok()?),
+            "--wait" => o.wait = args.next()?.parse().ok()?,
+            "--finish" => o.finish = args.next()?.parse().ok()?,
+            "--release" => o.release = Some(args.next()?),
             _ if addr.is_none() && !a.starts_with('-') => addr = Some(a),
             _ => return None,
         }
@@ -400,7 +432,235 @@ fn idle(opts: Opts) -> ExitCode {
     if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// The body `hold` sends: exactly `length` bytes (header lines, then text
+/// lines of 78 characters and CRLF), from one shared chunk of whole lines
+/// written `chunks` times, then `tail`. No line starts with a dot.
+struct HeldBody {
+    head: Vec<u8>,
+    chunk: Vec<u8>,
+    chunks: usize,
+    tail: Vec<u8>,
+}
+
+const LINE: usize = 80; // 78 characters and CRLF
+const CHUNK_LINES: usize = 800; // 64,000 bytes
+
+fn text_lines(out: &mut Vec<u8>, first: usize, bytes: usize) {
+    const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog, and pack my box with five dozen liquor jugs; ";
+    // `bytes` is whole lines, but the last may be shorter (never 1 byte).
+    let mut left = bytes;
+    let mut i = first;
+    while left > 0 {
+        let n = if left >= LINE { LINE - 2 } else { left - 2 };
+        let start = out.len();
+        out.extend((0..n).map(|k| TEXT[(i * 7 + k) % TEXT.len()]));
+        if out.get(start) == Some(&b'.') {
+            out[start] = b'x';
+        }
+        out.extend_from_slice(b"\r\n");
+        left -= n + 2;
+        i += 1;
+    }
+}
+
+impl HeldBody {
+    fn new(length: usize) -> io::Result<HeldBody> {
+        let mut subject = String::from("held body");
+        let head = |subject: &str| {
+            format!("From: <sender@bench.client>\r\nTo: <rcpt0@bench.test>\r\nSubject: {subject}\r\n\r\n").into_bytes()
+        };
+        // One more character in the subject when the text would end in a
+        // 1-byte line (a line needs its CRLF).
+        if length.checked_sub(head(&subject).len()).is_some_and(|r| r % LINE == 1) {
+            subject.push('!');
+        }
+        let head = head(&subject);
+        let rest = length
+            .checked_sub(head.len())
+            .ok_or_else(|| io::Error::other(format!("-l {length}: at least {} bytes", head.len())))?;
+        let mut chunk = Vec::with_capacity(CHUNK_LINES * LINE);
+        text_lines(&mut chunk, 0, CHUNK_LINES * LINE);
+        let chunks = rest / chunk.len();
+        let mut tail = Vec::new();
+        text_lines(&mut tail, 0, rest % chunk.len());
+        let b = HeldBody { head, chunk, chunks, tail };
+        debug_assert_eq!(b.head.len() + b.chunk.len() * b.chunks + b.tail.len(), length);
+        Ok(b)
+    }
+}
+
+struct Held {
+    opts: Opts,
+    body: HeldBody,
+    /// Sessions that got their 354.
+    in_data: AtomicU64,
+    /// Sessions whose whole body is written.
+    written: AtomicU64,
+    /// Sessions that ended (for any reason).
+    ended: AtomicU64,
+    bytes: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    errors: AtomicU64,
+    released: Mutex<bool>,
+    release: std::sync::Condvar,
+}
+
+enum Outcome {
+    Accepted,
+    Refused(u16, &'static str),
+}
+
+fn held_session(h: &Held) -> io::Result<Outcome> {
+    let mut c = Conn::open(h.opts.addr, true)?;
+    // The body may wait behind a server that stops reading (backpressure):
+    // no write timeout; the main thread bounds every wait instead.
+    c.w().set_write_timeout(None)?;
+    for (cmd, what, want) in [
+        (&b"MAIL FROM:<sender@bench.client>\r\n"[..], "MAIL", 250),
+        (b"RCPT TO:<rcpt0@bench.test>\r\n", "RCPT", 250),
+        (b"DATA\r\n", "DATA", 354),
+    ] {
+        c.w().write_all(cmd)?;
+        let (code, _) = c.reply()?;
+        if code != want {
+            return Ok(Outcome::Refused(code, what));
+        }
+    }
+    h.in_data.fetch_add(1, Ordering::Relaxed);
+    let b = &h.body;
+    c.w().write_all(&b.head)?;
+    h.bytes.fetch_add(b.head.len() as u64, Ordering::Relaxed);
+    for _ in 0..b.chunks {
+        c.w().write_all(&b.chunk)?;
+        h.bytes.fetch_add(b.chunk.len() as u64, Ordering::Relaxed);
+    }
+    c.w().write_all(&b.tail)?;
+    h.bytes.fetch_add(b.tail.len() as u64, Ordering::Relaxed);
+    h.written.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut released = h.released.lock().unwrap_or_else(|e| e.into_inner());
+        while !*released {
+            released = h.release.wait(released).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    c.w().set_read_timeout(Some(Duration::from_secs_f64(h.opts.finish.max(1.0))))?;
+    c.w().write_all(b".\r\n")?;
+    let (code, _) = c.reply()?;
+    c.quit();
+    Ok(if code == 250 { Outcome::Accepted } else { Outcome::Refused(code, "end of data") })
+}
+
+fn hold(opts: Opts) -> ExitCode {
+    let body = match HeldBody::new(opts.length) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("smtp-bench-client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let n = opts.connections as u64;
+    let h = Arc::new(Held {
+        opts,
+        body,
+        in_data: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+        ended: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        released: Mutex::new(false),
+        release: std::sync::Condvar::new(),
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        let hc = Arc::clone(&h);
+        let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+            match held_session(&hc) {
+                Ok(Outcome::Accepted) => {
+                    hc.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Outcome::Refused(code, what)) => {
+                    if hc.refused.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("smtp-bench-client: {code} to {what}");
+                    }
+                }
+                Err(e) => {
+                    if hc.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("smtp-bench-client: {e}");
+                    }
+                }
+            }
+            hc.ended.fetch_add(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            eprintln!("smtp-bench-client: cannot start a session thread: {e}");
+            h.errors.fetch_add(1, Ordering::Relaxed);
+            h.ended.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Every session has written its body (or ended early), or --wait is up.
+    let wait = Duration::from_secs_f64(h.opts.wait);
+    while h.written.load(Ordering::Relaxed) + h.ended.load(Ordering::Relaxed) < n && start.elapsed() < wait {
+        thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "ready connections={} written={} sessions={n} bytes={} written_bytes={} failed={} ready_seconds={:.3}",
+        h.in_data.load(Ordering::Relaxed),
+        h.written.load(Ordering::Relaxed),
+        n * h.opts.length as u64,
+        h.bytes.load(Ordering::Relaxed),
+        h.errors.load(Ordering::Relaxed) + h.refused.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+    );
+    let _ = io::stdout().flush();
+    // Wait to be released: the file appears, or a line or EOF on stdin.
+    let hold = Duration::from_secs_f64(h.opts.hold.unwrap_or(600.0));
+    let held = Instant::now();
+    match &h.opts.release {
+        Some(path) => {
+            let path = std::path::Path::new(path);
+            while !path.exists() && held.elapsed() < hold {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        None => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            thread::spawn(move || {
+                let _ = io::stdin().lock().read_line(&mut String::new());
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(hold);
+        }
+    }
+    let released = Instant::now();
+    *h.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    h.release.notify_all();
+    let finish = Duration::from_secs_f64(h.opts.finish);
+    while h.ended.load(Ordering::Relaxed) < n && released.elapsed() < finish {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let unfinished = n - h.ended.load(Ordering::Relaxed).min(n);
+    let accepted = h.accepted.load(Ordering::Relaxed);
+    println!(
+        "accepted={accepted} refused={} errors={} unfinished={unfinished} sessions={n} finish_seconds={:.3} seconds={:.3}",
+        h.refused.load(Ordering::Relaxed),
+        h.errors.load(Ordering::Relaxed) + unfinished,
+        released.elapsed().as_secs_f64(),
+        start.elapsed().as_secs_f64(),
+    );
+    let _ = io::stdout().flush();
+    // Threads still blocked (a server that never read the rest) die with
+    // the process.
+    if accepted == n { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 fn main() -> ExitCode {
     let Some(opts) = parse() else { return usage() };
-    if opts.mode == "idle" { idle(opts) } else { send(opts) }
+    match opts.mode.as_str() {
+        "idle" => idle(opts),
+        "hold" => hold(opts),
+        _ => send(opts),
+    }
 }
