@@ -112,15 +112,31 @@ impl Conn {
     /// Writes what the client holds, reads until it has an event.
     async fn event(&mut self) -> std::io::Result<ClientEvent> {
         loop {
-            if let Some(ev) = self.client.poll().event() {
+            if let Some(ev) = self.event_or_room(false).await? {
                 return Ok(ev);
+            }
+        }
+    }
+
+    /// [`Conn::event`], or `None` once the client takes more body (with
+    /// `room`): the `354`, or BDAT chunk replies, make room without an event.
+    async fn event_or_room(&mut self, room: bool) -> std::io::Result<Option<ClientEvent>> {
+        loop {
+            if let Some(ev) = self.client.poll().event() {
+                return Ok(Some(ev));
+            }
+            if room && self.client.wants_body() {
+                return Ok(None);
             }
             while self.client.wants_write() {
                 let n = self.tcp.write(self.client.transmit()).await?;
                 self.client.transmitted(n);
             }
             if let Some(ev) = self.client.poll().event() {
-                return Ok(ev);
+                return Ok(Some(ev));
+            }
+            if room && self.client.wants_body() {
+                return Ok(None);
             }
             if self.client.is_closed() {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -171,7 +187,10 @@ impl Conn {
                     .map_err(std::io::Error::other)?;
                 rest = &[];
             }
-            match self.event().await? {
+            let Some(event) = self.event_or_room(!rest.is_empty()).await? else {
+                continue;
+            };
+            match event {
                 ClientEvent::MessageAccepted { .. } => return Ok(start.elapsed()),
                 ClientEvent::MessageRejected { reply, .. } => {
                     return Err(std::io::Error::other(format!("refused: {}", reply.code())));
