@@ -443,6 +443,17 @@ run_load() { # server scenario run [count rate]
   stop_server
 }
 
+wait_ready() { # client-pid seconds: prints the client's `ready` line once it has one
+  local i line=
+  for i in $(seq $(($2 * 10))); do
+    line=$(grep -m1 '^ready' "$WORK/gen.out" || true)
+    [ -n "$line" ] && break
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$line"
+}
+
 run_idle() { # server run
   local srv=$1 run=$2
   start_server "$srv" $((F_CONNS + 100)) || return 0
@@ -455,12 +466,7 @@ run_idle() { # server run
     "127.0.0.1:$PORT" >"$WORK/gen.out" 2>"$WORK/gen.err" &
   local cpid=$!
   STARTED+=("$cpid")
-  for i in $(seq $((GEN_TIMEOUT * 10))); do
-    line=$(grep -m1 '^ready' "$WORK/gen.out" || true)
-    [ -n "$line" ] && break
-    kill -0 "$cpid" 2>/dev/null || break
-    sleep 0.1
-  done
+  line=$(wait_ready "$cpid" "$GEN_TIMEOUT")
   if [ -n "$line" ]; then
     sleep 1
     r1=$(rss_kib "$SPID")
@@ -506,12 +512,7 @@ run_held() { # server run: scenario (i), held bodies
     "127.0.0.1:$PORT" >"$WORK/gen.out" 2>"$WORK/gen.err" </dev/null &
   local cpid=$!
   STARTED+=("$cpid")
-  for i in $(seq $(((I_WAIT + 60) * 10))); do
-    line=$(grep -m1 '^ready' "$WORK/gen.out" || true)
-    [ -n "$line" ] && break
-    kill -0 "$cpid" 2>/dev/null || break
-    sleep 0.1
-  done
+  line=$(wait_ready "$cpid" $((I_WAIT + 60)))
   if [ -n "$line" ]; then
     sleep "$I_SETTLE"
     r1=$(rss_kib "$SPID" 2>/dev/null || true)

@@ -744,6 +744,98 @@ impl<L: Handler> Router<L> {
     /// those its RCPTs recorded or, when the state was lost (swept), routed
     /// again; a relayed recipient then finds no upstream transaction and
     /// the message fails.
+    /// [`Handler::body`] with an upstream: relayed recipients get a
+    /// [`RelaySink`] (local ones a copy), local-only messages the local
+    /// handler's choice.
+    async fn relay_body(
+        &self,
+        upstream: Arc<Upstream>,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Body {
+        let mut state = self.take_state(&session.id);
+        let routes = self.routes_of(session, envelope, &mut state);
+        if !routes.contains(&Route::Relay) {
+            // Every recipient is local: the local handler takes the body
+            // (and `message` gets it, unless the handler streams it).
+            state.routes = routes;
+            self.put_state(&session.id, state);
+            return match &self.local {
+                Some(l) => l.body(session, envelope, message).await,
+                None => Body::Discard,
+            };
+        }
+        if let Err(refusal) = check_usable(&upstream, &mut state.up) {
+            self.put_state(&session.id, state);
+            return Body::Refuse(refusal);
+        }
+        // The local recipients' handler says first how it takes the body:
+        // its refusal refuses the message before anything goes upstream.
+        let local_env = local_envelope(envelope, &routes);
+        let (copy, local) = match &self.local {
+            Some(l) if !local_env.recipients.is_empty() => {
+                let copy = match l.body(session, &local_env, message).await {
+                    Body::Refuse(refusal) => {
+                        self.put_state(&session.id, state);
+                        return Body::Refuse(refusal);
+                    }
+                    Body::Stream(sink) => LocalCopy::Stream(sink),
+                    Body::Discard => LocalCopy::Discard,
+                    Body::BufferUpTo(cap) => LocalCopy::Buffer {
+                        data: Vec::new(),
+                        cap,
+                    },
+                    // Body::Buffer, and any other buffering form.
+                    _ => LocalCopy::Buffer {
+                        data: Vec::new(),
+                        cap: usize::MAX,
+                    },
+                };
+                let part = LocalPart {
+                    handler: l.clone(),
+                    session: session.clone(),
+                    envelope: local_env,
+                };
+                (copy, Some(part))
+            }
+            _ => (LocalCopy::None, None),
+        };
+        // DATA upstream, its 354 awaited, our trace header first (boxed, as
+        // the other upstream steps).
+        let started = Box::pin(async {
+            let conn = state
+                .up
+                .conn
+                .as_mut()
+                .ok_or_else(|| Failure::Misuse("no upstream".into()))?;
+            match start_data(conn).await? {
+                Some(refused) => Ok(Some(refused)),
+                None => push_upstream(conn, &message.trace).await,
+            }
+        })
+        .await;
+        let refusal = match started {
+            Ok(None) => {
+                return Body::Stream(Box::new(RelaySink {
+                    states: self.sessions.clone(),
+                    id: session.id.clone(),
+                    upstream,
+                    state: Some(state),
+                    routes,
+                    in_body: true,
+                    local,
+                    copy,
+                }));
+            }
+            Ok(Some(refused)) => upstream_verdict(&upstream, &mut state.up, Ok(refused)),
+            Err(e) => upstream_verdict(&upstream, &mut state.up, Err(e)),
+        };
+        copy.abort(AbortReason::Refused);
+        self.put_state(&session.id, state);
+        Body::Refuse(refusal.err().unwrap_or_else(unavailable))
+    }
+
     fn routes_of(
         &self,
         session: &SessionInfo,
@@ -1370,92 +1462,14 @@ impl<L: Handler> Handler for Router<L> {
     }
 
     async fn body(&self, session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body {
-        let Some(upstream) = self.upstream.clone() else {
-            return match &self.local {
-                Some(l) => l.body(session, envelope, message).await,
-                None => Body::Buffer,
-            };
-        };
-        let mut state = self.take_state(&session.id);
-        let routes = self.routes_of(session, envelope, &mut state);
-        if !routes.contains(&Route::Relay) {
-            // Every recipient is local: the local handler takes the body
-            // (and `message` gets it, unless the handler streams it).
-            state.routes = routes;
-            self.put_state(&session.id, state);
-            return match &self.local {
-                Some(l) => l.body(session, envelope, message).await,
-                None => Body::Discard,
-            };
+        match (&self.upstream, &self.local) {
+            (Some(upstream), _) => {
+                // Boxed: the relay's future stays out of every local-only body's.
+                Box::pin(self.relay_body(upstream.clone(), session, envelope, message)).await
+            }
+            (None, Some(l)) => l.body(session, envelope, message).await,
+            (None, None) => Body::Buffer,
         }
-        if let Err(refusal) = check_usable(&upstream, &mut state.up) {
-            self.put_state(&session.id, state);
-            return Body::Refuse(refusal);
-        }
-        // The local recipients' handler says first how it takes the body:
-        // its refusal refuses the message before anything goes upstream.
-        let local_env = local_envelope(envelope, &routes);
-        let (copy, local) = match &self.local {
-            Some(l) if !local_env.recipients.is_empty() => {
-                let copy = match l.body(session, &local_env, message).await {
-                    Body::Refuse(refusal) => {
-                        self.put_state(&session.id, state);
-                        return Body::Refuse(refusal);
-                    }
-                    Body::Stream(sink) => LocalCopy::Stream(sink),
-                    Body::Discard => LocalCopy::Discard,
-                    Body::BufferUpTo(cap) => LocalCopy::Buffer {
-                        data: Vec::new(),
-                        cap,
-                    },
-                    // Body::Buffer, and any other buffering form.
-                    _ => LocalCopy::Buffer {
-                        data: Vec::new(),
-                        cap: usize::MAX,
-                    },
-                };
-                let part = LocalPart {
-                    handler: l.clone(),
-                    session: session.clone(),
-                    envelope: local_env,
-                };
-                (copy, Some(part))
-            }
-            _ => (LocalCopy::None, None),
-        };
-        // DATA upstream, its 354 awaited, our trace header first (boxed, as
-        // the other upstream steps).
-        let started = Box::pin(async {
-            let conn = state
-                .up
-                .conn
-                .as_mut()
-                .ok_or_else(|| Failure::Misuse("no upstream".into()))?;
-            match start_data(conn).await? {
-                Some(refused) => Ok(Some(refused)),
-                None => push_upstream(conn, &message.trace).await,
-            }
-        })
-        .await;
-        let refusal = match started {
-            Ok(None) => {
-                return Body::Stream(Box::new(RelaySink {
-                    states: self.sessions.clone(),
-                    id: session.id.clone(),
-                    upstream,
-                    state: Some(state),
-                    routes,
-                    in_body: true,
-                    local,
-                    copy,
-                }));
-            }
-            Ok(Some(refused)) => upstream_verdict(&upstream, &mut state.up, Ok(refused)),
-            Err(e) => upstream_verdict(&upstream, &mut state.up, Err(e)),
-        };
-        copy.abort(AbortReason::Refused);
-        self.put_state(&session.id, state);
-        Body::Refuse(refusal.err().unwrap_or_else(unavailable))
     }
 
     async fn verify(&self, session: &SessionInfo, arg: &str, expand: bool) -> Decision {

@@ -271,48 +271,78 @@ impl DebugHandler {
 /// What is printed after a message's lines.
 const DEBUG_FOOTER: &[u8] = b"------------ END MESSAGE ------------\n";
 
-/// A message on its way to a [`DebugHandler`]'s output: spooled (in
-/// memory, then a temporary file) and printed whole at its end, under the
-/// output's lock, so concurrent messages never interleave.
-struct DebugSink {
+/// Where a spooled message goes whole at its end, under the target's
+/// lock (so concurrent messages never interleave): the debug printer's
+/// output, an mbox.
+trait Append: Send + 'static {
+    /// What follows the message's lines.
+    const TRAILER: &'static [u8];
+    /// Appends the message (on the blocking pool); on failure nothing of
+    /// it stays.
+    fn append(&self, spooled: Spooled<File>) -> io::Result<()>;
+    /// Where it went, for the per-message log line.
+    fn place(&self) -> String;
+    /// The answer when it failed.
+    fn refusal(&self, e: &io::Error) -> Reply {
+        write_failure(e)
+    }
+}
+
+impl Append for SharedWriter {
+    const TRAILER: &'static [u8] = DEBUG_FOOTER;
+
+    fn append(&self, spooled: Spooled<File>) -> io::Result<()> {
+        let mut w = self.lock().unwrap_or_else(|e| e.into_inner());
+        spooled.copy_to(&mut *w)?;
+        w.flush()
+    }
+
+    fn place(&self) -> String {
+        "printed".into()
+    }
+
+    /// `451 4.3.0` whatever failed (a closed stdout is not a full disk).
+    fn refusal(&self, _: &io::Error) -> Reply {
+        Reply::TEMPORARY_FAILURE
+    }
+}
+
+/// A message spooled (in memory, then an anonymous temporary file) and
+/// appended whole at its end ([`Append`]).
+struct AppendSink<A> {
     spool: Spool<File>,
-    out: SharedWriter,
+    to: A,
     session: String,
 }
 
-impl BodySink for DebugSink {
+impl<A: Append> BodySink for AppendSink<A> {
     fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
         Box::pin(spool_write(&mut self.spool, chunk, &self.session))
     }
 
     fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
-        let DebugSink {
-            spool,
-            out,
-            session,
-        } = *self;
-        let spooled = spool.end(true, DEBUG_FOOTER);
+        let AppendSink { spool, to, session } = *self;
+        let spooled = spool.end(true, A::TRAILER);
         Box::pin(async move {
-            let res = blocking::unblock(move || {
-                let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
-                spooled.copy_to(&mut *w)?;
-                w.flush()
+            let (to, res) = blocking::unblock(move || {
+                let res = to.append(spooled);
+                (to, res)
             })
             .await;
             match res {
                 Ok(()) => {
-                    message.record_delivery("printed");
+                    message.record_delivery(to.place());
                     Decision::Accept.into()
                 }
                 Err(e) => {
-                    tracing::error!(session = %session, error = %e, "debug handler could not print a message");
-                    Reply::TEMPORARY_FAILURE.into()
+                    tracing::error!(session = %session, store = %to.place(), error = %e, "could not store a message");
+                    to.refusal(&e).into()
                 }
             }
         })
     }
 
-    /// The spool's temporary file goes with it.
+    /// The spool's temporary file goes with it; the target was not touched.
     fn abort(self: Box<Self>, _: AbortReason) {}
 }
 
@@ -358,9 +388,9 @@ impl Handler for DebugHandler {
             false,
             spool::anonymous_in(None),
         );
-        Body::Stream(Box::new(DebugSink {
+        Body::Stream(Box::new(AppendSink {
             spool,
-            out: self.out.clone(),
+            to: self.out.clone(),
             session: session.id.clone(),
         }))
     }
@@ -939,46 +969,23 @@ fn append_mbox(path: &Path, spooled: Spooled<File>, sync: &DirSync) -> io::Resul
     res
 }
 
-/// A message on its way into an mbox: spooled (in memory, then an
-/// anonymous temporary file beside the mbox) and appended whole at its
-/// end under the mbox's lock, so concurrent messages never interleave.
-struct MboxSink {
-    spool: Spool<File>,
+/// An mbox to append to.
+#[derive(Clone)]
+struct MboxFile {
     path: PathBuf,
     sync: DirSync,
-    session: String,
 }
 
-impl BodySink for MboxSink {
-    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), Reply>> {
-        Box::pin(spool_write(&mut self.spool, chunk, &self.session))
+impl Append for MboxFile {
+    const TRAILER: &'static [u8] = b"\n";
+
+    fn append(&self, spooled: Spooled<File>) -> io::Result<()> {
+        append_mbox(&self.path, spooled, &self.sync)
     }
 
-    fn finish(self: Box<Self>, message: Arc<Message>) -> BoxFuture<'static, MessageDecision> {
-        let MboxSink {
-            spool,
-            path,
-            sync,
-            session,
-        } = *self;
-        let spooled = spool.end(true, b"\n");
-        Box::pin(async move {
-            let p = path.clone();
-            match blocking::unblock(move || append_mbox(&p, spooled, &sync)).await {
-                Ok(()) => {
-                    message.record_delivery(format!("mbox:{}", path.display()));
-                    Decision::Accept.into()
-                }
-                Err(e) => {
-                    tracing::error!(session = %session, error = %e, "mbox delivery failed");
-                    write_failure(&e).into()
-                }
-            }
-        })
+    fn place(&self) -> String {
+        format!("mbox:{}", self.path.display())
     }
-
-    /// The spool's temporary file goes with it; the mbox was not touched.
-    fn abort(self: Box<Self>, _: AbortReason) {}
 }
 
 impl Handler for MboxHandler {
@@ -995,10 +1002,12 @@ impl Handler for MboxHandler {
             spool::anonymous_in(Some(dir)),
         );
         spool.push_closed(&message.trace);
-        Body::Stream(Box::new(MboxSink {
+        Body::Stream(Box::new(AppendSink {
             spool,
-            path: self.path.clone(),
-            sync: self.sync.clone(),
+            to: MboxFile {
+                path: self.path.clone(),
+                sync: self.sync.clone(),
+            },
             session: session.id.clone(),
         }))
     }
@@ -1523,9 +1532,8 @@ mod tests {
         assert!(DomainPolicy::new(Vec::new(), SinkHandler).serves("x@y"));
     }
 
-    #[test]
-    fn debug_format() {
-        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+    /// A debug printer writing into a buffer the test reads.
+    fn printing() -> (DebugHandler, Arc<Mutex<Vec<u8>>>) {
         struct W(Arc<Mutex<Vec<u8>>>);
         impl Write for W {
             fn write(&mut self, b: &[u8]) -> io::Result<usize> {
@@ -1536,7 +1544,13 @@ mod tests {
                 Ok(())
             }
         }
-        let h = DebugHandler::new(Box::new(W(buf.clone())));
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        (DebugHandler::new(Box::new(W(buf.clone()))), buf)
+    }
+
+    #[test]
+    fn debug_format() {
+        let (h, buf) = printing();
         let mut s = SessionInfo::default();
         s.peer.remote = Some("192.0.2.1:25".parse().unwrap());
         block_on(h.message(
@@ -1746,18 +1760,7 @@ mod tests {
     /// Issue 14: the debug printer prints each message whole.
     #[test]
     fn debug_prints_streamed_messages_whole() {
-        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
-        struct W(Arc<Mutex<Vec<u8>>>);
-        impl Write for W {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let h = DebugHandler::new(Box::new(W(buf.clone())));
+        let (h, buf) = printing();
         let s = SessionInfo::default();
         let (crlf, lf) = long_body(1500);
         let mut one = stream(&h, &s, &envelope("a@x", &["b@x"]), b"", 1);
