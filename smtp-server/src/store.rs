@@ -360,9 +360,16 @@ async fn spool_write<T: SpoolFile>(
 }
 
 /// The whole-message form ([`Handler::message`]) of a streaming store:
-/// the message's bytes through the sink its `body` hook makes.
-async fn through_sink(body: Body, message: &Arc<Message>) -> MessageDecision {
-    match body {
+/// the message's bytes through the sink its `body` hook makes. Boxed by
+/// its callers: the dispatcher streams bodies to these stores, so this is
+/// rare, and its future stays out of every session's.
+async fn through_sink<H: Handler>(
+    h: &H,
+    session: &SessionInfo,
+    envelope: &Envelope,
+    message: &Arc<Message>,
+) -> MessageDecision {
+    match h.body(session, envelope, message).await {
         Body::Stream(mut sink) => {
             if let Err(refusal) = sink.write(&message.data).await {
                 sink.abort(AbortReason::Refused);
@@ -401,7 +408,7 @@ impl Handler for DebugHandler {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        through_sink(self.body(session, envelope, message).await, message).await
+        Box::pin(through_sink(self, session, envelope, message)).await
     }
 }
 
@@ -885,7 +892,7 @@ impl Handler for MaildirHandler {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        through_sink(self.body(session, envelope, message).await, message).await
+        Box::pin(through_sink(self, session, envelope, message)).await
     }
 }
 
@@ -1018,7 +1025,7 @@ impl Handler for MboxHandler {
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> MessageDecision {
-        through_sink(self.body(session, envelope, message).await, message).await
+        Box::pin(through_sink(self, session, envelope, message)).await
     }
 }
 
