@@ -31,6 +31,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::accept::{Listen, ServerOptions};
 use crate::handler::{Body, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
+use crate::rate::{RateLimit, RateLimits};
 use crate::relay::{Router, Upstream, UpstreamTls};
 use crate::store::{
     DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
@@ -85,6 +86,19 @@ pub struct Args {
     /// Most connections at once from one client IP address.
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// New connections per client IP address per minute; beyond it
+    /// `421 4.7.0` and the connection closes (IPv6 counts by /64; the
+    /// PROXY header's client counts, not the balancer).
+    #[arg(long, value_name = "N")]
+    pub max_connection_rate: Option<u32>,
+    /// Messages (accepted MAIL commands) per client IP address per
+    /// minute; beyond it MAIL gets `450 4.7.1`.
+    #[arg(long, value_name = "N")]
+    pub max_message_rate: Option<u32>,
+    /// Recipients (accepted RCPT commands) per client IP address per
+    /// minute; beyond it RCPT gets `452 4.5.3`.
+    #[arg(long, value_name = "N")]
+    pub max_recipient_rate: Option<u32>,
     /// Commands that make no progress (NOOP, RSET, refused RCPTs, …) allowed
     /// per session before it is closed (0: no limit).
     #[arg(long, value_name = "N")]
@@ -256,9 +270,9 @@ impl Handler for Store {
     }
 }
 
-/// The handler `smtpd` runs: a user list for AUTH, then served domains
-/// routed to a local store or an upstream relay.
-pub type CliHandler = PasswordAuth<Router<Store>>;
+/// The handler `smtpd` runs: rate limits per client, a user list for
+/// AUTH, then served domains routed to a local store or an upstream relay.
+pub type CliHandler = RateLimit<PasswordAuth<Router<Store>>>;
 
 /// Builds the `smtpd` handler: `store` for `domains` (no relay), AUTH
 /// `users` (name → password).
@@ -267,7 +281,12 @@ pub fn cli_handler(
     store: Store,
     users: HashMap<String, String>,
 ) -> CliHandler {
-    PasswordAuth::new(users, Router::new(domains, Some(store), None, Vec::new()))
+    let router = Router::new(domains, Some(store), None, Vec::new());
+    RateLimit::new(
+        PasswordAuth::new(users, router),
+        RateLimits::default(),
+        Arc::default(),
+    )
 }
 
 /// The upstream `--relay*` flags describe, if any.
@@ -414,7 +433,15 @@ impl Setup {
             .collect();
         let defaults = ServerOptions::default();
         Ok(Setup {
-            handler: PasswordAuth::new(users, router),
+            handler: RateLimit::new(
+                PasswordAuth::new(users, router),
+                RateLimits {
+                    connections: a.max_connection_rate,
+                    messages: a.max_message_rate,
+                    recipients: a.max_recipient_rate,
+                },
+                Arc::default(),
+            ),
             options: ServerOptions {
                 config: Arc::new(config),
                 listen,

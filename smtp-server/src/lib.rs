@@ -71,6 +71,7 @@ pub mod connection;
 pub mod dial;
 pub mod handler;
 pub mod link;
+pub mod rate;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod runtime;

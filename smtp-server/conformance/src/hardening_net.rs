@@ -119,7 +119,19 @@ fn received(root: &std::path::Path, rcpt: &str) -> String {
 }
 
 /// A PROXY v1 header for a TCP4 client `src` (port 51000) to 203.0.113.1:`port`.
-fn header(src: &str, port: u16) -> String {
+/// A connection to `addr` whose PROXY header names `src`, and the reply
+/// to it.
+pub(crate) async fn proxied(
+    addr: std::net::SocketAddr,
+    src: &str,
+) -> (crate::Client<TcpStream>, String) {
+    let mut c = crate::Client::connect(addr).await;
+    c.send(&header(src, 25)).await;
+    let r = c.reply().await;
+    (c, r)
+}
+
+pub(crate) fn header(src: &str, port: u16) -> String {
     format!("PROXY TCP4 {src} 203.0.113.1 51000 {port}\r\n")
 }
 
@@ -236,12 +248,7 @@ async fn hardening_proxy_per_ip_counts_the_source(ctx: Ctx) {
         "1",
     ]);
     let addr = d.addr();
-    let proxied = |src: &'static str| async move {
-        let mut c = crate::Client::connect(addr).await;
-        c.send(&header(src, 25)).await;
-        let r = c.reply().await;
-        (c, r)
-    };
+    let proxied = |src: &'static str| proxied(addr, src);
     let (mut a, r) = proxied("198.51.100.7").await;
     assert!(r.starts_with("220 "), "first from .7: {r:?}");
     // The balancer (127.0.0.1) is not limited per address.

@@ -34,6 +34,7 @@ mod hardening_net;
 mod hardening_ops;
 mod hardening_relay;
 mod hardening_store;
+mod rate;
 mod streaming;
 mod support;
 
@@ -74,7 +75,8 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(hardening_ops::ALL)
             .chain(hardening_relay::ALL)
             .chain(hardening_store::ALL)
-            .chain(streaming::ALL);
+            .chain(streaming::ALL)
+            .chain(rate::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
