@@ -155,6 +155,21 @@ impl<H: Handler, R: RateLimiter> RateLimit<H, R> {
     }
 }
 
+impl<H: Handler, R: RateLimiter> RateLimit<H, R> {
+    /// The inner handler's decision `d` on a message or a recipient, unless
+    /// it accepted and the client is over its rate of `kind`.
+    async fn count(&self, session: &SessionInfo, d: Decision, kind: RateKind) -> Decision {
+        let (limit, refusal) = match kind {
+            RateKind::Message => (self.limits.messages, MESSAGE_RATE),
+            _ => (self.limits.recipients, RECIPIENT_RATE),
+        };
+        if !matches!(d, Decision::Accept) || self.admit(session, kind, limit).await {
+            return d;
+        }
+        over(session, kind, refusal)
+    }
+}
+
 /// The refusal of a client over its rate, logged.
 fn over(session: &SessionInfo, kind: RateKind, reply: Reply) -> Decision {
     tracing::info!(session = %session.id, client = ?session.peer.remote, ?kind, "rate exceeded");
@@ -179,20 +194,12 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
 
     async fn mail(&self, session: &SessionInfo, from: &str, options: &MailOptions) -> Decision {
         let d = self.inner.mail(session, from, options).await;
-        let limit = self.limits.messages;
-        if !matches!(d, Decision::Accept) || self.admit(session, RateKind::Message, limit).await {
-            return d;
-        }
-        over(session, RateKind::Message, MESSAGE_RATE)
+        self.count(session, d, RateKind::Message).await
     }
 
     async fn rcpt(&self, session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision {
         let d = self.inner.rcpt(session, envelope, to).await;
-        let limit = self.limits.recipients;
-        if !matches!(d, Decision::Accept) || self.admit(session, RateKind::Recipient, limit).await {
-            return d;
-        }
-        over(session, RateKind::Recipient, RECIPIENT_RATE)
+        self.count(session, d, RateKind::Recipient).await
     }
 }
 
@@ -313,7 +320,7 @@ impl RateTable {
         let e = &mut set[at];
         e.seen = secs;
         if e.minute != minute {
-            e.previous = if e.minute + 1 == minute {
+            e.previous = if e.minute.checked_add(1) == Some(minute) {
                 e.current
             } else {
                 [0; 3]

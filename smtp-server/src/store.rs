@@ -359,6 +359,22 @@ async fn spool_write<T: SpoolFile>(
     })
 }
 
+/// [`Handler::message`] of a streaming store: [`through_sink`].
+macro_rules! whole_message_through_body {
+    () => {
+        /// The whole-message form: the message through this store's own
+        /// body sink (see [`Handler::body`]).
+        async fn message(
+            &self,
+            session: &SessionInfo,
+            envelope: &Envelope,
+            message: &Arc<Message>,
+        ) -> MessageDecision {
+            Box::pin(through_sink(self, session, envelope, message)).await
+        }
+    };
+}
+
 /// The whole-message form ([`Handler::message`]) of a streaming store:
 /// the message's bytes through the sink its `body` hook makes. Boxed by
 /// its callers: the dispatcher streams bodies to these stores, so this is
@@ -402,14 +418,7 @@ impl Handler for DebugHandler {
         }))
     }
 
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> MessageDecision {
-        Box::pin(through_sink(self, session, envelope, message)).await
-    }
+    whole_message_through_body!();
 }
 
 /// Accepts every message and throws it away.
@@ -886,14 +895,7 @@ impl Handler for MaildirHandler {
         }))
     }
 
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> MessageDecision {
-        Box::pin(through_sink(self, session, envelope, message)).await
-    }
+    whole_message_through_body!();
 }
 
 /// Appends each message to an mbox file (mboxrd format), under an advisory lock.
@@ -1019,14 +1021,7 @@ impl Handler for MboxHandler {
         }))
     }
 
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        message: &Arc<Message>,
-    ) -> MessageDecision {
-        Box::pin(through_sink(self, session, envelope, message)).await
-    }
+    whole_message_through_body!();
 }
 
 /// Restricts recipients to served domains, then delegates to `inner`.
