@@ -401,7 +401,7 @@ fn serve<H: Handler>(
     let mut peer = PeerInfo {
         remote: Some(remote),
         local: tcp.local_addr().ok(),
-        tls: None,
+        ..PeerInfo::default()
     };
     if let Some(front) = &shared.proxy {
         let deadline = Instant::now() + front.timeout();

@@ -74,6 +74,19 @@ pub enum Command<'a> {
         /// The initial response: base64 text, or `=` for an empty one.
         initial: Option<&'a str>,
     },
+    /// `XCLIENT attribute=value ...` (Postfix's XCLIENT_README): a front
+    /// proxy hands over the real client's facts; the session restarts.
+    Xclient {
+        /// The attributes, checked against the grammar.
+        attrs: ForwardAttrs<'a>,
+    },
+    /// `XFORWARD attribute=value ...` (Postfix's XFORWARD_README): a content
+    /// filter's client passes the original client's facts for the next
+    /// transaction.
+    Xforward {
+        /// The attributes, checked against the grammar.
+        attrs: ForwardAttrs<'a>,
+    },
 }
 
 impl Command<'_> {
@@ -95,6 +108,8 @@ impl Command<'_> {
             Command::Help { .. } => "HELP",
             Command::StartTls => "STARTTLS",
             Command::Auth { .. } => "AUTH",
+            Command::Xclient { .. } => "XCLIENT",
+            Command::Xforward { .. } => "XFORWARD",
         }
     }
 }
@@ -162,6 +177,9 @@ impl Command<'_> {
                 if let Some(ir) = initial {
                     push_words(out, &[" ", ir]);
                 }
+            }
+            Command::Xclient { attrs } | Command::Xforward { attrs } => {
+                push_words(out, &[self.verb(), " ", attrs.as_str()]);
             }
             Command::Data
             | Command::Rset
@@ -295,6 +313,166 @@ pub fn encode_xtext(s: &str) -> String {
         }
     }
     out
+}
+
+/// An attribute of XCLIENT or XFORWARD (Postfix), by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardAttr {
+    /// `NAME`: the client's host name, as its reverse lookup found it.
+    Name,
+    /// `ADDR`: the client's address (`IPV6:` before an IPv6 address).
+    Addr,
+    /// `PORT`: the client's TCP port.
+    Port,
+    /// `PROTO`: `SMTP` or `ESMTP`, how the client greeted.
+    Proto,
+    /// `HELO`: the client's HELO or EHLO argument.
+    Helo,
+    /// `LOGIN`: the SASL login name (XCLIENT only).
+    Login,
+    /// `DESTADDR`: the address the client connected to (XCLIENT only).
+    DestAddr,
+    /// `DESTPORT`: the port the client connected to (XCLIENT only).
+    DestPort,
+    /// `IDENT`: the originating queue id or session id (XFORWARD only).
+    Ident,
+    /// `SOURCE`: `LOCAL` or `REMOTE`, where the message came from (XFORWARD only).
+    Source,
+}
+
+impl ForwardAttr {
+    /// The attributes XCLIENT takes, in the order the EHLO keyword lists them.
+    pub const XCLIENT: [ForwardAttr; 8] = [
+        ForwardAttr::Name,
+        ForwardAttr::Addr,
+        ForwardAttr::Port,
+        ForwardAttr::Proto,
+        ForwardAttr::Helo,
+        ForwardAttr::Login,
+        ForwardAttr::DestAddr,
+        ForwardAttr::DestPort,
+    ];
+
+    /// The attributes XFORWARD takes, in the order the EHLO keyword lists them.
+    pub const XFORWARD: [ForwardAttr; 7] = [
+        ForwardAttr::Name,
+        ForwardAttr::Addr,
+        ForwardAttr::Port,
+        ForwardAttr::Proto,
+        ForwardAttr::Helo,
+        ForwardAttr::Ident,
+        ForwardAttr::Source,
+    ];
+
+    /// The attribute's name as written on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardAttr::Name => "NAME",
+            ForwardAttr::Addr => "ADDR",
+            ForwardAttr::Port => "PORT",
+            ForwardAttr::Proto => "PROTO",
+            ForwardAttr::Helo => "HELO",
+            ForwardAttr::Login => "LOGIN",
+            ForwardAttr::DestAddr => "DESTADDR",
+            ForwardAttr::DestPort => "DESTPORT",
+            ForwardAttr::Ident => "IDENT",
+            ForwardAttr::Source => "SOURCE",
+        }
+    }
+
+    /// Looks an attribute up by name, ignoring ASCII case.
+    pub fn from_name(name: &str) -> Option<ForwardAttr> {
+        Self::XCLIENT
+            .into_iter()
+            .chain([ForwardAttr::Ident, ForwardAttr::Source])
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// An attribute's value: the text, or one of the two "not known" markers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ForwardValue {
+    /// The value, xtext-decoded.
+    Value(String),
+    /// `[UNAVAILABLE]`: the value does not exist (e.g. no reverse name).
+    Unavailable,
+    /// `[TEMPUNAVAIL]`: the value could not be found for now (e.g. a DNS error).
+    TempUnavail,
+}
+
+impl ForwardValue {
+    /// The value when there is one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            ForwardValue::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The `attribute=value` list of an XCLIENT or XFORWARD command: names
+/// known, values valid xtext. Iterate it with [`ForwardAttrs::iter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardAttrs<'a>(&'a str);
+
+impl<'a> ForwardAttrs<'a> {
+    /// Checks `s` (space-separated `NAME=xtext` pairs, at least one, names
+    /// among `allowed`); `None` if it does not follow the grammar.
+    pub fn parse(s: &'a str, allowed: &[ForwardAttr]) -> Option<ForwardAttrs<'a>> {
+        let s = s.trim_matches(' ');
+        let mut n = 0usize;
+        for pair in s.split(' ').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=')?;
+            let attr = ForwardAttr::from_name(name).filter(|a| allowed.contains(a))?;
+            let _ = (attr, decode_value(value)?);
+            n += 1;
+        }
+        (n > 0).then_some(ForwardAttrs(s))
+    }
+
+    /// The list as sent (for writing the command out again).
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// The attributes in order, values decoded (a repeated name comes twice:
+    /// the last one wins when applied).
+    pub fn iter(&self) -> impl Iterator<Item = (ForwardAttr, ForwardValue)> + 'a {
+        self.0.split(' ').filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((ForwardAttr::from_name(name)?, decode_value(value)?))
+        })
+    }
+
+    /// Builds the text of an attribute list: each value xtext-encoded,
+    /// `None` written as `[UNAVAILABLE]`. Pass it to
+    /// [`ForwardAttrs::parse`] to make a command.
+    pub fn encode(attrs: &[(ForwardAttr, Option<&str>)]) -> String {
+        let mut out = String::new();
+        for (attr, value) in attrs {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(attr.name());
+            out.push('=');
+            match value {
+                Some(v) => out.push_str(&encode_xtext(v)),
+                None => out.push_str("[UNAVAILABLE]"),
+            }
+        }
+        out
+    }
+}
+
+/// Decodes one attribute value.
+fn decode_value(value: &str) -> Option<ForwardValue> {
+    if value.eq_ignore_ascii_case("[UNAVAILABLE]") {
+        Some(ForwardValue::Unavailable)
+    } else if value.eq_ignore_ascii_case("[TEMPUNAVAIL]") {
+        Some(ForwardValue::TempUnavail)
+    } else {
+        crate::parse::decode_xtext(value).map(ForwardValue::Value)
+    }
 }
 
 /// A mailbox `local-part@domain` (RFC 5321 §4.1.2), borrowed as sent.

@@ -3,6 +3,7 @@
 //! A [`Config`] is shared by every session of a server (`Arc<Config>`); start
 //! from [`Config::default`] and change fields.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::sasl::Mechanism;
@@ -67,6 +68,97 @@ pub struct AuthPolicy {
     pub allow_plaintext: bool,
     /// MAIL is refused (`530 5.7.0`) until the client authenticated.
     pub required: bool,
+}
+
+/// Who may hand over another client's facts (Postfix's XCLIENT and
+/// XFORWARD). Both are off unless networks are listed; a client outside
+/// them is not offered the command and gets `550 5.7.0` for it. The
+/// address checked is the one the connection came from (after a PROXY
+/// header), never one an XCLIENT itself set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Forwarding {
+    /// Networks allowed XCLIENT: the real client's address, name, HELO and
+    /// login replace the session's, and the session restarts with a new
+    /// greeting (front proxies such as nginx's mail proxy).
+    pub xclient_from: Vec<Cidr>,
+    /// Networks allowed XFORWARD: the original client's facts are recorded
+    /// for the next transaction (content filters, Postfix's `smtp` client).
+    pub xforward_from: Vec<Cidr>,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare
+/// address is a `/32` or `/128`), e.g. the peers whose PROXY header is
+/// believed, or the front proxies allowed XCLIENT ([`Forwarding`]).
+///
+/// ```
+/// use smtp_proto::config::Cidr;
+///
+/// let net: Cidr = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped");
+/// assert!(!net.contains("192.0.2.1".parse().unwrap()));
+/// assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network of `addr`'s first `prefix` bits; `None` if `prefix` is
+    /// longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            match u32::from(prefix) {
+                0 => 0,
+                p => bits >> (width - p.min(width)),
+            }
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let (n, i) = (u32::from(net).into(), u32::from(ip).into());
+                masked(n, 32, self.prefix) == masked(i, 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(net.into(), 128, self.prefix) == masked(ip.into(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?}: expected an IP network such as 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix = match prefix {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Cidr::new(addr, prefix).ok_or_else(bad)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// What to do with a message whose line endings are not CRLF, or whose lines
@@ -200,6 +292,8 @@ pub struct Config {
     pub extensions: Extensions,
     /// AUTH policy.
     pub auth: AuthPolicy,
+    /// XCLIENT and XFORWARD permission.
+    pub forwarding: Forwarding,
     /// MAIL, RCPT, DATA, BDAT, AUTH, VRFY and EXPN are refused with
     /// `530 5.7.0` before TLS (RFC 3207 §4).
     pub require_tls: bool,
@@ -225,6 +319,7 @@ impl Default for Config {
             lmtp: false,
             extensions: Extensions::default(),
             auth: AuthPolicy::default(),
+            forwarding: Forwarding::default(),
             require_tls: false,
             proxy_protocol: false,
             lenient_addresses: false,

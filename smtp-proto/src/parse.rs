@@ -947,6 +947,8 @@ enum Verb {
     Help,
     StartTls,
     Auth,
+    Xclient,
+    Xforward,
 }
 
 /// Recognises a verb, case-insensitively.
@@ -975,8 +977,15 @@ fn verb(v: &[u8]) -> Option<Verb> {
             _ => return None,
         });
     }
-    v.eq_ignore_ascii_case(b"STARTTLS")
-        .then_some(Verb::StartTls)
+    if v.eq_ignore_ascii_case(b"STARTTLS") {
+        Some(Verb::StartTls)
+    } else if v.eq_ignore_ascii_case(b"XCLIENT") {
+        Some(Verb::Xclient)
+    } else if v.eq_ignore_ascii_case(b"XFORWARD") {
+        Some(Verb::Xforward)
+    } else {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1044,6 +1053,12 @@ pub fn parse_command(line: &[u8], opts: ParseOptions) -> Result<Command<'_>, Par
             topic: text_arg(args)?,
         }),
         Verb::Auth => parse_auth(args),
+        Verb::Xclient => Ok(Command::Xclient {
+            attrs: ForwardAttrs::parse(args, &ForwardAttr::XCLIENT).ok_or(ParseError::Syntax)?,
+        }),
+        Verb::Xforward => Ok(Command::Xforward {
+            attrs: ForwardAttrs::parse(args, &ForwardAttr::XFORWARD).ok_or(ParseError::Syntax)?,
+        }),
     }
 }
 

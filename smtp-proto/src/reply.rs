@@ -465,6 +465,16 @@ replies! {
     RELAY_DENIED = 550 (5, 7, 1) "Relay access denied";
     /// `503 5.5.1 No SMTP service here` (after a rejected connection).
     NO_SERVICE = 503 (5, 5, 1) "No SMTP service here";
+    /// `550 5.7.0 Error: insufficient authorization` (XCLIENT or XFORWARD
+    /// from a client outside the allowed networks).
+    FORWARD_DENIED = 550 (5, 7, 0) "Error: insufficient authorization";
+    /// `503 5.5.1 Error: MAIL transaction in progress` (XCLIENT or XFORWARD
+    /// inside a transaction).
+    FORWARD_IN_TRANSACTION = 503 (5, 5, 1) "Error: MAIL transaction in progress";
+    /// `501 5.5.4 Bad XCLIENT or XFORWARD attribute value`.
+    FORWARD_BAD_VALUE = 501 (5, 5, 4) "Bad attribute value";
+    /// `250 2.0.0 Ok` (XFORWARD recorded).
+    FORWARD_OK = 250 (2, 0, 0) "Ok";
     /// `214 2.0.0` help text.
     HELP = 214 (2, 0, 0) "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH";
 }

@@ -685,79 +685,10 @@ pub enum Listen {
     Unix(std::path::PathBuf),
 }
 
-/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare
-/// address is a `/32` or `/128`), e.g. the peers whose PROXY header is
-/// believed ([`ServerOptions::proxy_from`]).
-///
-/// ```
-/// use smtp_server::accept::Cidr;
-///
-/// let net: Cidr = "10.0.0.0/8".parse().unwrap();
-/// assert!(net.contains("10.1.2.3".parse().unwrap()));
-/// assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped");
-/// assert!(!net.contains("192.0.2.1".parse().unwrap()));
-/// assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// The network of `addr`'s first `prefix` bits; `None` if `prefix` is
-    /// longer than the address.
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts
-    /// as its IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
-            match u32::from(prefix) {
-                0 => 0,
-                p => bits >> (width - p.min(width)),
-            }
-        }
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let (n, i) = (u32::from(net).into(), u32::from(ip).into());
-                masked(n, 32, self.prefix) == masked(i, 32, self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(net.into(), 128, self.prefix) == masked(ip.into(), 128, self.prefix)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let bad = || format!("{s:?}: expected an IP network such as 10.0.0.0/8");
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let prefix = match prefix {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if addr.is_ipv4() => 32,
-            None => 128,
-        };
-        Cidr::new(addr, prefix).ok_or_else(bad)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), e.g. whose
+/// PROXY headers are believed ([`ServerOptions::proxy_from`]); defined in
+/// the core, where XCLIENT and XFORWARD permission is decided.
+pub use smtp_proto::config::Cidr;
 
 /// A Unix-domain socket's path, removed when the listener is dropped (the
 /// end of a server, or a failed bind of another listener).

@@ -490,7 +490,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
     let mut peer = PeerInfo {
         remote: Some(remote),
         local: R::local_addr(&tcp).ok(),
-        tls: None,
+        ..PeerInfo::default()
     };
     if let Some(front) = &shared.proxy {
         let timer = sleep::<R>(front.timeout());

@@ -278,6 +278,7 @@ impl Session {
                         mail: true,
                         smtputf8,
                         body,
+                        forwarded: self.txn.forwarded.take(),
                         ..Transaction::default()
                     };
                 }

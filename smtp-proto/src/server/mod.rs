@@ -88,7 +88,8 @@
 
 use crate::buffers::{Clock, InBuf, OutBuf};
 use crate::command::{
-    BodyType, Command, ForwardPath, MailParams, ParseError, RcptParams, ReversePath,
+    BodyType, Command, ForwardAttr, ForwardPath, ForwardValue, MailParams, ParseError, RcptParams,
+    ReversePath,
 };
 use crate::config::{Config, Extensions, ViolationPolicy};
 use crate::data::{DataDecoder, LineChecker};
@@ -106,6 +107,7 @@ use std::time::{Duration, Instant};
 mod auth;
 mod body;
 mod decision;
+mod forward;
 mod input;
 mod output;
 mod time;
@@ -123,6 +125,15 @@ pub struct PeerInfo {
     pub local: Option<SocketAddr>,
     /// Set when the connection is TLS from the start (implicit TLS, RFC 8314).
     pub tls: Option<TlsInfo>,
+    /// The client's host name as a front proxy reported it (XCLIENT
+    /// `NAME`); `None` when not known.
+    pub name: Option<String>,
+    /// How the client greeted the front proxy (XCLIENT `PROTO`: `SMTP` or
+    /// `ESMTP`).
+    pub proto: Option<String>,
+    /// The front proxy whose XCLIENT replaced `remote` (the address the
+    /// connection really came from); `None` without XCLIENT.
+    pub proxied_by: Option<SocketAddr>,
 }
 
 impl PeerInfo {
@@ -133,6 +144,28 @@ impl PeerInfo {
             ..PeerInfo::default()
         }
     }
+}
+
+/// The original client's facts a content filter passed with XFORWARD
+/// (Postfix's XFORWARD_README), for the current transaction: recorded until
+/// the message ends or the transaction is reset. `None` fields were not
+/// sent, or sent as `[UNAVAILABLE]`/`[TEMPUNAVAIL]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarded {
+    /// `NAME`: the original client's host name.
+    pub name: Option<String>,
+    /// `ADDR`: the original client's address.
+    pub addr: Option<std::net::IpAddr>,
+    /// `PORT`: the original client's port.
+    pub port: Option<u16>,
+    /// `PROTO`: how the original client greeted (`SMTP`, `ESMTP`).
+    pub proto: Option<String>,
+    /// `HELO`: the original client's HELO or EHLO argument.
+    pub helo: Option<String>,
+    /// `IDENT`: the upstream queue id or session id.
+    pub ident: Option<String>,
+    /// `SOURCE`: `LOCAL` or `REMOTE`.
+    pub source: Option<String>,
 }
 
 /// Which greeting command the client used.
@@ -459,6 +492,8 @@ struct Transaction {
     too_big: bool,
     /// A NUL octet was seen in the body (only looked for when refused).
     nul: bool,
+    /// XFORWARD facts, sent before MAIL, for this transaction.
+    forwarded: Option<Box<Forwarded>>,
 }
 
 /// One SMTP/LMTP server session. See the [module docs](self) for the contract.
@@ -648,6 +683,13 @@ impl Session {
     #[inline]
     pub fn authenticated(&self) -> Option<&str> {
         self.authenticated.as_deref()
+    }
+
+    /// The original client's facts XFORWARD passed for the current
+    /// transaction (kept from before MAIL until the transaction ends).
+    #[inline]
+    pub fn forwarded(&self) -> Option<&Forwarded> {
+        self.txn.forwarded.as_deref()
     }
 
     /// Whether the current transaction said SMTPUTF8.
@@ -870,6 +912,8 @@ enum Cmd {
     Help,
     StartTls,
     Auth(Option<(Mechanism, SaslExchange, SaslStep)>),
+    Xclient(Vec<(ForwardAttr, ForwardValue)>),
+    Xforward(Vec<(ForwardAttr, ForwardValue)>),
 }
 
 #[derive(Debug)]
@@ -913,6 +957,8 @@ impl From<&Command<'_>> for Cmd {
                     (m, ex, step)
                 }))
             }
+            Command::Xclient { attrs } => Cmd::Xclient(attrs.iter().collect()),
+            Command::Xforward { attrs } => Cmd::Xforward(attrs.iter().collect()),
         }
     }
 }
@@ -932,6 +978,7 @@ fn is_sync_point(c: &Command<'_>) -> bool {
             | Command::Help { .. }
             | Command::StartTls
             | Command::Auth { initial: None, .. }
+            | Command::Xclient { .. }
     )
 }
 

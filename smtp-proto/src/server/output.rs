@@ -26,7 +26,9 @@ impl Session {
     }
 
     /// The `Received:` header for the current message (RFC 5321 §4.4), with
-    /// the `with` protocol from the session state (RFC 3848, RFC 6531).
+    /// the `with` protocol from the session state (RFC 3848, RFC 6531). The
+    /// client is the one XFORWARD named, when it did (its HELO, name and
+    /// address), and otherwise the peer (XCLIENT's facts included).
     /// `timestamp` is Unix seconds; the core has no clock.
     pub fn received_header(
         &self,
@@ -39,10 +41,15 @@ impl Session {
             version: &t.version,
             cipher: &t.cipher,
         });
+        // XFORWARD's facts stand for the client, as in Postfix's trace:
+        // the content filter in between is not the message's origin.
+        let f = self.txn.forwarded.as_deref();
         let header = ReceivedHeader {
-            helo: self.helo_name(),
-            peer_ip: self.peer.remote.map(|a| a.ip()),
-            peer_name: None,
+            helo: f.and_then(|f| f.helo.as_deref()).or(self.helo_name()),
+            peer_ip: f.and_then(|f| f.addr).or(self.peer.remote.map(|a| a.ip())),
+            peer_name: f
+                .and_then(|f| f.name.as_deref())
+                .or(self.peer.name.as_deref()),
             by: &self.config.hostname,
             protocol: WithProtocol::new(
                 self.config.lmtp,
@@ -177,6 +184,18 @@ impl Session {
         }
         if e.starttls && !self.is_tls() {
             kw("STARTTLS");
+        }
+        for (may, verb, attrs) in [
+            (self.may_xclient(), "XCLIENT", &ForwardAttr::XCLIENT[..]),
+            (self.may_xforward(), "XFORWARD", &ForwardAttr::XFORWARD[..]),
+        ] {
+            if may {
+                let mut line = String::from(verb);
+                for a in attrs {
+                    let _ = write!(line, " {}", a.name());
+                }
+                kw(&line);
+            }
         }
         if self.auth_offered() && self.authenticated.is_none() {
             let mut line = String::from("AUTH");

@@ -309,6 +309,8 @@ impl Session {
                 Outcome::Done
             }
             Cmd::Auth(start) => self.start_auth(start),
+            Cmd::Xclient(attrs) => self.xclient(attrs),
+            Cmd::Xforward(attrs) => self.xforward(attrs),
         }
     }
 
