@@ -1538,3 +1538,53 @@ fn open_transaction_reset_and_mail_refused() {
         Err(Misuse::Unsupported("SMTPUTF8"))
     );
 }
+
+// ----- XFORWARD -----
+
+#[test]
+fn xforward_goes_before_mail_when_offered() {
+    use smtp_proto::command::ForwardAttr;
+    let facts = vec![
+        (ForwardAttr::Name, Some("client.example".to_owned())),
+        (ForwardAttr::Addr, Some("IPV6:2001:db8::1".to_owned())),
+        (ForwardAttr::Helo, None),
+        (ForwardAttr::Ident, Some("id 1".to_owned())),
+    ];
+    // The server lists NAME, ADDR and HELO: IDENT is left out.
+    let mut t = T::ready(config(), &["PIPELINING", "XFORWARD NAME ADDR HELO"]);
+    let mut e = env(&["b@example.net"]);
+    e.xforward.clone_from(&facts);
+    t.mail(&e);
+    assert_eq!(
+        t.sent(),
+        "XFORWARD NAME=client.example ADDR=IPV6:2001:db8::1 HELO=[UNAVAILABLE]\r\n\
+         MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+    );
+    // A refused XFORWARD is advice lost, not a failed transaction.
+    t.server("550 5.7.0 no\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go\r\n");
+    assert_eq!(t.ev(), ["Recipient 0 250", "SendBody"]);
+
+    // Not offered: nothing is sent.
+    let mut t = T::ready(config(), &["PIPELINING"]);
+    t.mail(&e);
+    assert!(t.sent().starts_with("MAIL FROM:"));
+
+    // Long values are split over several lines of at most 512 octets.
+    let mut t = T::ready(config(), &["PIPELINING", "XFORWARD NAME HELO IDENT"]);
+    let long = "x".repeat(300);
+    e.xforward = vec![
+        (ForwardAttr::Name, Some(long.clone())),
+        (ForwardAttr::Helo, Some(long.clone())),
+        (ForwardAttr::Ident, Some("+".repeat(400))),
+    ];
+    t.mail(&e);
+    let sent = t.sent();
+    let lines: Vec<&str> = sent
+        .split("\r\n")
+        .filter(|l| l.starts_with("XFORWARD"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{sent}");
+    assert!(lines.iter().all(|l| l.len() + 2 <= 512), "{lines:?}");
+    // The cut never splits a `+2B` escape.
+    assert!(lines[2].ends_with("+2B"), "{}", lines[2]);
+}

@@ -154,6 +154,20 @@ pub struct Args {
     /// missing header. Default: from any peer.
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
     pub proxy_from: Vec<crate::accept::Cidr>,
+    /// Offer and accept XCLIENT (Postfix) from clients in this network
+    /// (repeatable; CIDR): a front proxy such as nginx's mail proxy passes
+    /// the real client's NAME, ADDR, PORT, PROTO, HELO, LOGIN, DESTADDR and
+    /// DESTPORT, and the session restarts with a 220 greeting as that
+    /// client (its address then decides relaying, rate limits and the
+    /// Received header). Anyone else gets `550 5.7.0`.
+    #[arg(long, value_name = "CIDR")]
+    pub xclient_from: Vec<crate::accept::Cidr>,
+    /// Offer and accept XFORWARD (Postfix) from clients in this network
+    /// (repeatable; CIDR): the original client's NAME, ADDR, PORT, PROTO,
+    /// HELO, IDENT and SOURCE are recorded for the next transaction, shown
+    /// in the Received header and to the handler. Anyone else gets `550 5.7.0`.
+    #[arg(long, value_name = "CIDR")]
+    pub xforward_from: Vec<crate::accept::Cidr>,
     /// Relay to this upstream SMTP server (`host:port`): every recipient
     /// without a local store, or outside the served domains with one.
     /// No open relay: recipients outside the --domain list (`*` counts as
@@ -394,6 +408,8 @@ impl Setup {
                 "--require-tls and --listen-tls need --tls-cert and --tls-key",
             ));
         }
+        config.forwarding.xclient_from.clone_from(&a.xclient_from);
+        config.forwarding.xforward_from.clone_from(&a.xforward_from);
         let mut users = HashMap::new();
         if let Some(path) = &a.auth {
             if tls.is_none() && !a.auth_insecure {

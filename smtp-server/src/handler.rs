@@ -54,7 +54,7 @@ use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::Credentials;
 use smtp_proto::server::{
-    AbortReason, CloseReason, Decision, Event, HeloKind, PeerInfo, Session, Ticket,
+    AbortReason, CloseReason, Decision, Event, Forwarded, HeloKind, PeerInfo, Session, Ticket,
 };
 
 use crate::dial::BoxFuture;
@@ -70,8 +70,15 @@ pub struct SessionInfo {
     pub helo: Option<String>,
     /// Whether the connection is under TLS.
     pub tls: bool,
-    /// The authenticated user, if any.
+    /// The authenticated user, if any (XCLIENT's `LOGIN` included).
     pub authenticated: Option<String>,
+    /// The original client's facts a trusted content filter passed with
+    /// XFORWARD for the current transaction (from MAIL on).
+    pub forwarded: Option<Forwarded>,
+    /// The client is a front proxy allowed XCLIENT that has not sent it
+    /// yet: per-client limits (the connection rate) wait for the client
+    /// it names.
+    pub front_proxy: bool,
     /// The session speaks LMTP: one answer per recipient after the body, so
     /// a store may fail one recipient alone ([`MessageDecision::PerRecipient`]).
     pub lmtp: bool,
@@ -86,6 +93,7 @@ impl SessionInfo {
         self.peer.clone_from(s.peer());
         self.lmtp = s.config().lmtp;
         self.tls = s.is_tls();
+        self.front_proxy = s.is_front_proxy();
         match (s.helo_name(), &mut self.helo) {
             (Some(n), Some(h)) if h == n => {}
             (n, h) => *h = n.map(str::to_owned),
@@ -93,6 +101,10 @@ impl SessionInfo {
         match (s.authenticated(), &mut self.authenticated) {
             (Some(n), Some(h)) if h == n => {}
             (n, h) => *h = n.map(str::to_owned),
+        }
+        match (s.forwarded(), &mut self.forwarded) {
+            (None, None) => {}
+            (f, h) => *h = f.cloned(),
         }
     }
 }

@@ -185,7 +185,9 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
 
     /// Checked first: a client over its rate costs the inner handler nothing.
     async fn connect(&self, session: &SessionInfo) -> Decision {
-        let limit = self.limits.connections;
+        // A front proxy's connection is counted for the client its XCLIENT
+        // names (the connect decision comes again then), not for itself.
+        let limit = self.limits.connections.filter(|_| !session.front_proxy);
         if !self.admit(session, RateKind::Connection, limit).await {
             return over(session, RateKind::Connection, CONNECTION_RATE);
         }

@@ -82,7 +82,7 @@ use crate::store::DomainPolicy;
 use smtp_proto::client::{
     self, Client, ClientAuth, ClientConfig, ClientError, ClientEvent, Misuse, TlsPolicy,
 };
-use smtp_proto::command::BodyType;
+use smtp_proto::command::{BodyType, ForwardAttr};
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::sasl::Credentials;
 use smtp_proto::server::{AbortReason, CloseReason, Decision, HeloKind};
@@ -866,7 +866,13 @@ impl<L: Handler> Router<L> {
         let (from, options) = (state.from.clone(), state.options.clone());
         // Boxed (as the other upstream steps): the upstream's state would
         // otherwise sit in every session's task, relayed or not.
-        let step = rcpt_upstream(dialer, upstream, &mut state.up, &from, &options, to);
+        let step = rcpt_upstream(
+            dialer,
+            upstream,
+            &mut state.up,
+            (&from, &options, session),
+            to,
+        );
         let decision = Box::pin(step).await;
         self.put_state(&session.id, state);
         decision
@@ -885,8 +891,7 @@ async fn rcpt_upstream(
     dialer: Dialer,
     up: &Upstream,
     st: &mut UpState,
-    from: &str,
-    options: &MailOptions,
+    (from, options, session): (&str, &MailOptions, &SessionInfo),
     to: &Recipient,
 ) -> Decision {
     if st.lost {
@@ -907,7 +912,7 @@ async fn rcpt_upstream(
         let now = Instant::now();
         if !st.mail_sent {
             conn.client()
-                .begin_mail(&up_envelope(from, options), now)
+                .begin_mail(&up_envelope(from, options, session), now)
                 .map_err(Failure::Usage)?;
             st.mail_sent = true;
         }
@@ -967,8 +972,9 @@ async fn rcpt_upstream(
 }
 
 /// The upstream envelope for our transaction's sender and parameters
-/// (`ENVID` decoded from xtext: the client encodes it once).
-fn up_envelope(from: &str, o: &MailOptions) -> client::Envelope {
+/// (`ENVID` decoded from xtext: the client encodes it once), with the
+/// client's facts for XFORWARD (sent if the upstream offers it).
+fn up_envelope(from: &str, o: &MailOptions, session: &SessionInfo) -> client::Envelope {
     let mut e = client::Envelope::new((!from.is_empty()).then_some(from), Vec::<String>::new());
     e.size = o.size;
     e.body = (o.body != BodyType::SevenBit).then_some(o.body);
@@ -976,7 +982,47 @@ fn up_envelope(from: &str, o: &MailOptions) -> client::Envelope {
     e.ret = o.ret;
     e.envid = o.envid.as_deref().and_then(smtp_proto::parse::decode_xtext);
     e.requiretls = o.requiretls;
+    e.xforward = xforward_facts(session);
     e
+}
+
+/// What XFORWARD tells the upstream (a content filter, say) about the
+/// message's origin: the facts our own client passed with XFORWARD when
+/// it did (so a chain of filters keeps the first client), else our client:
+/// its name, address and port, HELO, this session's id as `IDENT`, and
+/// `SOURCE=LOCAL` for a client without an address (a Unix socket).
+fn xforward_facts(s: &SessionInfo) -> Vec<(ForwardAttr, Option<String>)> {
+    let addr = |ip: Option<std::net::IpAddr>| {
+        ip.map(|ip| match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => format!("IPV6:{v6}"),
+            v4 => v4.to_string(),
+        })
+    };
+    if let Some(f) = &s.forwarded {
+        return vec![
+            (ForwardAttr::Name, f.name.clone()),
+            (ForwardAttr::Addr, addr(f.addr)),
+            (ForwardAttr::Port, f.port.map(|p| p.to_string())),
+            (ForwardAttr::Proto, f.proto.clone()),
+            (ForwardAttr::Helo, f.helo.clone()),
+            (
+                ForwardAttr::Ident,
+                f.ident.clone().or_else(|| Some(s.id.clone())),
+            ),
+            (ForwardAttr::Source, f.source.clone()),
+        ];
+    }
+    let remote = s.peer.remote;
+    let source = if remote.is_some() { "REMOTE" } else { "LOCAL" };
+    vec![
+        (ForwardAttr::Name, s.peer.name.clone()),
+        (ForwardAttr::Addr, addr(remote.map(|a| a.ip()))),
+        (ForwardAttr::Port, remote.map(|a| a.port().to_string())),
+        (ForwardAttr::Proto, s.peer.proto.clone()),
+        (ForwardAttr::Helo, s.helo.clone()),
+        (ForwardAttr::Ident, Some(s.id.clone())),
+        (ForwardAttr::Source, Some(source.to_owned())),
+    ]
 }
 
 /// The upstream recipient: `ORCPT` as the client wants it, the original

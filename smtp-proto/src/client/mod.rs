@@ -141,7 +141,8 @@ use std::time::{Duration, Instant};
 
 use crate::buffers::{Clock, InBuf, OutBuf};
 use crate::command::{
-    BodyType, Command, ForwardPath, MailParams, Notify, RcptParams, Ret, ReversePath, encode_xtext,
+    BodyType, Command, ForwardAttr, ForwardAttrs, ForwardPath, MailParams, Notify, RcptParams, Ret,
+    ReversePath, encode_xtext,
 };
 use crate::data::DotStuffer;
 pub use crate::drive::{Instruction, Misuse, Output, TlsInfo};
@@ -371,6 +372,21 @@ impl ServerExtensions {
         ext
     }
 
+    /// The attributes the server's `XFORWARD` keyword lists (Postfix's
+    /// XFORWARD_README); empty when it does not offer XFORWARD.
+    pub fn xforward(&self) -> Vec<ForwardAttr> {
+        self.other
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.split_ascii_whitespace();
+                let kw = words.next()?;
+                kw.eq_ignore_ascii_case("XFORWARD")
+                    .then(|| words.filter_map(ForwardAttr::from_name).collect::<Vec<_>>())
+            })
+            .next()
+            .unwrap_or_default()
+    }
+
     /// Whether the server offers this AUTH mechanism.
     pub fn offers_auth(&self, mechanism: Mechanism) -> bool {
         self.auth.iter().any(|m| m == mechanism.name())
@@ -423,6 +439,12 @@ pub struct Envelope {
     pub envid: Option<String>,
     /// `REQUIRETLS` (RFC 8689): needs the server's support.
     pub requiretls: bool,
+    /// The original client's facts, sent with XFORWARD (Postfix) before
+    /// MAIL when the server offers it: only the attributes it lists, `None`
+    /// as `[UNAVAILABLE]`, split over several commands so that no line
+    /// passes 512 octets. Without the server's offer nothing is sent; a
+    /// refused XFORWARD does not fail the transaction (the facts are advice).
+    pub xforward: Vec<(ForwardAttr, Option<String>)>,
 }
 
 impl Envelope {
@@ -575,6 +597,8 @@ enum Expect {
     End,
     Rset,
     Quit,
+    /// XFORWARD: advice, whatever the answer.
+    Xforward,
 }
 
 impl Expect {
@@ -598,7 +622,7 @@ impl Expect {
             Expect::Auth => matches!(code, 235 | 334) || code >= 400,
             Expect::Rcpt(_) => matches!(code, 250 | 251) || code >= 400,
             Expect::Data => code == 354 || code >= 400,
-            Expect::Quit => true,
+            Expect::Quit | Expect::Xforward => true,
         }
     }
 
@@ -606,7 +630,7 @@ impl Expect {
     fn is_sync(self) -> bool {
         !matches!(
             self,
-            Expect::Mail | Expect::Rcpt(_) | Expect::Chunk | Expect::Rset
+            Expect::Mail | Expect::Rcpt(_) | Expect::Chunk | Expect::Rset | Expect::Xforward
         )
     }
 }

@@ -72,6 +72,8 @@ impl Client {
                 }
             }
             Expect::Quit => {}
+            // Advice only: a refusal changes nothing.
+            Expect::Xforward => {}
         }
         self.check_txn_done();
     }

@@ -113,6 +113,9 @@ impl Client {
         let lines = build_transaction(envelope, &ext, self.tls)?;
         self.set_time(now);
         let bdat = lines.bdat || (ext.chunking && self.config.chunking);
+        for line in xforward_lines(&envelope.xforward, &ext.xforward()) {
+            self.queue_command(line, Expect::Xforward);
+        }
         self.queue_command(lines.mail, Expect::Mail);
         let recipients = lines.rcpts.len();
         for (i, line) in lines.rcpts.into_iter().enumerate() {
@@ -330,4 +333,38 @@ impl Client {
         }
         self.flush_queue();
     }
+}
+
+/// The XFORWARD commands for `facts`: the attributes the server `offered`,
+/// as few lines as fit in 512 octets each (Postfix splits them the same
+/// way). A value too long for a line alone is cut to fit.
+fn xforward_lines(
+    facts: &[(ForwardAttr, Option<String>)],
+    offered: &[ForwardAttr],
+) -> Vec<Vec<u8>> {
+    const MAX: usize = 512 - "XFORWARD \r\n".len();
+    let mut lines = Vec::new();
+    let mut text = String::new();
+    for (attr, value) in facts.iter().filter(|(a, _)| offered.contains(a)) {
+        let mut one = ForwardAttrs::encode(&[(*attr, value.as_deref())]);
+        if one.len() > MAX {
+            // xtext is ASCII: cut anywhere but inside a `+XX` escape.
+            let tail = one.get(MAX - 2..MAX).and_then(|t| t.find('+'));
+            one.truncate(tail.map_or(MAX, |p| MAX - 2 + p));
+        }
+        if !text.is_empty() && text.len() + 1 + one.len() > MAX {
+            lines.push(std::mem::take(&mut text));
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&one);
+    }
+    if !text.is_empty() {
+        lines.push(text);
+    }
+    lines
+        .into_iter()
+        .map(|t| format!("XFORWARD {t}\r\n").into_bytes())
+        .collect()
 }

@@ -15,6 +15,13 @@ impl Session {
         self.peer.proxied_by.or(self.peer.remote).map(|a| a.ip())
     }
 
+    /// Whether the client is a trusted front proxy that has not named its
+    /// own client yet (XCLIENT is allowed and was not sent): its connection
+    /// stands for someone else's, so per-client limits wait for XCLIENT.
+    pub fn is_front_proxy(&self) -> bool {
+        self.peer.proxied_by.is_none() && self.may_xclient()
+    }
+
     /// Whether this client may send XCLIENT.
     pub(super) fn may_xclient(&self) -> bool {
         let nets = &self.config.forwarding.xclient_from;

@@ -29,6 +29,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cases;
+mod forward;
 mod hardening_core;
 mod hardening_net;
 mod hardening_ops;
@@ -76,7 +77,8 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(hardening_relay::ALL)
             .chain(hardening_store::ALL)
             .chain(streaming::ALL)
-            .chain(rate::ALL);
+            .chain(rate::ALL)
+            .chain(forward::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
