@@ -22,6 +22,7 @@
 //!   [`connection::Connection`] and [`server::Server`] over it: the I/O
 //!   loop, STARTTLS and implicit TLS (over `futures-rustls`, written once),
 //!   limits, the PROXY front and graceful shutdown.
+//! - [`sasl`]: SASL verification: SCRAM-SHA-256 and CRAM-MD5 crypto, the `--auth` user store.
 //! - `store` (feature `store`): debug, sink, Maildir and mbox handlers, served domains.
 //! - `relay` (feature `relay`): forwarding to an upstream server, local-or-relay routing.
 //! - `cli` (feature `cli`): the `smtpd` flags every adapter's server shares.
@@ -75,6 +76,7 @@ pub mod rate;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod runtime;
+pub mod sasl;
 pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
