@@ -248,6 +248,16 @@ fn session_config(c: [u8; 8]) -> Config {
     let mut config = Config::new("fuzz.example");
     config.lmtp = c[0] & 0x01 != 0;
     config.proxy_protocol = c[0] & 0x02 != 0;
+    if config.proxy_protocol {
+        // XCLIENT and XFORWARD from any PROXY source (without a header the
+        // peer has no address, and both are refused: both paths fuzzed).
+        let any: Vec<smtp_proto::config::Cidr> = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        config.forwarding.xclient_from.clone_from(&any);
+        config.forwarding.xforward_from = any;
+    }
     config.auth.mechanisms = vec![Mechanism::Plain, Mechanism::Login];
     config.auth.allow_plaintext = c[0] & 0x04 == 0;
     config.require_tls = c[0] & 0x08 != 0;
