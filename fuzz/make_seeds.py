@@ -6,6 +6,7 @@ in fuzz/oracles/src/lib.rs reads (documented there). The SMTP dialogues
 are the RFC-style transcripts of smtp-proto/tests/session.rs. Run it from
 anywhere: `python3 fuzz/make_seeds.py`; it rewrites the seeds directories.
 """
+import base64
 import os
 import shutil
 import struct
@@ -152,6 +153,40 @@ def sasl():
     write("sasl", "login_initial", b"\x03Ym9i\nc2VjcmV0\n")
     write("sasl", "cancel", b"\x01*\n")
     write("sasl", "bad_base64", b"\x00!!!\n")
+    # Byte 0: mechanism (bit 0 | bits 2-4 << 1) % 7, bit 1 initial response,
+    # bit 5 channel binding data, bit 6 SCRAM-SHA-256-PLUS offered. "~x" is
+    # the client line base64(x), "#" K P an answer of kind K (oracle's
+    # make_answer: 0 accept, 1 refuse, 5 RFC 2195 challenge, 6 and 8 the
+    # RFC 7677 server values, 10 (as 22: 10 is LF) and 11 OAuth refusals).
+    cram, scram, plus, xoauth2, oauthbearer = 0x04, 0x05, 0x08, 0x09, 0x0C
+    initial, binding, plus_offered = 0x02, 0x20, 0x40
+    cram_response = b"~tim b913a602c7eda7a495b4e6e7334d3890\n"
+    write("sasl", "cram_md5", bytes([cram]) + b"#\x05\n" + cram_response + b"#\x00\n")
+    write("sasl", "cram_md5_refused", bytes([cram]) + b"#\x05\n" + cram_response + b"#\x01\n")
+    write("sasl", "cram_md5_initial", bytes([cram | initial]) + b"dGlt\n")
+    first = b"~n,,n=user,r=rOprNGfwEbeRWgbNEkqO\n"
+    nonce = b"rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)kNlwr"
+    proof = b",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    final = b"~c=biws,r=" + nonce + proof + b"\n"
+    write("sasl", "scram", bytes([scram | initial]) + first + b"#\x06\n" + final + b"#\x08\n\n")
+    write("sasl", "scram_no_initial", bytes([scram]) + first + b"#\x06\n" + final + b"#\x08\n\n")
+    exporter = bytes((i * 37 & 0xFF) ^ 0xA5 for i in range(32))
+    cbind = base64.b64encode(b"p=tls-exporter,," + exporter)
+    write("sasl", "scram_plus",
+          bytes([plus | initial | binding | plus_offered])
+          + b"~p=tls-exporter,,n=user,r=rOprNGfwEbeRWgbNEkqO\n#\x06\n"
+          + b"~c=" + cbind + b",r=" + nonce + proof + b"\n#\x08\n\n")
+    write("sasl", "scram_downgrade", bytes([scram | initial | plus_offered]) + b"~y,,n=user,r=abc\n")
+    write("sasl", "scram_escapes", bytes([scram | initial]) + b"~n,a=ad=2Cm,n=us=3Der,r=abc,x=ext\n#\x1fxyz\n")
+    write("sasl", "scram_misuse", bytes([scram | initial]) + first + b"~c=biws\n#\x00\n")
+    write("sasl", "xoauth2",
+          bytes([xoauth2 | initial])
+          + b"~user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdGhlbmEuZXhhbXBsZS5jb20\x01\x01\n#\x00\n")
+    write("sasl", "xoauth2_refused", bytes([xoauth2]) + b"~user=u\x01auth=Bearer abc\x01\x01\n#\x16\n\n")
+    write("sasl", "oauthbearer",
+          bytes([oauthbearer | initial])
+          + b"~n,a=user@example.com,\x01host=server.example.com\x01port=143\x01"
+          + b"auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01\n#\x0b{}\nAQ==\n")
 
 
 def reply_parser():

@@ -15,7 +15,7 @@
 //! | [`command_line`] | [`parse_command`] on raw lines, and structured commands serialized and parsed back |
 //! | [`data_decoder`] | [`DataDecoder`] against a naive line-by-line reference, for arbitrary splits |
 //! | [`proxy_header`] | [`parse_proxy_header`] on raw input, and built headers parsed back |
-//! | [`sasl`] | [`SaslExchange`] fed arbitrary responses, and encoded credentials parsed back |
+//! | [`sasl`] | [`SaslExchange`](smtp_proto::sasl::SaslExchange) of every mechanism fed arbitrary responses and answers, and encoded client messages parsed back |
 //! | [`reply_parser`] | [`parse_reply`] on raw input, and [`Reply::write_to`] parsed back |
 //! | [`address`] | [`parse_mailbox`] against the RCPT grammar, and xtext round trips |
 //! | [`client_session`] | the client against arbitrary server bytes, splits, timeouts and TLS outcomes |
@@ -45,10 +45,7 @@ use smtp_proto::proxy::{
     MAX_HEADER_LEN, ProxyCommand, ProxyHeader, ProxyParse, Transport, parse_proxy_header,
 };
 use smtp_proto::reply::{EnhancedCode, Reply, parse_reply};
-use smtp_proto::sasl::{
-    Credentials, MAX_FIELD_LEN, Mechanism, SaslError, SaslExchange, SaslStep, encode_base64,
-    encode_plain,
-};
+use smtp_proto::sasl::Mechanism;
 use smtp_proto::server::{BodyKind, Decision, Event, PeerInfo, Session, Ticket, TlsInfo};
 
 // ---------------------------------------------------------------------------
@@ -1924,149 +1921,8 @@ pub fn proxy_header(data: &[u8]) {
 // sasl
 // ---------------------------------------------------------------------------
 
-fn check_credentials(c: &Credentials) {
-    let ok = |f: &str| !f.is_empty() && f.len() <= MAX_FIELD_LEN && !f.contains('\0');
-    assert!(ok(&c.username), "bad user name accepted");
-    assert!(ok(c.password.expose()), "bad password accepted");
-    if let Some(z) = &c.authzid {
-        assert!(!z.is_empty() && z.len() <= MAX_FIELD_LEN && !z.contains('\0'));
-    }
-    assert!(
-        format!("{c:?}").contains("REDACTED"),
-        "password not redacted"
-    );
-}
-
-/// SASL PLAIN and LOGIN exchanges.
-///
-/// Raw: byte 0 chooses the mechanism and whether the first line is an
-/// initial response; the rest, split at LF, are the client's lines. No
-/// panic; challenges are the mechanism's; credentials handed out are
-/// valid; after Done, Cancelled or Failed every step fails; never more
-/// steps than the mechanism has.
-///
-/// Structured: credentials from the input encoded as a client would
-/// ([`encode_plain`], [`encode_base64`]) come back unchanged when valid,
-/// with and without an initial response, and are refused when not.
-pub fn sasl(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else {
-        return;
-    };
-    let mechanism = if flags & 1 == 0 {
-        Mechanism::Plain
-    } else {
-        Mechanism::Login
-    };
-    let lines: Vec<String> = rest
-        .split(|&b| b == b'\n')
-        .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
-        .collect();
-    let mut lines = lines.iter();
-    let initial = if flags & 2 != 0 { lines.next() } else { None };
-    let (mut ex, mut step) = SaslExchange::start(mechanism, initial.map(String::as_str));
-    assert_eq!(ex.mechanism(), mechanism);
-    let mut steps = 0;
-    loop {
-        match &step {
-            SaslStep::Challenge(c) => {
-                steps += 1;
-                assert!(steps <= 2, "too many challenges");
-                let allowed: &[&str] = match mechanism {
-                    Mechanism::Plain => &[""],
-                    Mechanism::Login => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
-                };
-                assert!(allowed.contains(c), "unexpected challenge {c:?}");
-                let Some(line) = lines.next() else {
-                    break;
-                };
-                step = ex.step(line);
-            }
-            SaslStep::Done(c) => {
-                check_credentials(c);
-                assert_eq!(c.mechanism, mechanism);
-                break;
-            }
-            SaslStep::Cancelled | SaslStep::Failed(_) => break,
-        }
-    }
-    if !matches!(step, SaslStep::Challenge(_)) {
-        let next = lines.next().map_or("", String::as_str);
-        assert!(
-            matches!(ex.step(next), SaslStep::Failed(SaslError::Malformed)),
-            "a finished exchange took another step"
-        );
-    }
-
-    // Structured: encode, then decode.
-    let mut u = Input::new(data);
-    let field = |u: &mut Input| {
-        let n = gen_len(u, 16, MAX_FIELD_LEN);
-        gen_chars(u, n, b"abcXYZ019 @.:\0", true)
-    };
-    let authzid = if u.bool() { Some(field(&mut u)) } else { None };
-    let user = field(&mut u);
-    let pass = field(&mut u);
-    let valid = |f: &str| !f.is_empty() && f.len() <= MAX_FIELD_LEN && !f.contains('\0');
-    let authz_ok = authzid
-        .as_deref()
-        .is_none_or(|z| z.len() <= MAX_FIELD_LEN && !z.contains('\0'));
-    let plain = encode_plain(authzid.as_deref(), &user, &pass);
-    let with_initial = u.bool();
-    let (mut ex, first) =
-        SaslExchange::start(Mechanism::Plain, with_initial.then_some(plain.as_str()));
-    let step = if with_initial {
-        first
-    } else {
-        assert!(matches!(first, SaslStep::Challenge("")));
-        ex.step(&plain)
-    };
-    match step {
-        SaslStep::Done(c) => {
-            assert!(
-                valid(&user) && valid(&pass) && authz_ok,
-                "PLAIN accepted bad fields"
-            );
-            assert_eq!(c.username, user);
-            assert_eq!(c.password.expose(), &pass);
-            assert_eq!(c.authzid, authzid.filter(|z| !z.is_empty()));
-        }
-        SaslStep::Failed(SaslError::Malformed) => {
-            assert!(
-                !(valid(&user) && valid(&pass) && authz_ok),
-                "PLAIN refused good fields"
-            );
-        }
-        other => panic!("PLAIN: {other:?}"),
-    }
-    let (mut ex, first) = SaslExchange::start(
-        Mechanism::Login,
-        with_initial
-            .then(|| encode_base64(user.as_bytes()))
-            .as_deref(),
-    );
-    let step = if with_initial {
-        first
-    } else {
-        assert!(matches!(first, SaslStep::Challenge("VXNlcm5hbWU6")));
-        ex.step(&encode_base64(user.as_bytes()))
-    };
-    let step = match step {
-        SaslStep::Challenge("UGFzc3dvcmQ6") => ex.step(&encode_base64(pass.as_bytes())),
-        other => other,
-    };
-    match step {
-        SaslStep::Done(c) => {
-            assert!(valid(&user) && valid(&pass), "LOGIN accepted bad fields");
-            assert_eq!(c.username, user);
-            assert_eq!(c.password.expose(), &pass);
-            assert_eq!(c.authzid, None);
-        }
-        SaslStep::Failed(SaslError::Malformed) => {
-            assert!(!(valid(&user) && valid(&pass)), "LOGIN refused good fields");
-        }
-        other => panic!("LOGIN: {other:?}"),
-    }
-}
+mod sasl_exchange;
+pub use sasl_exchange::sasl;
 
 // ---------------------------------------------------------------------------
 // reply_parser

@@ -77,6 +77,22 @@ impl Session {
                 let _t = self.new_ticket(Pending::Auth);
                 Outcome::Emit(Emit::Auth(credentials))
             }
+            // TODO(session): hand the request to the application (an event
+            // with a ticket), then feed its answer to `SaslExchange::answer`.
+            SaslStep::Request(_) => {
+                self.phase = Phase::Command;
+                Outcome::Error(Reply::AUTH_TEMPORARY)
+            }
+            // TODO(session): record the identity (from the request that led
+            // here) as authenticated, then answer 235.
+            SaslStep::Authenticated => {
+                self.phase = Phase::Command;
+                Outcome::Error(Reply::AUTH_TEMPORARY)
+            }
+            SaslStep::Refused(reply) => {
+                self.phase = Phase::Command;
+                Outcome::Error(reply)
+            }
             SaslStep::Cancelled => {
                 self.phase = Phase::Command;
                 Outcome::Error(Reply::AUTH_CANCELLED)
@@ -85,6 +101,8 @@ impl Session {
                 self.phase = Phase::Command;
                 Outcome::Error(match e {
                     SaslError::Base64 => Reply::AUTH_BAD_BASE64,
+                    SaslError::ChannelBinding => Reply::AUTH_FAILED,
+                    SaslError::Unexpected => Reply::AUTH_TEMPORARY,
                     _ => Reply::AUTH_MALFORMED,
                 })
             }

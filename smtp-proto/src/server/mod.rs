@@ -953,7 +953,9 @@ impl From<&Command<'_>> for Cmd {
             Command::StartTls => Cmd::StartTls,
             Command::Auth { mechanism, initial } => {
                 Cmd::Auth(Mechanism::from_name(mechanism).map(|m| {
-                    let (ex, step) = SaslExchange::start(m, initial);
+                    // TODO(session): the TLS channel binding and whether -PLUS is offered.
+                    let context = crate::sasl::SaslContext::default();
+                    let (ex, step) = SaslExchange::start(m, initial, context);
                     (m, ex, step)
                 }))
             }
