@@ -58,7 +58,7 @@ impl Default for Extensions {
 }
 
 /// AUTH (RFC 4954) policy.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuthPolicy {
     /// Mechanisms offered; empty means AUTH is off.
@@ -68,6 +68,13 @@ pub struct AuthPolicy {
     pub allow_plaintext: bool,
     /// MAIL is refused (`530 5.7.0`) until the client authenticated.
     pub required: bool,
+    /// Failed AUTH attempts per client address per minute, across
+    /// sessions, after which AUTH gets `454 4.7.0` without a check; each
+    /// failure also holds the client's next command for
+    /// [`Limits::error_delay`] doubled per recent failure (at most 30
+    /// seconds), in this session and the next ones. 0 turns both off. The
+    /// core has no memory across sessions: the server kit counts.
+    pub max_failures: u32,
 }
 
 /// Who may hand over another client's facts (Postfix's XCLIENT and
@@ -158,6 +165,17 @@ impl std::str::FromStr for Cidr {
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            mechanisms: Vec::new(),
+            allow_plaintext: false,
+            required: false,
+            max_failures: 10,
+        }
     }
 }
 

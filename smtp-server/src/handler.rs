@@ -677,6 +677,9 @@ impl<H: Handler> Dispatcher<H> {
                     self.info.refresh(s);
                     let d = guarded(self.handler.connect(&self.info)).await;
                     self.answer(s, ticket, d);
+                    // A client with failed AUTH attempts lately waits here
+                    // too: a new connection does not reset the delay.
+                    AuthFailures::hold(s);
                 }
                 Event::Helo {
                     ticket,
@@ -732,8 +735,16 @@ impl<H: Handler> Dispatcher<H> {
                     credentials,
                 } => {
                     self.info.refresh(s);
-                    let d = guarded(self.handler.auth(&self.info, &credentials)).await;
+                    let d = if AuthFailures::too_many(s) {
+                        Some(Reply::AUTH_TEMPORARY.into())
+                    } else {
+                        guarded(self.handler.auth(&self.info, &credentials)).await
+                    };
+                    let failed = matches!(&d, Some(Decision::Reply(r)) if r.code() == 535);
                     self.answer(s, ticket, d);
+                    if failed {
+                        AuthFailures::failed(s);
+                    }
                 }
                 Event::BodyStart { .. } => {
                     self.recycle_body();
@@ -887,6 +898,73 @@ impl<H: Handler> Dispatcher<H> {
             }
             None => s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted),
         }
+    }
+}
+
+/// Failed AUTH attempts per client address across the sessions of the
+/// process ([`smtp_proto::config::AuthPolicy::max_failures`]): counted in
+/// one bounded [`RateTable`](crate::rate::RateTable) per process, so a
+/// password guesser is slowed down however it spreads its attempts over
+/// connections.
+#[derive(Debug)]
+pub struct AuthFailures;
+
+/// The longest delay a failed AUTH puts on a client.
+const MAX_AUTH_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AuthFailures {
+    fn table() -> &'static crate::rate::RateTable {
+        static TABLE: std::sync::OnceLock<crate::rate::RateTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(crate::rate::RateTable::default)
+    }
+
+    /// The session's client, when failures are counted for it.
+    fn client(s: &Session) -> Option<std::net::IpAddr> {
+        let on = s.config().auth.max_failures > 0 && !s.config().auth.mechanisms.is_empty();
+        s.peer().remote.filter(|_| on).map(|a| a.ip())
+    }
+
+    /// Failed attempts of the session's client in the last minute.
+    pub fn recent(s: &Session) -> u32 {
+        Self::client(s).map_or(0, |ip| {
+            Self::table().recent_at(
+                ip,
+                crate::rate::RateKind::AuthFailure,
+                std::time::Instant::now(),
+            )
+        })
+    }
+
+    /// Whether the session's client is past the limit: its AUTH gets
+    /// `454 4.7.0` unchecked.
+    pub fn too_many(s: &Session) -> bool {
+        let max = s.config().auth.max_failures;
+        max > 0 && Self::recent(s) >= max
+    }
+
+    /// Counts a failed attempt and holds the session's next command.
+    pub fn failed(s: &mut Session) {
+        if let Some(ip) = Self::client(s) {
+            let now = std::time::Instant::now();
+            Self::table().record_at(ip, crate::rate::RateKind::AuthFailure, now);
+            tracing::info!(client = %ip, "failed AUTH counted");
+        }
+        Self::hold(s);
+    }
+
+    /// Holds the session's next command for the delay its client's recent
+    /// failures earn: the error delay, doubled per failure after the first,
+    /// at most 30 seconds; none without failures.
+    fn hold(s: &mut Session) {
+        let n = Self::recent(s);
+        if n == 0 {
+            return;
+        }
+        let base = s.config().limits.error_delay;
+        let delay = base
+            .checked_mul(1 << (n - 1).min(16))
+            .map_or(MAX_AUTH_DELAY, |d| d.min(MAX_AUTH_DELAY));
+        s.delay(delay);
     }
 }
 

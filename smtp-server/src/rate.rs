@@ -55,6 +55,9 @@ pub enum RateKind {
     Message,
     /// Recipients (accepted `RCPT` commands).
     Recipient,
+    /// Failed AUTH attempts (counted by the session dispatcher, see
+    /// [`crate::handler::AuthFailures`]).
+    AuthFailure,
 }
 
 impl RateKind {
@@ -63,6 +66,7 @@ impl RateKind {
             RateKind::Connection => 0,
             RateKind::Message => 1,
             RateKind::Recipient => 2,
+            RateKind::AuthFailure => 3,
         }
     }
 }
@@ -212,6 +216,9 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 /// Entries per set: a new address evicts the least recently seen of its set.
 const WAYS: usize = 8;
 
+/// How many [`RateKind`]s an entry counts.
+const KINDS: usize = 4;
+
 /// Lock shards (sessions of different clients rarely wait for each other).
 const SHARDS: usize = 64;
 
@@ -225,8 +232,8 @@ struct Entry {
     /// When it was last seen (seconds since the table's start).
     seen: u32,
     /// Per [`RateKind`]: this minute's count and the previous minute's.
-    current: [u32; 3],
-    previous: [u32; 3],
+    current: [u32; KINDS],
+    previous: [u32; KINDS],
 }
 
 /// The built-in [`RateLimiter`]: counts in memory, bounded (see the
@@ -287,6 +294,36 @@ impl RateTable {
     /// [`RateLimiter::admit`] at `now` (for tests and callers with a clock
     /// of their own).
     pub fn admit_at(&self, client: IpAddr, kind: RateKind, limit: u32, now: Instant) -> bool {
+        self.with_entry(client, kind, now, |count, estimate| {
+            if estimate + 1.0 > f64::from(limit) {
+                return false;
+            }
+            *count += 1;
+            true
+        })
+    }
+
+    /// Counts one `kind` for `client` at `now`, whatever the count was.
+    pub fn record_at(&self, client: IpAddr, kind: RateKind, now: Instant) {
+        self.with_entry(client, kind, now, |count, _| *count += 1);
+    }
+
+    /// The client's `kind` count over the last minute (sliding) at `now`,
+    /// rounded up; counts nothing.
+    pub fn recent_at(&self, client: IpAddr, kind: RateKind, now: Instant) -> u32 {
+        // The estimate is a sum of counts: it fits a u32.
+        self.with_entry(client, kind, now, |_, estimate| estimate.ceil() as u32)
+    }
+
+    /// Runs `f` on the client's current count of `kind` and its sliding
+    /// estimate over the last minute, the entry made or refreshed first.
+    fn with_entry<T>(
+        &self,
+        client: IpAddr,
+        kind: RateKind,
+        now: Instant,
+        f: impl FnOnce(&mut u32, f64) -> T,
+    ) -> T {
         let key = match client {
             IpAddr::V4(a) => u128::from(u32::from(a)),
             // The /64, marked apart from every IPv4 address.
@@ -306,8 +343,8 @@ impl RateTable {
                     key,
                     minute,
                     seen: secs,
-                    current: [0; 3],
-                    previous: [0; 3],
+                    current: [0; KINDS],
+                    previous: [0; KINDS],
                 };
                 if set.len() < WAYS {
                     set.push(fresh);
@@ -325,9 +362,9 @@ impl RateTable {
             e.previous = if e.minute.checked_add(1) == Some(minute) {
                 e.current
             } else {
-                [0; 3]
+                [0; KINDS]
             };
-            e.current = [0; 3];
+            e.current = [0; KINDS];
             e.minute = minute;
         }
         let k = kind.index();
@@ -336,11 +373,7 @@ impl RateTable {
         let into = since.as_secs_f64() - f64::from(minute) * 60.0;
         let weight = (1.0 - into / 60.0).clamp(0.0, 1.0);
         let estimate = f64::from(e.previous[k]) * weight + f64::from(e.current[k]);
-        if estimate + 1.0 > f64::from(limit) {
-            return false;
-        }
-        e.current[k] += 1;
-        true
+        f(&mut e.current[k], estimate)
     }
 }
 

@@ -70,6 +70,19 @@ impl Session {
         self.timing.deadline
     }
 
+    /// Holds the next command for `d` from the last time given (the
+    /// session says [`Instruction::Throttle`] until then), as the error
+    /// delay does; replies already queued still go out. For delays the core
+    /// cannot know of, e.g. a client with failed AUTH attempts in other
+    /// sessions. A longer delay already running stays.
+    pub fn delay(&mut self, d: Duration) {
+        let until = self.timing.clock.after(d);
+        self.timing.throttle_until = match (self.timing.throttle_until, until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     pub(super) fn arm(&mut self, d: Duration) {
         self.arm_from(self.timing.clock.now(), d);
     }
