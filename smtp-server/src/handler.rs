@@ -1164,6 +1164,74 @@ mod tests {
         input
     }
 
+    /// Failed AUTH counts per client across sessions: past
+    /// `max_failures` a right password gets `454 4.7.0` unchecked, and
+    /// each failure holds the next command (a throttle).
+    #[test]
+    fn failed_auth_is_counted_across_sessions() {
+        use smtp_proto::sasl::{Mechanism, encode_plain};
+        let mut config = Config::new("mx.example");
+        config.auth.mechanisms = vec![Mechanism::Plain];
+        config.auth.allow_plaintext = true;
+        config.auth.max_failures = 2;
+        config.limits.error_delay = std::time::Duration::from_millis(1);
+        let config = Arc::new(config);
+        let users =
+            crate::store::PasswordAuth::new([("bob".to_owned(), "right".to_owned())].into(), ());
+        let handler = Arc::new(users);
+        // A client address no other test uses: the table is process-wide.
+        let peer = PeerInfo::new("203.0.113.77:1000".parse().unwrap());
+        let session = |input: String| {
+            let mut s = Session::new(config.clone(), peer.clone(), Instant::now());
+            let mut d = Dispatcher::new(handler.clone(), "t");
+            let mut out = Vec::new();
+            let mut rest = input.as_bytes();
+            let mut throttled = false;
+            loop {
+                let i = futures_executor::block_on(d.drive(&mut s));
+                out.extend_from_slice(s.transmit());
+                let n = s.transmit().len();
+                s.transmitted(n);
+                if let Instruction::Throttle(until) = i {
+                    throttled = true;
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    s.handle_timeout(Instant::now());
+                    continue;
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                let n = s.receive(rest, Instant::now());
+                rest = &rest[n..];
+            }
+            (String::from_utf8(out).unwrap(), throttled)
+        };
+        let auth = |pass: &str| {
+            format!(
+                "EHLO c\r\nAUTH PLAIN {}\r\n",
+                encode_plain(None, "bob", pass)
+            )
+        };
+        let (out, throttled) = session(auth("wrong"));
+        assert!(
+            out.ends_with("535 5.7.8 Authentication credentials invalid\r\n"),
+            "{out}"
+        );
+        assert!(throttled, "the failure holds the next command");
+        let (_, throttled) = session("EHLO c\r\n".to_owned());
+        assert!(throttled, "a new session of the client waits too");
+        let (out, _) = session(auth("wrong"));
+        assert!(
+            out.ends_with("535 5.7.8 Authentication credentials invalid\r\n"),
+            "{out}"
+        );
+        let (out, _) = session(auth("right"));
+        assert!(
+            out.ends_with("454 4.7.0 Temporary authentication failure\r\n"),
+            "{out}"
+        );
+    }
+
     /// Issue 12, item 12: an idle session holds no message-sized buffer
     /// once the message is answered (delivered, refused or aborted).
     #[test]
