@@ -100,7 +100,10 @@ where
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
-    let info = tls_info(&conn);
+    let mut info = tls_info(&conn);
+    info.channel_binding = smtp_server::accept::channel_binding(&info, |out, label| {
+        conn.export_keying_material(out, label, None)
+    });
     Ok((StreamOwned::new(conn, sock), info))
 }
 

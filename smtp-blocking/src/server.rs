@@ -411,7 +411,7 @@ fn serve<H: Handler>(
         };
         let timer = std::future::pending();
         match futures_executor::block_on(front.read(&mut peek, peer, slot, timer)) {
-            Proxied::Peer(p) => peer = p,
+            Proxied::Peer(p) => peer = *p,
             Proxied::Close => return Ok(()),
             Proxied::TooMany => {
                 if !tls {

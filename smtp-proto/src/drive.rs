@@ -101,6 +101,10 @@ pub struct TlsInfo {
     pub version: String,
     /// Cipher suite name, e.g. `TLS_AES_128_GCM_SHA256`.
     pub cipher: String,
+    /// The `tls-exporter` channel binding (RFC 9266: 32 bytes exported
+    /// with the label `EXPORTER-Channel-Binding` and no context), given
+    /// under TLS 1.3 only; SCRAM-SHA-256-PLUS is offered only with it.
+    pub channel_binding: Option<Vec<u8>>,
 }
 
 /// What [`Drive::poll`] returns: an application event, or what the driver

@@ -309,6 +309,7 @@ fn starttls_required_upgrades_then_ehlo_again() {
     let info = TlsInfo {
         version: "TLSv1.3".into(),
         cipher: "TLS_AES_128_GCM_SHA256".into(),
+        channel_binding: None,
     };
     t.c.tls_established(info.clone(), t.now).unwrap();
     t.pump();

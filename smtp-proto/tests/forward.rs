@@ -1,4 +1,5 @@
-//! XCLIENT and XFORWARD (Postfix): transcripts of who may send them, what
+//! XCLIENT and XFORWARD (Postfix), and the SASL requests the session hands
+//! to the application: transcripts of who may send them, what
 //! they change, and what a client outside the trusted networks gets.
 #![allow(clippy::unwrap_used)]
 
@@ -280,4 +281,74 @@ fn the_trace_names_the_forwarded_client() {
         text.starts_with("Received: from far.example (client.example [203.0.113.5])"),
         "{text}"
     );
+}
+
+/// The session hands a SASL mechanism's requests out as `Event::Sasl` and
+/// feeds the answers back (CRAM-MD5: a challenge, then the verdict).
+#[test]
+fn sasl_requests_go_to_the_application() {
+    use smtp_proto::sasl::{Mechanism, SaslAnswer, SaslRequest, encode_base64};
+    use smtp_proto::server::{Decision, Event};
+    use std::time::Instant;
+    let mut c = plain();
+    c.auth.mechanisms = vec![Mechanism::CramMd5, Mechanism::ScramSha256Plus];
+    c.auth.allow_plaintext = true;
+    let now = Instant::now();
+    let mut s = smtp_proto::server::Session::new(
+        std::sync::Arc::new(c),
+        PeerInfo::new("192.0.2.1:1".parse().unwrap()),
+        now,
+    );
+    let mut out = String::new();
+    let step = |s: &mut smtp_proto::server::Session, input: &[u8]| {
+        s.receive(input, now);
+        while let Some(ev) = s.poll().event() {
+            match ev {
+                Event::Connect { ticket, .. } | Event::Helo { ticket, .. } => {
+                    s.respond(ticket, Decision::Accept, now).unwrap();
+                }
+                Event::Sasl { ticket, request } => {
+                    let answer = match request {
+                        SaslRequest::CramMd5Challenge => {
+                            SaslAnswer::Challenge("<1.2@mx.example>".into())
+                        }
+                        SaslRequest::CramMd5 {
+                            username,
+                            challenge,
+                            ..
+                        } => {
+                            assert_eq!(
+                                (username.as_str(), challenge.as_str()),
+                                ("tim", "<1.2@mx.example>")
+                            );
+                            SaslAnswer::Decision(Decision::Accept)
+                        }
+                        other => panic!("{other:?}"),
+                    };
+                    s.respond_sasl(ticket, answer, now).unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(s.transmit()).into_owned();
+        let n = s.transmit().len();
+        s.transmitted(n);
+        text
+    };
+    out.push_str(&step(&mut s, b""));
+    out.push_str(&step(&mut s, b"EHLO c\r\n"));
+    // No channel binding without TLS 1.3: -PLUS is not offered.
+    assert!(out.ends_with("250 AUTH CRAM-MD5\r\n"), "{out}");
+    let r = step(&mut s, b"AUTH CRAM-MD5\r\n");
+    assert_eq!(r, format!("334 {}\r\n", encode_base64(b"<1.2@mx.example>")));
+    let r = step(
+        &mut s,
+        format!(
+            "{}\r\n",
+            encode_base64(b"tim b913a602c7eda7a495b4e6e7334d3890")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r, "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(s.authenticated(), Some("tim"));
 }

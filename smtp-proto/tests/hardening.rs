@@ -22,6 +22,7 @@ fn tls_peer() -> PeerInfo {
         tls: Some(TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS_AES_128_GCM_SHA256".into(),
+            channel_binding: None,
         }),
         ..PeerInfo::default()
     }

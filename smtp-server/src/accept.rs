@@ -671,7 +671,27 @@ pub fn tls_info(conn: &rustls::CommonState) -> smtp_proto::server::TlsInfo {
             }
         })
         .unwrap_or_default();
-    smtp_proto::server::TlsInfo { version, cipher }
+    smtp_proto::server::TlsInfo {
+        version,
+        cipher,
+        channel_binding: None,
+    }
+}
+
+/// The `tls-exporter` channel binding of a TLS 1.3 connection (RFC 9266),
+/// for SCRAM-SHA-256-PLUS: pass the connection's
+/// `export_keying_material`. `None` under TLS 1.2, where the exporter
+/// binds too little without the extended master secret.
+pub fn channel_binding(
+    info: &smtp_proto::server::TlsInfo,
+    export: impl FnOnce([u8; 32], &[u8]) -> Result<[u8; 32], rustls::Error>,
+) -> Option<Vec<u8>> {
+    if info.version != "TLSv1.3" {
+        return None;
+    }
+    export([0; 32], b"EXPORTER-Channel-Binding")
+        .ok()
+        .map(|b| b.to_vec())
 }
 
 /// Where a server listens.
@@ -806,7 +826,7 @@ pub async fn read_proxy_header(
 #[derive(Debug)]
 pub enum Proxied {
     /// Serve the session for this peer (the header's addresses).
-    Peer(smtp_proto::server::PeerInfo),
+    Peer(Box<smtp_proto::server::PeerInfo>),
     /// Close without a word, as for a missing or invalid header: the peer
     /// is not a trusted proxy, or no valid header came in time.
     Close,
@@ -890,7 +910,7 @@ impl ProxyFront {
         };
         // LOCAL (the balancer's own health check): its real addresses.
         if header.command != ProxyCommand::Proxy {
-            return Proxied::Peer(peer);
+            return Proxied::Peer(Box::new(peer));
         }
         if let Some(src) = header.source {
             if !slot.claim_ip(src.ip()) {
@@ -898,11 +918,11 @@ impl ProxyFront {
                 return Proxied::TooMany;
             }
         }
-        Proxied::Peer(smtp_proto::server::PeerInfo {
+        Proxied::Peer(Box::new(smtp_proto::server::PeerInfo {
             remote: header.source.or(peer.remote),
             local: header.destination.or(peer.local),
             ..peer
-        })
+        }))
     }
 }
 

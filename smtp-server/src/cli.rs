@@ -33,6 +33,7 @@ use crate::accept::{Listen, ServerOptions};
 use crate::handler::{Body, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 use crate::rate::{RateLimit, RateLimits};
 use crate::relay::{Router, Upstream, UpstreamTls};
+use crate::sasl::Users;
 use crate::store::{
     DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
 };
@@ -134,9 +135,27 @@ pub struct Args {
     /// Refuse mail transactions before STARTTLS.
     #[arg(long)]
     pub require_tls: bool,
-    /// Users for AUTH PLAIN/LOGIN: lines `user:password`. Offered after TLS only.
+    /// Users for AUTH: lines `user:password`, or
+    /// `user:SCRAM-SHA-256$iterations:salt$storedkey:serverkey` (base64
+    /// parts; no password kept: SCRAM, PLAIN and LOGIN work, CRAM-MD5 does
+    /// not). Offered after TLS only.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// The SASL mechanisms AUTH offers, comma-separated, from PLAIN, LOGIN,
+    /// SCRAM-SHA-256, SCRAM-SHA-256-PLUS (offered under TLS 1.3 only),
+    /// CRAM-MD5 (needs plain passwords), XOAUTH2, OAUTHBEARER (tokens from
+    /// --oauth-tokens). Default: PLAIN,LOGIN,SCRAM-SHA-256,SCRAM-SHA-256-PLUS,
+    /// plus XOAUTH2,OAUTHBEARER with --oauth-tokens.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "auth")]
+    pub auth_mechanisms: Vec<String>,
+    /// Bearer tokens XOAUTH2 and OAUTHBEARER accept: lines `user:token`.
+    #[arg(long, value_name = "FILE", requires = "auth")]
+    pub oauth_tokens: Option<PathBuf>,
+    /// Failed AUTH attempts per client IP per minute before AUTH gets
+    /// `454 4.7.0` unchecked; each failure also delays the client's next
+    /// command (1 s, doubled per failure, 30 s at most). 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_auth_failures: u32,
     /// Offer AUTH on plaintext connections too.
     #[arg(long, requires = "auth")]
     pub auth_insecure: bool,
@@ -410,7 +429,9 @@ impl Setup {
         }
         config.forwarding.xclient_from.clone_from(&a.xclient_from);
         config.forwarding.xforward_from.clone_from(&a.xforward_from);
-        let mut users = HashMap::new();
+        let mut users = Users::from_passwords(std::iter::empty());
+        let mut tokens = HashMap::new();
+        config.auth.max_failures = a.max_auth_failures;
         if let Some(path) = &a.auth {
             if tls.is_none() && !a.auth_insecure {
                 return Err(err(
@@ -418,7 +439,11 @@ impl Setup {
                 ));
             }
             users = load_users(path)?;
-            config.auth.mechanisms = vec![Mechanism::Plain, Mechanism::Login];
+            if let Some(path) = &a.oauth_tokens {
+                tokens = load_tokens(path)?;
+            }
+            config.auth.mechanisms =
+                auth_mechanisms(&a.auth_mechanisms, &users, !tokens.is_empty())?;
             config.auth.allow_plaintext = a.auth_insecure;
             config.auth.required = a.require_auth;
         }
@@ -450,7 +475,7 @@ impl Setup {
         let defaults = ServerOptions::default();
         Ok(Setup {
             handler: RateLimit::new(
-                PasswordAuth::new(users, router),
+                PasswordAuth::with_users(users, router).with_tokens(tokens),
                 RateLimits {
                     connections: a.max_connection_rate,
                     messages: a.max_message_rate,
@@ -546,29 +571,78 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CliError> 
     Ok(Arc::new(config))
 }
 
-/// Reads `user:password` lines (blank lines and `#` comments skipped).
-pub fn load_users(path: &Path) -> Result<HashMap<String, String>, CliError> {
+/// Reads the `--auth` file ([`Users::parse`]: `user:password` or
+/// `user:SCRAM-SHA-256$…` lines, blank lines and `#` comments skipped).
+pub fn load_users(path: &Path) -> Result<Users, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(format!("cannot read auth file {}: {e}", path.display())))?;
-    let mut users = HashMap::new();
+    let users = Users::parse(&text, &path.display().to_string()).map_err(err)?;
+    if users.is_empty() {
+        return Err(err(format!("no users in {}", path.display())));
+    }
+    Ok(users)
+}
+
+/// The mechanisms `--auth-mechanisms` names, or the default: PLAIN, LOGIN
+/// and SCRAM (which every user store can serve), and the OAuth ones when
+/// tokens are given. CRAM-MD5 needs every user's plain password, the OAuth
+/// ones `--oauth-tokens`.
+fn auth_mechanisms(
+    names: &[String],
+    users: &Users,
+    tokens: bool,
+) -> Result<Vec<Mechanism>, CliError> {
+    use Mechanism::*;
+    if names.is_empty() {
+        let mut m = vec![Plain, Login, ScramSha256, ScramSha256Plus];
+        if tokens {
+            m.extend([XOAuth2, OAuthBearer]);
+        }
+        return Ok(m);
+    }
+    let mut out = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let m = Mechanism::from_name(name)
+            .ok_or_else(|| err(format!("--auth-mechanisms: unknown mechanism {name:?}")))?;
+        if m == CramMd5 && !users.all_have_passwords() {
+            return Err(err(
+                "--auth-mechanisms CRAM-MD5 needs plain passwords in --auth for every user",
+            ));
+        }
+        if matches!(m, XOAuth2 | OAuthBearer) && !tokens {
+            return Err(err(format!(
+                "--auth-mechanisms {}: needs --oauth-tokens",
+                m.name()
+            )));
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `--oauth-tokens`: `user:token` lines (blank lines and `#`
+/// comments skipped).
+pub fn load_tokens(path: &Path) -> Result<HashMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read token file {}: {e}", path.display())))?;
+    let mut tokens = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some((user, pass)) = line.split_once(':') else {
+        let Some((user, token)) = line.split_once(':') else {
             return Err(err(format!(
-                "{}:{}: expected user:password",
+                "{}:{}: expected user:token",
                 path.display(),
                 i + 1
             )));
         };
-        users.insert(user.to_owned(), pass.to_owned());
+        tokens.insert(token.to_owned(), user.to_owned());
     }
-    if users.is_empty() {
-        return Err(err(format!("no users in {}", path.display())));
-    }
-    Ok(users)
+    Ok(tokens)
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ use smtp_proto::command::{
 };
 use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
-use smtp_proto::sasl::Credentials;
+use smtp_proto::sasl::{Credentials, OAuthToken, SaslAnswer, SaslRequest, Secret};
+
+use crate::sasl::ScramKeys;
 use smtp_proto::server::{
     AbortReason, CloseReason, Decision, Event, Forwarded, HeloKind, PeerInfo, Session, Ticket,
 };
@@ -105,6 +107,32 @@ impl SessionInfo {
         match (s.forwarded(), &mut self.forwarded) {
             (None, None) => {}
             (f, h) => *h = f.cloned(),
+        }
+    }
+}
+
+/// [`Handler::auth_token`]'s verdict on a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenDecision {
+    /// The token is valid for the user: `235 2.7.0`.
+    Accept,
+    /// Refused: `status` is the JSON error object sent in a `334` before
+    /// the `535 5.7.8` (RFC 7628 §3.2.2), e.g.
+    /// `{"status":"invalid_token","schemes":"bearer"}`.
+    Refuse {
+        /// The JSON error object.
+        status: String,
+    },
+    /// Answer with this reply at once (e.g. `454 4.7.0` when the token
+    /// service cannot be reached).
+    Reply(Reply),
+}
+
+impl TokenDecision {
+    /// A refusal with the usual status, `{"status":"invalid_token","schemes":"bearer"}`.
+    pub fn invalid() -> Self {
+        TokenDecision::Refuse {
+            status: r#"{"status":"invalid_token","schemes":"bearer"}"#.to_owned(),
         }
     }
 }
@@ -407,6 +435,43 @@ pub trait Handler: Send + Sync + 'static {
         async { Decision::Reply(Reply::AUTH_FAILED) }
     }
 
+    /// The SCRAM-SHA-256 keys of `username`, for SCRAM-SHA-256 and
+    /// SCRAM-SHA-256-PLUS: the salted keys only, never the password. `None`
+    /// for an unknown user; the exchange then goes on with decoy keys and
+    /// fails at its end, so a client cannot tell who exists. The default
+    /// knows no one.
+    fn scram_keys(
+        &self,
+        session: &SessionInfo,
+        username: &str,
+    ) -> impl Future<Output = Option<ScramKeys>> + Send {
+        let _ = (session, username);
+        async { None }
+    }
+
+    /// The password of `username` in clear, for CRAM-MD5 (its digest is
+    /// keyed with it). The default knows no one.
+    fn password(
+        &self,
+        session: &SessionInfo,
+        username: &str,
+    ) -> impl Future<Output = Option<Secret<String>>> + Send {
+        let _ = (session, username);
+        async { None }
+    }
+
+    /// An OAuth 2.0 bearer token (XOAUTH2, OAUTHBEARER, RFC 7628): accept
+    /// it, or refuse it with the JSON status the client is sent. The
+    /// default refuses every token.
+    fn auth_token(
+        &self,
+        session: &SessionInfo,
+        token: &OAuthToken,
+    ) -> impl Future<Output = TokenDecision> + Send {
+        let _ = (session, token);
+        async { TokenDecision::invalid() }
+    }
+
     /// A message's body starts: how to take it ([`Body`]). `message` holds
     /// the id and the trace header (`data` is empty). The default,
     /// [`Body::Buffer`], keeps the whole message for [`Handler::message`].
@@ -468,6 +533,9 @@ macro_rules! hooks {
             rcpt(session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision;
             verify(session: &SessionInfo, arg: &str, expand: bool) -> Decision;
             auth(session: &SessionInfo, credentials: &Credentials) -> Decision;
+            scram_keys(session: &SessionInfo, username: &str) -> Option<ScramKeys>;
+            password(session: &SessionInfo, username: &str) -> Option<Secret<String>>;
+            auth_token(session: &SessionInfo, token: &OAuthToken) -> TokenDecision;
             body(session: &SessionInfo, envelope: &Envelope, message: &Message) -> Body;
             message(session: &SessionInfo, envelope: &Envelope, message: &Arc<Message>)
                 -> MessageDecision;
@@ -574,6 +642,8 @@ pub struct Dispatcher<H> {
     /// per-message `Received:` id).
     messages: u64,
     closed: bool,
+    /// The keys of the SCRAM exchange running (real or decoy).
+    scram: Option<ScramKeys>,
     /// [`Handler::disconnect`], kept so that `Drop` (which cannot require
     /// `H: Handler`) can call it.
     end: fn(&H, &SessionInfo, CloseReason),
@@ -628,6 +698,7 @@ impl<H: Handler> Dispatcher<H> {
             message: None,
             messages: 0,
             closed: false,
+            scram: None,
             end: |h, info, reason| h.disconnect(info, reason),
         }
     }
@@ -742,6 +813,23 @@ impl<H: Handler> Dispatcher<H> {
                     };
                     let failed = matches!(&d, Some(Decision::Reply(r)) if r.code() == 535);
                     self.answer(s, ticket, d);
+                    if failed {
+                        AuthFailures::failed(s);
+                    }
+                }
+                Event::Sasl { ticket, request } => {
+                    self.info.refresh(s);
+                    let answer = if AuthFailures::too_many(s) {
+                        SaslAnswer::Decision(Reply::AUTH_TEMPORARY.into())
+                    } else {
+                        self.sasl(s, request).await
+                    };
+                    let failed = matches!(&answer, SaslAnswer::Decision(Decision::Reply(r)) if r.code() == 535)
+                        || matches!(answer, SaslAnswer::TokenRefused { .. });
+                    if let Err(e) = s.respond_sasl(ticket, answer, std::time::Instant::now()) {
+                        tracing::error!(error = %e, "SASL answer refused");
+                        s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
+                    }
                     if failed {
                         AuthFailures::failed(s);
                     }
@@ -885,6 +973,92 @@ impl<H: Handler> Dispatcher<H> {
             self.body = Vec::new();
         } else {
             self.body.clear();
+        }
+    }
+
+    /// What a SASL mechanism asked for: a challenge, the user's keys, a
+    /// proof or a token checked (the crypto is [`crate::sasl`]'s, the
+    /// secrets the handler's).
+    async fn sasl(&mut self, s: &Session, request: SaslRequest) -> SaslAnswer
+    where
+        H: Handler,
+    {
+        let failed = || SaslAnswer::Decision(Reply::AUTH_FAILED.into());
+        let internal = || SaslAnswer::Decision(Reply::AUTH_TEMPORARY.into());
+        let id = &self.info.id;
+        match request {
+            SaslRequest::CramMd5Challenge => {
+                SaslAnswer::Challenge(crate::sasl::cram_md5_challenge(&s.config().hostname))
+            }
+            SaslRequest::CramMd5 {
+                username,
+                challenge,
+                digest,
+            } => match guarded(self.handler.password(&self.info, &username)).await {
+                None => internal(),
+                Some(Some(p)) if crate::sasl::cram_md5_verify(p.expose(), &challenge, &digest) => {
+                    tracing::info!(session = %id, user = %username, "authenticated (CRAM-MD5)");
+                    SaslAnswer::Decision(Decision::Accept)
+                }
+                Some(_) => {
+                    tracing::info!(session = %id, user = %username, "authentication failed (CRAM-MD5)");
+                    failed()
+                }
+            },
+            SaslRequest::ScramFirst {
+                username, authzid, ..
+            } => {
+                if authzid
+                    .as_deref()
+                    .is_some_and(|z| !z.is_empty() && z != username)
+                {
+                    return failed();
+                }
+                let Some(keys) = guarded(self.handler.scram_keys(&self.info, &username)).await
+                else {
+                    return internal();
+                };
+                let keys = keys.unwrap_or_else(|| crate::sasl::decoy_keys(&username));
+                let answer = SaslAnswer::ScramFirst {
+                    server_nonce: crate::sasl::random_nonce(),
+                    salt: keys.salt.clone(),
+                    iterations: keys.iterations,
+                };
+                self.scram = Some(keys);
+                answer
+            }
+            SaslRequest::ScramFinal {
+                username,
+                auth_message,
+                proof,
+                ..
+            } => match self
+                .scram
+                .take()
+                .and_then(|k| k.verify(auth_message.as_bytes(), &proof))
+            {
+                Some(signature) => {
+                    tracing::info!(session = %id, user = %username, "authenticated (SCRAM-SHA-256)");
+                    SaslAnswer::ScramVerified {
+                        server_signature: signature.to_vec(),
+                    }
+                }
+                None => {
+                    tracing::info!(session = %id, user = %username, "authentication failed (SCRAM-SHA-256)");
+                    failed()
+                }
+            },
+            SaslRequest::Token(token) => {
+                match guarded(self.handler.auth_token(&self.info, &token)).await {
+                    Some(TokenDecision::Accept) => SaslAnswer::Decision(Decision::Accept),
+                    Some(TokenDecision::Refuse { status }) => SaslAnswer::TokenRefused {
+                        status,
+                        reply: None,
+                    },
+                    Some(TokenDecision::Reply(r)) => SaslAnswer::Decision(r.into()),
+                    None => internal(),
+                }
+            }
         }
     }
 

@@ -245,15 +245,26 @@ where
             return;
         };
         let plain = Wrap::new(plain);
+        // The facts are read before the stream becomes the common type,
+        // which no longer offers the exporter.
         let handshake = async {
             match side {
-                TlsSide::Accept(a) => a.accept(plain).await.map(TlsStream::from),
-                TlsSide::Connect(c, name) => c.connect(name, plain).await.map(TlsStream::from),
+                TlsSide::Accept(a) => a.accept(plain).await.map(|tls| {
+                    let conn = tls.get_ref().1;
+                    let mut info = tls_info(conn);
+                    info.channel_binding = crate::accept::channel_binding(&info, |out, label| {
+                        conn.export_keying_material(out, label, None)
+                    });
+                    (TlsStream::from(tls), info)
+                }),
+                TlsSide::Connect(c, name) => c.connect(name, plain).await.map(|tls| {
+                    let info = tls_info(tls.get_ref().1);
+                    (TlsStream::from(tls), info)
+                }),
             }
         };
         match timeout::<R, _>(self.io_timeout, Box::pin(handshake)).await {
-            Some(Ok(tls)) => {
-                let info = tls_info(tls.get_ref().1);
+            Some(Ok((tls, info))) => {
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
                 self.stream = Stream::Tls(Box::new(tls));
                 if let Err(e) = self.machine.tls_established(info, Instant::now()) {

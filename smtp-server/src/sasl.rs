@@ -264,6 +264,17 @@ pub fn cram_md5_challenge(hostname: &str) -> String {
     format!("<{random}.{seconds}@{hostname}>")
 }
 
+/// Decoy SCRAM keys for an unknown `user`, the same for one name all
+/// process long (a client asking twice sees the same salt), that no proof
+/// verifies against: for handlers that know no keys of a user.
+pub fn decoy_keys(user: &str) -> ScramKeys {
+    static DECOYS: std::sync::OnceLock<Users> = std::sync::OnceLock::new();
+    DECOYS
+        .get_or_init(|| Users::from_passwords(std::iter::empty()))
+        .scram_keys_or_decoy(user)
+        .0
+}
+
 /// A fresh SCRAM server nonce: 18 random bytes from the system random number
 /// generator, base64-encoded (24 printable characters, no comma).
 ///

@@ -495,7 +495,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
     if let Some(front) = &shared.proxy {
         let timer = sleep::<R>(front.timeout());
         match Box::pin(front.read(&mut Peek::<R>(&mut tcp), peer, slot, timer)).await {
-            Proxied::Peer(p) => peer = p,
+            Proxied::Peer(p) => peer = *p,
             Proxied::Close => return Ok(()),
             Proxied::TooMany => {
                 too_many::<R, _>(tcp, tls).await;
@@ -529,7 +529,14 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             return Ok(());
         };
         let peer = PeerInfo {
-            tls: Some(tls_info(stream.get_ref().1)),
+            tls: Some({
+                let conn = stream.get_ref().1;
+                let mut info = tls_info(conn);
+                info.channel_binding = crate::accept::channel_binding(&info, |out, label| {
+                    conn.export_keying_material(out, label, None)
+                });
+                info
+            }),
             ..peer
         };
         let stream = Stream::Tls(Box::new(stream.into()));

@@ -41,13 +41,14 @@ use futures_util::future::BoxFuture;
 
 use crate::handler::{
     Body, BodySink, Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo,
+    TokenDecision,
 };
 use smtp_proto::server::AbortReason;
 use spool::{LfLines, Spool, SpoolFile, Spooled};
 
 mod spool;
 use smtp_proto::reply::{EnhancedCode, Reply};
-use smtp_proto::sasl::Credentials;
+use smtp_proto::sasl::{Credentials, OAuthToken, Secret};
 use smtp_proto::server::Decision;
 
 /// `550 5.1.3` for a recipient that cannot be stored safely.
@@ -1122,11 +1123,15 @@ fn asctime(t: i64) -> String {
     )
 }
 
-/// AUTH against a fixed list of users (name → password), compared in
-/// constant time; every other hook goes to `inner`. `Debug` shows only how
-/// many users there are, never a password.
+/// AUTH against a fixed list of users ([`crate::sasl::Users`]: plain
+/// passwords or SCRAM keys), compared in constant time, for every mechanism
+/// the users' secrets allow (PLAIN, LOGIN, SCRAM-SHA-256(-PLUS), CRAM-MD5
+/// for users with a plain password); every other hook goes to `inner`.
+/// `Debug` shows only how many users there are, never a secret.
 pub struct PasswordAuth<H> {
-    users: HashMap<String, String>,
+    users: crate::sasl::Users,
+    /// Bearer tokens (XOAUTH2, OAUTHBEARER) → their user.
+    tokens: HashMap<String, String>,
     /// The handler every other decision goes to.
     pub inner: H,
 }
@@ -1134,7 +1139,24 @@ pub struct PasswordAuth<H> {
 impl<H> PasswordAuth<H> {
     /// Checks AUTH against `users` in front of `inner`.
     pub fn new(users: HashMap<String, String>, inner: H) -> Self {
-        PasswordAuth { users, inner }
+        Self::with_users(crate::sasl::Users::from_passwords(users), inner)
+    }
+
+    /// Checks AUTH against a loaded user store in front of `inner`.
+    pub fn with_users(users: crate::sasl::Users, inner: H) -> Self {
+        PasswordAuth {
+            users,
+            tokens: HashMap::new(),
+            inner,
+        }
+    }
+
+    /// Also accepts these bearer tokens (token → user) for XOAUTH2 and
+    /// OAUTHBEARER; a token names its user, and a client naming another
+    /// user is refused.
+    pub fn with_tokens(mut self, tokens: HashMap<String, String>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Whether the credentials name a known user with the right password
@@ -1144,31 +1166,17 @@ impl<H> PasswordAuth<H> {
             .authzid
             .as_deref()
             .is_none_or(|z| z.is_empty() || z == c.username);
-        let stored = self.users.get(&c.username).map(String::as_bytes);
-        // Compare against something even for unknown users.
-        let ok = constant_time_eq(stored.unwrap_or(b"\0"), c.password.expose().as_bytes());
-        ok && authz_ok && stored.is_some()
+        self.users.check_password(&c.username, c.password.expose()) && authz_ok
     }
 }
 
 impl<H: std::fmt::Debug> std::fmt::Debug for PasswordAuth<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PasswordAuth")
-            .field("users", &self.users.len())
+            .field("users", &self.users)
             .field("inner", &self.inner)
             .finish()
     }
-}
-
-/// Compares without an early exit, so timing does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 impl<H: Handler> Layer for PasswordAuth<H> {
@@ -1185,6 +1193,25 @@ impl<H: Handler> Layer for PasswordAuth<H> {
         } else {
             tracing::info!(session = %session.id, user = %credentials.username, "authentication failed");
             Reply::AUTH_FAILED.into()
+        }
+    }
+
+    async fn scram_keys(&self, _: &SessionInfo, username: &str) -> Option<crate::sasl::ScramKeys> {
+        self.users.scram_keys(username).cloned()
+    }
+
+    async fn password(&self, _: &SessionInfo, username: &str) -> Option<Secret<String>> {
+        self.users.password(username).cloned()
+    }
+
+    async fn auth_token(&self, session: &SessionInfo, token: &OAuthToken) -> TokenDecision {
+        let user = self.tokens.get(token.token.expose());
+        let ok = user.is_some_and(|u| token.user.as_ref().is_none_or(|claimed| claimed == u));
+        tracing::info!(session = %session.id, user = ?token.user, ok, "bearer token checked");
+        if ok {
+            TokenDecision::Accept
+        } else {
+            TokenDecision::invalid()
         }
     }
 }

@@ -1,7 +1,7 @@
 //! AUTH (RFC 4954): the SASL exchange line by line.
 
 use super::*;
-use crate::sasl::SaslError;
+use crate::sasl::{SaslContext, SaslError};
 
 impl Session {
     /// Whether AUTH is offered now (in EHLO, and as room for MAIL's
@@ -12,10 +12,7 @@ impl Session {
             && (self.is_tls() || (self.config.auth.allow_plaintext && !self.config.require_tls))
     }
 
-    pub(super) fn start_auth(
-        &mut self,
-        start: Option<(Mechanism, SaslExchange, SaslStep)>,
-    ) -> Outcome {
+    pub(super) fn start_auth(&mut self, start: Option<(Mechanism, Option<String>)>) -> Outcome {
         if self.config.require_tls && !self.is_tls() {
             return Outcome::Error(Reply::TLS_REQUIRED);
         }
@@ -38,13 +35,62 @@ impl Session {
         if self.txn.mail {
             return Outcome::Error(Reply::AUTH_IN_TRANSACTION);
         }
-        let Some((_, exchange, step)) =
-            start.filter(|(m, _, _)| self.config.auth.mechanisms.contains(m))
-        else {
+        let Some((mechanism, initial)) = start.filter(|(m, _)| self.mechanism_offered(*m)) else {
             return Outcome::Error(Reply::AUTH_MECHANISM_UNKNOWN);
         };
+        let (exchange, step) =
+            SaslExchange::start(mechanism, initial.as_deref(), self.sasl_context());
         self.phase = Phase::Auth(exchange);
         self.sasl_outcome(step)
+    }
+
+    /// What an exchange needs of the session: the TLS channel binding
+    /// (`tls-exporter`, given by the caller in [`TlsInfo`] under TLS 1.3)
+    /// and whether SCRAM-SHA-256-PLUS is offered.
+    fn sasl_context(&self) -> SaslContext {
+        let channel_binding = self
+            .peer
+            .tls
+            .as_ref()
+            .and_then(|t| t.channel_binding.clone());
+        SaslContext {
+            plus_offered: channel_binding.is_some()
+                && self
+                    .config
+                    .auth
+                    .mechanisms
+                    .contains(&Mechanism::ScramSha256Plus),
+            channel_binding,
+        }
+    }
+
+    /// Whether `m` is offered now: configured, and for SCRAM-SHA-256-PLUS
+    /// only with a channel binding to bind to.
+    pub(super) fn mechanism_offered(&self, m: Mechanism) -> bool {
+        self.config.auth.mechanisms.contains(&m)
+            && (m != Mechanism::ScramSha256Plus
+                || self
+                    .peer
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.channel_binding.is_some()))
+    }
+
+    /// Feeds the application's answer to the running exchange and queues
+    /// what follows (a challenge, 235, or the refusal).
+    pub(super) fn answer_sasl(&mut self, answer: SaslAnswer) {
+        let step = match &mut self.phase {
+            Phase::Auth(ex) => ex.answer(answer),
+            _ => SaslStep::Failed(SaslError::Unexpected),
+        };
+        match self.sasl_outcome(step) {
+            Outcome::Reply(r) => self.queue(&r),
+            Outcome::Error(r) => self.queue_counted(&r),
+            // An answer never leads to another request; if it did, the
+            // event is handed out next.
+            Outcome::Emit(e) => self.decisions.ready = Some(e),
+            Outcome::Done | Outcome::Decide(_) => {}
+        }
     }
 
     pub(super) fn step_auth_line(&mut self, len: usize) -> Step {
@@ -77,20 +123,29 @@ impl Session {
                 let _t = self.new_ticket(Pending::Auth);
                 Outcome::Emit(Emit::Auth(credentials))
             }
-            // TODO(session): hand the request to the application (an event
-            // with a ticket), then feed its answer to `SaslExchange::answer`.
-            SaslStep::Request(_) => {
-                self.phase = Phase::Command;
-                Outcome::Error(Reply::AUTH_TEMPORARY)
+            SaslStep::Request(request) => {
+                let user = match &request {
+                    SaslRequest::CramMd5 { username, .. }
+                    | SaslRequest::ScramFirst { username, .. }
+                    | SaslRequest::ScramFinal { username, .. } => Some(username.clone()),
+                    SaslRequest::Token(t) => t.user.clone(),
+                    SaslRequest::CramMd5Challenge => None,
+                };
+                if user.is_some() {
+                    self.auth_user = user;
+                }
+                let _t = self.new_ticket(Pending::Sasl);
+                Outcome::Emit(Emit::Sasl(request))
             }
-            // TODO(session): record the identity (from the request that led
-            // here) as authenticated, then answer 235.
             SaslStep::Authenticated => {
                 self.phase = Phase::Command;
-                Outcome::Error(Reply::AUTH_TEMPORARY)
+                // A token without a user name authenticates as "".
+                self.authenticated = Some(self.auth_user.take().unwrap_or_default());
+                Outcome::Reply(Reply::AUTH_OK)
             }
             SaslStep::Refused(reply) => {
                 self.phase = Phase::Command;
+                self.auth_user = None;
                 Outcome::Error(reply)
             }
             SaslStep::Cancelled => {

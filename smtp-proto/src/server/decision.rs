@@ -119,6 +119,10 @@ impl Session {
                 ticket: self.ticket(),
                 credentials,
             },
+            Emit::Sasl(request) => Event::Sasl {
+                ticket: self.ticket(),
+                request,
+            },
             Emit::MessageEnd => Event::MessageEnd {
                 ticket: self.ticket(),
                 size: self.txn.body_len,
@@ -164,6 +168,31 @@ impl Session {
             _ => 1,
         };
         self.apply_decision(what, std::iter::repeat_n(decision, n));
+        Ok(())
+    }
+
+    /// Answers an [`Event::Sasl`] with what the mechanism asked for (a
+    /// challenge, a user's SCRAM salt and iteration count, a verified
+    /// proof's signature, a token refusal), or a [`SaslAnswer::Decision`].
+    pub fn respond_sasl(
+        &mut self,
+        ticket: Ticket,
+        answer: SaslAnswer,
+        now: Instant,
+    ) -> Result<(), Misuse> {
+        match self.decisions.pending {
+            Some((_, Pending::Sasl)) => {}
+            _ => return Err(Misuse::UnknownTicket(ticket)),
+        }
+        self.take_pending(ticket)?;
+        self.timing.clock.advance(now);
+        if self.is_closed() {
+            return Ok(());
+        }
+        self.arm(self.config.timeouts.command);
+        self.decisions.pending_line = 0;
+        self.decisions.decided = None;
+        self.answer_sasl(answer);
         Ok(())
     }
 
@@ -291,6 +320,7 @@ impl Session {
                 self.queue_decision(decision, &Reply::RECIPIENT_OK);
             }
             Pending::Verify => self.queue_decision(decision, &Reply::CANNOT_VRFY),
+            Pending::Sasl => self.answer_sasl(SaslAnswer::Decision(decision)),
             Pending::Auth => {
                 let user = self.auth_user.take();
                 if accepted {

@@ -97,7 +97,7 @@ use crate::decided::Decided;
 pub use crate::drive::{Instruction, Misuse, Output, TlsInfo};
 use crate::parse::parse_command;
 use crate::reply::Reply;
-use crate::sasl::{Credentials, Mechanism, SaslExchange, SaslStep};
+use crate::sasl::{Credentials, Mechanism, SaslAnswer, SaslExchange, SaslRequest, SaslStep};
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -346,6 +346,16 @@ pub enum Event<'a> {
         /// `true` for EXPN.
         expand: bool,
     },
+    /// A SASL exchange (CRAM-MD5, SCRAM, XOAUTH2, OAUTHBEARER) needs the
+    /// application: a challenge, a user's keys, a proof or a token checked.
+    /// Answer with [`Session::respond_sasl`] (a refusing [`Decision`] via
+    /// [`Session::respond`] ends the exchange with that reply).
+    Sasl {
+        /// Answer with [`Session::respond_sasl`].
+        ticket: Ticket,
+        /// What the mechanism needs (secrets hidden from `Debug`).
+        request: SaslRequest,
+    },
     /// AUTH finished its SASL exchange: check the credentials.
     Auth {
         /// Answer with [`Session::respond`] (accept sends `235 2.7.0`).
@@ -391,6 +401,7 @@ impl Event<'_> {
             | Event::Rcpt { ticket, .. }
             | Event::Verify { ticket, .. }
             | Event::Auth { ticket, .. }
+            | Event::Sasl { ticket, .. }
             | Event::MessageEnd { ticket, .. } => Some(ticket),
             _ => None,
         }
@@ -453,6 +464,7 @@ enum Pending {
     Rcpt,
     Verify,
     Auth,
+    Sasl,
     MessageEnd,
 }
 
@@ -463,6 +475,7 @@ enum Emit {
     Command,
     Connect,
     Auth(Credentials),
+    Sasl(SaslRequest),
     MessageEnd,
     Body {
         start: usize,
@@ -911,7 +924,7 @@ enum Cmd {
     Verify,
     Help,
     StartTls,
-    Auth(Option<(Mechanism, SaslExchange, SaslStep)>),
+    Auth(Option<(Mechanism, Option<String>)>),
     Xclient(Vec<(ForwardAttr, ForwardValue)>),
     Xforward(Vec<(ForwardAttr, ForwardValue)>),
 }
@@ -952,12 +965,7 @@ impl From<&Command<'_>> for Cmd {
             Command::Help { .. } => Cmd::Help,
             Command::StartTls => Cmd::StartTls,
             Command::Auth { mechanism, initial } => {
-                Cmd::Auth(Mechanism::from_name(mechanism).map(|m| {
-                    // TODO(session): the TLS channel binding and whether -PLUS is offered.
-                    let context = crate::sasl::SaslContext::default();
-                    let (ex, step) = SaslExchange::start(m, initial, context);
-                    (m, ex, step)
-                }))
+                Cmd::Auth(Mechanism::from_name(mechanism).map(|m| (m, initial.map(str::to_owned))))
             }
             Command::Xclient { attrs } => Cmd::Xclient(attrs.iter().collect()),
             Command::Xforward { attrs } => Cmd::Xforward(attrs.iter().collect()),

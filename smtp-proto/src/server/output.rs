@@ -200,6 +200,9 @@ impl Session {
         if self.auth_offered() && self.authenticated.is_none() {
             let mut line = String::from("AUTH");
             for m in &self.config.auth.mechanisms {
+                if !self.mechanism_offered(*m) {
+                    continue;
+                }
                 let _ = write!(line, " {}", m.name());
             }
             kw(&line);

@@ -169,6 +169,7 @@ impl Harness {
                                         TlsInfo {
                                             version: "TLSv1.3".into(),
                                             cipher: "TLS_AES_128_GCM_SHA256".into(),
+                                            channel_binding: None,
                                         },
                                         self.now,
                                     )
@@ -281,6 +282,7 @@ pub fn describe(ev: &Event<'_>) -> String {
         },
         Event::Verify { arg, expand, .. } => format!("VERIFY {arg} {expand}"),
         Event::Auth { credentials, .. } => format!("AUTH {}", credentials.username),
+        Event::Sasl { request, .. } => format!("SASL {request:?}"),
         Event::BodyStart { kind } => format!("BODYSTART {kind:?}"),
         Event::Body(_) => "BODY".into(),
         Event::MessageEnd {

@@ -36,6 +36,7 @@ mod hardening_ops;
 mod hardening_relay;
 mod hardening_store;
 mod rate;
+mod sasl;
 mod streaming;
 mod support;
 
@@ -78,7 +79,8 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(hardening_store::ALL)
             .chain(streaming::ALL)
             .chain(rate::ALL)
-            .chain(forward::ALL);
+            .chain(forward::ALL)
+            .chain(sasl::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
