@@ -294,36 +294,43 @@ impl RateTable {
     /// [`RateLimiter::admit`] at `now` (for tests and callers with a clock
     /// of their own).
     pub fn admit_at(&self, client: IpAddr, kind: RateKind, limit: u32, now: Instant) -> bool {
-        self.with_entry(client, kind, now, |count, estimate| {
+        self.with_entry(client, kind, now, true, |count, estimate| {
             if estimate + 1.0 > f64::from(limit) {
                 return false;
             }
             *count += 1;
             true
         })
+        .unwrap_or(true)
     }
 
     /// Counts one `kind` for `client` at `now`, whatever the count was.
     pub fn record_at(&self, client: IpAddr, kind: RateKind, now: Instant) {
-        self.with_entry(client, kind, now, |count, _| *count += 1);
+        self.with_entry(client, kind, now, true, |count, _| *count += 1);
     }
 
     /// The client's `kind` count over the last minute (sliding) at `now`,
-    /// rounded up; counts nothing.
+    /// rounded up; counts nothing, and makes no entry for a client it does
+    /// not hold (so reading for every connection evicts no one).
     pub fn recent_at(&self, client: IpAddr, kind: RateKind, now: Instant) -> u32 {
         // The estimate is a sum of counts: it fits a u32.
-        self.with_entry(client, kind, now, |_, estimate| estimate.ceil() as u32)
+        self.with_entry(client, kind, now, false, |_, estimate| {
+            estimate.ceil() as u32
+        })
+        .unwrap_or(0)
     }
 
     /// Runs `f` on the client's current count of `kind` and its sliding
-    /// estimate over the last minute, the entry made or refreshed first.
+    /// estimate over the last minute, the entry refreshed first, or made
+    /// when `make` (else `None` for a client not held).
     fn with_entry<T>(
         &self,
         client: IpAddr,
         kind: RateKind,
         now: Instant,
+        make: bool,
         f: impl FnOnce(&mut u32, f64) -> T,
-    ) -> T {
+    ) -> Option<T> {
         let key = match client {
             IpAddr::V4(a) => u128::from(u32::from(a)),
             // The /64, marked apart from every IPv4 address.
@@ -338,6 +345,7 @@ impl RateTable {
         let set = &mut sets[(h / SHARDS) % self.sets_per_shard];
         let at = match set.iter().position(|e| e.key == key) {
             Some(i) => i,
+            None if !make => return None,
             None => {
                 let fresh = Entry {
                     key,
@@ -373,7 +381,7 @@ impl RateTable {
         let into = since.as_secs_f64() - f64::from(minute) * 60.0;
         let weight = (1.0 - into / 60.0).clamp(0.0, 1.0);
         let estimate = f64::from(e.previous[k]) * weight + f64::from(e.current[k]);
-        f(&mut e.current[k], estimate)
+        Some(f(&mut e.current[k], estimate))
     }
 }
 
@@ -397,6 +405,19 @@ mod tests {
 
     fn v4(n: u32) -> IpAddr {
         IpAddr::V4(Ipv4Addr::from(n))
+    }
+
+    #[test]
+    fn reading_a_count_makes_no_entry() {
+        let t = RateTable::default();
+        let now = t.start;
+        assert_eq!(t.recent_at(v4(9), RateKind::AuthFailure, now), 0);
+        assert!(t.is_empty(), "a read for every connection evicts no one");
+        t.record_at(v4(9), RateKind::AuthFailure, now);
+        t.record_at(v4(9), RateKind::AuthFailure, now);
+        assert_eq!(t.recent_at(v4(9), RateKind::AuthFailure, now), 2);
+        assert_eq!(t.recent_at(v4(9), RateKind::Message, now), 0);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

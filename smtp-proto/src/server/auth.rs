@@ -48,19 +48,13 @@ impl Session {
     /// (`tls-exporter`, given by the caller in [`TlsInfo`] under TLS 1.3)
     /// and whether SCRAM-SHA-256-PLUS is offered.
     fn sasl_context(&self) -> SaslContext {
-        let channel_binding = self
-            .peer
-            .tls
-            .as_ref()
-            .and_then(|t| t.channel_binding.clone());
         SaslContext {
-            plus_offered: channel_binding.is_some()
-                && self
-                    .config
-                    .auth
-                    .mechanisms
-                    .contains(&Mechanism::ScramSha256Plus),
-            channel_binding,
+            plus_offered: self.mechanism_offered(Mechanism::ScramSha256Plus),
+            channel_binding: self
+                .peer
+                .tls
+                .as_ref()
+                .and_then(|t| t.channel_binding.clone()),
         }
     }
 

@@ -24,16 +24,16 @@ impl Session {
 
     /// Whether this client may send XCLIENT.
     pub(super) fn may_xclient(&self) -> bool {
-        let nets = &self.config.forwarding.xclient_from;
-        !nets.is_empty()
-            && self
-                .forwarder()
-                .is_some_and(|ip| nets.iter().any(|n| n.contains(ip)))
+        self.trusted(&self.config.forwarding.xclient_from)
     }
 
     /// Whether this client may send XFORWARD.
     pub(super) fn may_xforward(&self) -> bool {
-        let nets = &self.config.forwarding.xforward_from;
+        self.trusted(&self.config.forwarding.xforward_from)
+    }
+
+    /// Whether the forwarder is in one of `nets`.
+    fn trusted(&self, nets: &[crate::config::Cidr]) -> bool {
         !nets.is_empty()
             && self
                 .forwarder()
@@ -53,37 +53,18 @@ impl Session {
         let mut peer = self.peer.clone();
         let (mut remote_ip, mut remote_port) = split(peer.remote);
         let (mut local_ip, mut local_port) = split(peer.local);
-        let mut helo = None;
-        let mut login = None;
+        let mut helo = Some(self.helo_name.clone());
+        let mut login = self.authenticated.clone();
         for (attr, value) in attrs {
             let ok = match attr {
-                ForwardAttr::Name => {
-                    peer.name = value.value().map(str::to_owned);
-                    true
-                }
+                ForwardAttr::Name => set(&mut peer.name, &value, text),
                 ForwardAttr::Addr => set(&mut remote_ip, &value, parse_addr),
                 ForwardAttr::Port => set(&mut remote_port, &value, parse_port),
                 ForwardAttr::DestAddr => set(&mut local_ip, &value, parse_addr),
                 ForwardAttr::DestPort => set(&mut local_port, &value, parse_port),
-                ForwardAttr::Proto => match &value {
-                    ForwardValue::Value(p) if is_proto(p) => {
-                        peer.proto = Some(p.to_ascii_uppercase());
-                        true
-                    }
-                    ForwardValue::Value(_) => false,
-                    _ => {
-                        peer.proto = None;
-                        true
-                    }
-                },
-                ForwardAttr::Helo => {
-                    helo = Some(value.value().map(str::to_owned));
-                    true
-                }
-                ForwardAttr::Login => {
-                    login = Some(value.value().map(str::to_owned));
-                    true
-                }
+                ForwardAttr::Proto => set(&mut peer.proto, &value, parse_proto),
+                ForwardAttr::Helo => set(&mut helo, &value, text),
+                ForwardAttr::Login => set(&mut login, &value, text),
                 // Not XCLIENT attributes: the grammar already refused them.
                 ForwardAttr::Ident | ForwardAttr::Source => false,
             };
@@ -100,12 +81,8 @@ impl Session {
         // Start over as a new connection: no greeting, no transaction.
         self.reset_transaction();
         self.helo = None;
-        if let Some(helo) = helo {
-            self.helo_name = helo.unwrap_or_default();
-        }
-        if let Some(login) = login {
-            self.authenticated = login;
-        }
+        self.helo_name = helo.unwrap_or_default();
+        self.authenticated = login;
         self.phase = Phase::Connect;
         Outcome::Done
     }
@@ -121,39 +98,14 @@ impl Session {
         }
         let mut f = self.txn.forwarded.as_deref().cloned().unwrap_or_default();
         for (attr, value) in attrs {
-            let text = || value.value().map(str::to_owned);
             let ok = match attr {
-                ForwardAttr::Name => {
-                    f.name = text();
-                    true
-                }
+                ForwardAttr::Name => set(&mut f.name, &value, text),
                 ForwardAttr::Addr => set(&mut f.addr, &value, parse_addr),
                 ForwardAttr::Port => set(&mut f.port, &value, parse_port),
-                ForwardAttr::Proto => {
-                    f.proto = text().map(|p| p.to_ascii_uppercase());
-                    true
-                }
-                ForwardAttr::Helo => {
-                    f.helo = text();
-                    true
-                }
-                ForwardAttr::Ident => {
-                    f.ident = text();
-                    true
-                }
-                ForwardAttr::Source => match &value {
-                    ForwardValue::Value(s)
-                        if s.eq_ignore_ascii_case("LOCAL") || s.eq_ignore_ascii_case("REMOTE") =>
-                    {
-                        f.source = Some(s.to_ascii_uppercase());
-                        true
-                    }
-                    ForwardValue::Value(_) => false,
-                    _ => {
-                        f.source = None;
-                        true
-                    }
-                },
+                ForwardAttr::Proto => set(&mut f.proto, &value, |p| Some(p.to_ascii_uppercase())),
+                ForwardAttr::Helo => set(&mut f.helo, &value, text),
+                ForwardAttr::Ident => set(&mut f.ident, &value, text),
+                ForwardAttr::Source => set(&mut f.source, &value, parse_source),
                 ForwardAttr::Login | ForwardAttr::DestAddr | ForwardAttr::DestPort => false,
             };
             if !ok {
@@ -200,8 +152,21 @@ fn parse_port(s: &str) -> Option<u16> {
     s.parse().ok()
 }
 
-fn is_proto(p: &str) -> bool {
-    p.eq_ignore_ascii_case("SMTP") || p.eq_ignore_ascii_case("ESMTP")
+/// Any text, as it is.
+fn text(s: &str) -> Option<String> {
+    Some(s.to_owned())
+}
+
+/// XCLIENT's `PROTO`: `SMTP` or `ESMTP`, upper-cased.
+fn parse_proto(p: &str) -> Option<String> {
+    (p.eq_ignore_ascii_case("SMTP") || p.eq_ignore_ascii_case("ESMTP"))
+        .then(|| p.to_ascii_uppercase())
+}
+
+/// XFORWARD's `SOURCE`: `LOCAL` or `REMOTE`, upper-cased.
+fn parse_source(s: &str) -> Option<String> {
+    (s.eq_ignore_ascii_case("LOCAL") || s.eq_ignore_ascii_case("REMOTE"))
+        .then(|| s.to_ascii_uppercase())
 }
 
 fn split(a: Option<SocketAddr>) -> (Option<IpAddr>, Option<u16>) {

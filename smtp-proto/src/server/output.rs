@@ -200,12 +200,14 @@ impl Session {
         if self.auth_offered() && self.authenticated.is_none() {
             let mut line = String::from("AUTH");
             for m in &self.config.auth.mechanisms {
-                if !self.mechanism_offered(*m) {
-                    continue;
+                if self.mechanism_offered(*m) {
+                    let _ = write!(line, " {}", m.name());
                 }
-                let _ = write!(line, " {}", m.name());
             }
-            kw(&line);
+            // Only -PLUS configured, and no channel binding: no AUTH at all.
+            if line.len() > "AUTH".len() {
+                kw(&line);
+            }
         }
         if e.help {
             kw("HELP");
