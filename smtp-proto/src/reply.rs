@@ -463,6 +463,8 @@ replies! {
     NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
     /// `550 5.7.1 Relay access denied`.
     RELAY_DENIED = 550 (5, 7, 1) "Relay access denied";
+    /// `554 5.7.1 Access denied` (a client the access list refuses, at connect).
+    ACCESS_DENIED = 554 (5, 7, 1) "Access denied";
     /// `503 5.5.1 No SMTP service here` (after a rejected connection).
     NO_SERVICE = 503 (5, 5, 1) "No SMTP service here";
     /// `550 5.7.0 Error: insufficient authorization` (XCLIENT or XFORWARD
