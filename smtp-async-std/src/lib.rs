@@ -85,6 +85,7 @@ pub use futures_rustls::rustls;
 pub use smtp_proto;
 pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 pub use smtp_server::handler::Handler;
+pub use smtp_server::server::ServerHandle;
 
 pub mod runtime;
 

@@ -113,6 +113,16 @@ impl Runtime for AsyncIoRuntime {
         Ok((listener, local))
     }
 
+    fn tcp_listener(listener: std::net::TcpListener) -> io::Result<Self::TcpListener> {
+        // `Async::new` sets non-blocking mode.
+        Async::new(listener)
+    }
+
+    fn tcp_stream(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        let _ = stream.set_nodelay(true);
+        Async::new(stream)
+    }
+
     async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
         let s = TcpStream::connect(addr).await?;
         let _ = s.get_ref().set_nodelay(true);
@@ -133,6 +143,11 @@ impl Runtime for AsyncIoRuntime {
     #[cfg(unix)]
     fn unix_listener(listener: std::os::unix::net::UnixListener) -> io::Result<Self::UnixListener> {
         Async::new(listener)
+    }
+
+    #[cfg(unix)]
+    fn unix_stream(stream: std::os::unix::net::UnixStream) -> io::Result<Self::UnixStream> {
+        Async::new(stream)
     }
 
     #[cfg(unix)]

@@ -3,12 +3,12 @@
 
 use std::process::ExitCode;
 
-use smtp_server::cli::{Setup, exit_code, log_listening};
+use smtp_server::cli::{Setup, SignalWatch, exit_code, log_listening};
 
 use crate::{Server, ShutdownHandle};
 
 /// Runs the server `setup` describes until SIGINT or SIGTERM, then shuts
-/// down gracefully (`setup.options.grace_period`). Logs one `listening addr=…` line
+/// down gracefully (`setup.options.grace_period`); reloads on SIGHUP. Logs one `listening addr=…` line
 /// per bound address. Keeps no global state: it can run again in the same
 /// process (e.g. a test binary that re-executes itself).
 ///
@@ -24,50 +24,30 @@ pub fn smtpd(setup: Setup) -> ExitCode {
     let server = Server::new(setup.handler).options(setup.options);
     let result = server.bind().and_then(|server| {
         log_listening(server.local_addrs());
-        let signals = on_signal(server.shutdown_handle())?;
-        let res = server.run();
-        signals.stop();
-        res
+        let _signals = on_signal(server.shutdown_handle())?;
+        server.run()
     });
     exit_code(result)
 }
 
-/// A thread that calls [`ShutdownHandle::shutdown`] on SIGINT or SIGTERM.
-struct SignalWatch {
-    #[cfg(unix)]
-    handle: signal_hook::iterator::Handle,
-    #[cfg(unix)]
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl SignalWatch {
-    /// Stops watching (the signals' actions are unregistered).
-    fn stop(self) {
-        #[cfg(unix)]
-        {
-            self.handle.close();
-            let _ = self.thread.join();
-        }
-    }
-}
-
+/// A thread that stops the server on SIGINT or SIGTERM and reloads it on
+/// SIGHUP ([`ShutdownHandle::reload`]).
 #[cfg(unix)]
-fn on_signal(stop: ShutdownHandle) -> std::io::Result<SignalWatch> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let handle = signals.handle();
-    let thread = std::thread::Builder::new()
-        .name("smtpd-signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(signal = sig, "stopping");
-                stop.shutdown();
-            }
-        })?;
-    Ok(SignalWatch { handle, thread })
+fn on_signal(server: ShutdownHandle) -> std::io::Result<SignalWatch> {
+    use smtp_server::cli::{SIGHUP, SIGINT, SIGTERM};
+    SignalWatch::new(&[SIGINT, SIGTERM, SIGHUP], move |sig| {
+        if sig == SIGHUP {
+            tracing::info!("SIGHUP: reloading");
+            let _ = server.reload();
+            return true;
+        }
+        tracing::info!(signal = sig, "stopping");
+        server.shutdown();
+        false
+    })
 }
 
 #[cfg(not(unix))]
-fn on_signal(_stop: ShutdownHandle) -> std::io::Result<SignalWatch> {
-    Ok(SignalWatch {})
+fn on_signal(_server: ShutdownHandle) -> std::io::Result<Option<SignalWatch>> {
+    Ok(None)
 }

@@ -245,6 +245,8 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             return;
         };
         let limit = self.io_timeout;
+        // Only the server's side counts in the metrics (not a relay's).
+        let server = matches!(side, TlsSide::Accept(_));
         let done = match side {
             TlsSide::Accept(config) => ServerConnection::new(config)
                 .map_err(io::Error::other)
@@ -258,6 +260,9 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
         match done {
             Ok((stream, info)) => {
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
+                if server {
+                    smtp_server::metrics::tls_handshake_ok(&info.version);
+                }
                 self.stream = stream;
                 if let Err(e) = self.machine.tls_established(info, Instant::now()) {
                     tracing::error!(error = %e, "tls_established refused");
@@ -265,6 +270,9 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             }
             Err(e) => {
                 tracing::info!(error = %e, "STARTTLS handshake failed");
+                if server {
+                    smtp_server::metrics::tls_handshake_failed();
+                }
                 self.machine.tls_failed(Instant::now());
             }
         }

@@ -14,9 +14,10 @@ use smtp_proto::server::PeerInfo;
 #[cfg(unix)]
 use smtp_server::accept::SocketFile;
 use smtp_server::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Protocol, Proxied, ProxyFront, ServerOptions,
     SessionConfigs, Slot, Stop,
 };
+use smtp_server::activation::Socket as Inherited;
 use smtp_server::handler::Handler;
 
 use crate::connection::{Connection, Socket, bound, handshake};
@@ -48,7 +49,7 @@ impl<H> std::fmt::Debug for Server<H> {
 }
 
 impl<H: Handler> Server<H> {
-    /// A server for `handler`, with [`Config::default`] and no listener yet.
+    /// A server for `handler`, with [`Config::default`](smtp_proto::config::Config::default) and no listener yet.
     /// (For a [`SyncHandler`](crate::SyncHandler), pass [`SyncAdapter`](crate::SyncAdapter)`(handler)`.)
     pub fn new(handler: H) -> Self {
         Server {
@@ -75,13 +76,14 @@ impl<H: Handler> Server<H> {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
+        let mut pending = Vec::new();
         for (i, l) in o.listen.iter().enumerate() {
+            let protocol = l.protocol();
             let mut listener = match l {
                 Listen::Tcp(a) | Listen::Tls(a) => {
-                    let tls = matches!(l, Listen::Tls(_));
                     let tcp = mio::net::TcpListener::bind(*a)?;
                     local_addrs.push(tcp.local_addr()?);
-                    Listener::Tcp { tcp, tls }
+                    Listener::Tcp { tcp, protocol }
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
@@ -89,11 +91,41 @@ impl<H: Handler> Server<H> {
                     unix.set_nonblocking(true)?;
                     Listener::Unix {
                         listener: mio::net::UnixListener::from_std(unix),
-                        _file: SocketFile(p.clone()),
+                        protocol,
+                        _file: Some(SocketFile(p.clone())),
                     }
                 }
                 #[cfg(not(unix))]
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
+                Listen::Inherited(inherited) => match inherited.take()? {
+                    Inherited::TcpListener(tcp) => {
+                        local_addrs.push(tcp.local_addr()?);
+                        tcp.set_nonblocking(true)?;
+                        let tcp = mio::net::TcpListener::from_std(tcp);
+                        Listener::Tcp { tcp, protocol }
+                    }
+                    Inherited::TcpStream(s) => {
+                        s.set_nonblocking(false)?;
+                        let remote = s.peer_addr()?;
+                        pending.push(Accepted::Tcp(s, remote, protocol));
+                        continue;
+                    }
+                    #[cfg(unix)]
+                    Inherited::UnixListener(unix) => {
+                        unix.set_nonblocking(true)?;
+                        Listener::Unix {
+                            listener: mio::net::UnixListener::from_std(unix),
+                            protocol,
+                            _file: None,
+                        }
+                    }
+                    #[cfg(unix)]
+                    Inherited::UnixStream(s) => {
+                        s.set_nonblocking(false)?;
+                        pending.push(Accepted::Unix(s, protocol));
+                        continue;
+                    }
+                },
             };
             let source: &mut dyn mio::event::Source = match &mut listener {
                 Listener::Tcp { tcp, .. } => tcp,
@@ -107,10 +139,12 @@ impl<H: Handler> Server<H> {
         let handle = ShutdownHandle {
             requested: Arc::new(AtomicBool::new(false)),
             waker: Arc::new(mio::Waker::new(poll.registry(), WAKE)?),
+            reload: o.reload.clone(),
         };
         Ok(BoundServer {
             listeners,
             local_addrs,
+            pending,
             shared: Arc::new(Shared {
                 handler: self.handler,
                 configs: o.session_configs(),
@@ -136,37 +170,42 @@ impl<H: Handler> Server<H> {
 enum Listener {
     Tcp {
         tcp: mio::net::TcpListener,
-        tls: bool,
+        protocol: Protocol,
     },
     #[cfg(unix)]
-    /// Its socket file goes with it (a drop guard).
+    /// Its socket file, if we bound it, goes with it (a drop guard).
     Unix {
         listener: mio::net::UnixListener,
-        _file: SocketFile,
+        protocol: Protocol,
+        _file: Option<SocketFile>,
     },
 }
 
-/// An accepted stream, back in blocking mode.
+/// An accepted stream, back in blocking mode, with what its listener serves.
 enum Accepted {
-    Tcp(TcpStream, SocketAddr, bool),
+    Tcp(TcpStream, SocketAddr, Protocol),
     #[cfg(unix)]
-    Unix(std::os::unix::net::UnixStream),
+    Unix(std::os::unix::net::UnixStream, Protocol),
 }
 
 impl Listener {
     fn accept(&self) -> io::Result<Accepted> {
         match self {
-            Listener::Tcp { tcp, tls } => {
+            Listener::Tcp { tcp, protocol } => {
                 let (s, a) = tcp.accept()?;
                 let s = TcpStream::from(s);
                 s.set_nonblocking(false)?;
-                Ok(Accepted::Tcp(s, a, *tls))
+                Ok(Accepted::Tcp(s, a, *protocol))
             }
             #[cfg(unix)]
-            Listener::Unix { listener: u, .. } => {
+            Listener::Unix {
+                listener: u,
+                protocol,
+                ..
+            } => {
                 let s = std::os::unix::net::UnixStream::from(u.accept()?.0);
                 s.set_nonblocking(false)?;
-                Ok(Accepted::Unix(s))
+                Ok(Accepted::Unix(s, *protocol))
             }
         }
     }
@@ -181,14 +220,24 @@ struct Shared<H> {
     proxy: Option<ProxyFront>,
 }
 
-/// Stops a [`BoundServer`] gracefully, from any thread. Cheap to clone.
+/// Stops a [`BoundServer`] gracefully, or re-reads its settings, from any
+/// thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     requested: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
+    reload: smtp_server::reload::Reloader,
 }
 
 impl ShutdownHandle {
+    /// Re-reads every reloadable setting (the certificates given with
+    /// `certificates`, sources given with `on_reload`): new sessions and
+    /// handshakes use the new values, sessions in progress keep theirs; a
+    /// source that fails keeps its old value and is logged and returned.
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        self.reload.reload()
+    }
+
     /// Asks the server to stop accepting, let sessions finish their
     /// transaction ([`smtp_proto::server::Session::shutdown`]) up to the grace
     /// period, then close the rest with `421 4.3.2`. Returns at once;
@@ -210,6 +259,8 @@ impl ShutdownHandle {
 pub struct BoundServer<H> {
     listeners: Vec<Listener>,
     local_addrs: Vec<SocketAddr>,
+    /// Connections handed over already accepted (inetd), served first.
+    pending: Vec<Accepted>,
     shared: Arc<Shared<H>>,
     bus: Arc<StopBus>,
     poll: Poll,
@@ -241,11 +292,25 @@ impl<H: Handler> BoundServer<H> {
     /// Accepts and serves connections until [`ShutdownHandle::shutdown`],
     /// then shuts down gracefully. Returns once every session has ended
     /// (or, for sessions stuck in a hook or a write, [`LAST_WORDS`] after the
-    /// grace period: their threads are left to finish on their own).
+    /// grace period: their threads are left to finish on their own). A
+    /// server with no listener that was given connected sockets
+    /// ([`Listen::Inherited`], inetd) stops by itself once their sessions
+    /// have ended.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
         let mut backoff = false;
+        let until_idle = self.listeners.is_empty() && !self.pending.is_empty();
+        for accepted in std::mem::take(&mut self.pending) {
+            self.spawn(accepted);
+        }
         while !self.handle.requested() {
+            if until_idle {
+                // Nothing to accept: wait for the sessions (or a shutdown).
+                if self.bus.wait_idle(Duration::from_millis(100)) {
+                    break;
+                }
+                continue;
+            }
             let wait = backoff.then_some(Duration::ZERO);
             if let Err(e) = self.poll.poll(&mut events, wait) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -307,17 +372,17 @@ impl<H: Handler> BoundServer<H> {
             // address, once read (`ProxyFront::read`), not the balancer.
             Accepted::Tcp(_, a, _) => Some(a.ip()).filter(|_| self.shared.proxy.is_none()),
             #[cfg(unix)]
-            Accepted::Unix(_) => None,
+            Accepted::Unix(..) => None,
         };
         let Some(mut slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
             // A plain or Unix listener gets a 421 (never a silent close); an
             // implicit-TLS one just closes (no clear-text byte).
             match accepted {
-                Accepted::Tcp(tcp, _, false) => too_many(tcp),
+                Accepted::Tcp(_, _, Protocol::Submissions) => {}
+                Accepted::Tcp(tcp, ..) => too_many(tcp),
                 #[cfg(unix)]
-                Accepted::Unix(s) => too_many(s),
-                Accepted::Tcp(..) => {}
+                Accepted::Unix(s, _) => too_many(s),
             }
             return;
         };
@@ -389,14 +454,16 @@ fn serve<H: Handler>(
     slot: &mut Slot,
 ) -> io::Result<()> {
     let handler = shared.handler.clone();
-    let (tcp, remote, tls) = match accepted {
-        Accepted::Tcp(tcp, remote, tls) => (tcp, remote, tls),
+    let (tcp, remote, protocol) = match accepted {
+        Accepted::Tcp(tcp, remote, protocol) => (tcp, remote, protocol),
         #[cfg(unix)]
-        Accepted::Unix(s) => {
-            let c = Connection::new(s, PeerInfo::default(), shared.configs.unix.clone(), handler);
+        Accepted::Unix(s, protocol) => {
+            let config = shared.configs.get(protocol, true).clone();
+            let c = Connection::new(s, PeerInfo::default(), config, handler);
             return with_tls(c, shared).with_stop(waiter).run();
         }
     };
+    let tls = protocol == Protocol::Submissions;
     let _ = tcp.set_nodelay(true);
     let mut peer = PeerInfo {
         remote: Some(remote),
@@ -422,7 +489,12 @@ fn serve<H: Handler>(
         }
     }
     if !tls {
-        let c = Connection::new(tcp, peer, shared.configs.plain.clone(), handler);
+        let c = Connection::new(
+            tcp,
+            peer,
+            shared.configs.get(protocol, false).clone(),
+            handler,
+        );
         return with_tls(c, shared).with_stop(waiter).run();
     }
     let Some(config) = &shared.tls else {
@@ -431,6 +503,7 @@ fn serve<H: Handler>(
     // Implicit TLS: the handshake first; garbage or a timeout closes silently.
     match handshake(config.clone(), tcp, shared.configs.tls.timeouts.command) {
         Ok((stream, info)) => {
+            smtp_server::metrics::tls_handshake_ok(&info.version);
             let peer = PeerInfo {
                 tls: Some(info),
                 ..peer
@@ -441,6 +514,7 @@ fn serve<H: Handler>(
         }
         Err(e) => {
             tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            smtp_server::metrics::tls_handshake_failed();
             Ok(())
         }
     }

@@ -80,11 +80,13 @@ impl ConnectionLimiter {
     pub fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
         let mut c = self.counts();
         if c.total >= self.0.max_total {
+            crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
             return None;
         }
         if let (Some(ip), Some(max)) = (ip, self.0.max_per_ip) {
             let n = c.per_ip.entry(ip).or_default();
             if *n >= max {
+                crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
                 return None;
             }
             *n += 1;
@@ -128,6 +130,7 @@ impl Slot {
             if *n == 0 {
                 c.per_ip.remove(&ip);
             }
+            crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
             return false;
         }
         *n += 1;
@@ -474,10 +477,12 @@ pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
             tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
+            crate::metrics::tls_handshake_failed();
             None
         }
         None => {
             tracing::info!(peer = %remote, "TLS handshake timed out");
+            crate::metrics::tls_handshake_failed();
             None
         }
     }
@@ -703,6 +708,10 @@ pub enum Listen {
     Tls(std::net::SocketAddr),
     /// A Unix-domain socket (plain, e.g. LMTP from a local MTA).
     Unix(std::path::PathBuf),
+    /// A socket already open (systemd socket activation, inetd): served
+    /// instead of bound, as its [`Protocol`]
+    /// says; a connected one is one session.
+    Inherited(crate::activation::InheritedSocket),
 }
 
 /// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), e.g. whose
@@ -886,6 +895,7 @@ impl ProxyFront {
         let from = peer.remote;
         if !from.is_some_and(|a| self.trusts(a.ip())) {
             tracing::info!(peer = ?from, "PROXY header from an untrusted peer; closing");
+            crate::metrics::connection_refused(crate::metrics::Refusal::Proxy);
             return Proxied::Close;
         }
         let header = {
@@ -901,10 +911,12 @@ impl ProxyFront {
             Some(Ok(h)) => h,
             Some(Err(e)) => {
                 tracing::info!(peer = ?from, error = %e, "no valid PROXY header; closing");
+                crate::metrics::connection_refused(crate::metrics::Refusal::Proxy);
                 return Proxied::Close;
             }
             None => {
                 tracing::info!(peer = ?from, "no PROXY header in time; closing");
+                crate::metrics::connection_refused(crate::metrics::Refusal::Proxy);
                 return Proxied::Close;
             }
         };
@@ -954,6 +966,9 @@ pub struct ServerOptions {
     /// any other, the connection is closed as for a missing header. Empty:
     /// any peer.
     pub proxy_from: Vec<Cidr>,
+    /// What the server handle's `reload()` re-reads (certificates, user
+    /// lists, credentials; `smtpd` on SIGHUP).
+    pub reload: crate::reload::Reloader,
 }
 
 impl Default for ServerOptions {
@@ -967,6 +982,7 @@ impl Default for ServerOptions {
             grace_period: DEFAULT_GRACE_PERIOD,
             unix_mode: None,
             proxy_from: Vec::new(),
+            reload: crate::reload::Reloader::default(),
         }
     }
 }
@@ -981,17 +997,64 @@ pub struct SessionConfigs {
     pub tls: Arc<smtp_proto::config::Config>,
     /// Unix-domain listeners.
     pub unix: Arc<smtp_proto::config::Config>,
+    /// TCP sockets serving LMTP ([`Protocol::Lmtp`]): the plain one
+    /// with [`lmtp`](smtp_proto::config::Config::lmtp) on.
+    pub lmtp: Arc<smtp_proto::config::Config>,
+    /// Unix-domain sockets serving LMTP.
+    pub lmtp_unix: Arc<smtp_proto::config::Config>,
+}
+
+impl SessionConfigs {
+    /// The configuration of a listener serving `protocol`, over a
+    /// Unix-domain socket (`unix`) or TCP.
+    pub fn get(&self, protocol: Protocol, unix: bool) -> &Arc<smtp_proto::config::Config> {
+        match (protocol, unix) {
+            (Protocol::Smtp, false) => &self.plain,
+            (Protocol::Smtp | Protocol::Submissions, true) => &self.unix,
+            (Protocol::Submissions, false) => &self.tls,
+            (Protocol::Lmtp, false) => &self.lmtp,
+            (Protocol::Lmtp, true) => &self.lmtp_unix,
+        }
+    }
+}
+
+/// What a listener serves: plain SMTP, implicit TLS or LMTP.
+pub use crate::activation::Protocol;
+
+impl Listen {
+    /// What the listener serves (`Tcp` and `Unix`: SMTP; `Tls`:
+    /// submissions, implicit TLS).
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Listen::Tcp(_) | Listen::Unix(_) => Protocol::Smtp,
+            Listen::Tls(_) => Protocol::Submissions,
+            Listen::Inherited(s) => s.protocol(),
+        }
+    }
 }
 
 impl ServerOptions {
-    /// Checks the options before binding: implicit TLS needs a TLS configuration.
+    /// Checks the options before binding: implicit TLS (`listen_tls`, an
+    /// inherited `submissions` socket) needs a TLS configuration, and is
+    /// served over TCP only.
     pub fn check(&self) -> std::io::Result<()> {
+        let invalid = |msg| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
         let tls_listener = self.listen.iter().any(|l| matches!(l, Listen::Tls(_)));
         if tls_listener && self.tls.is_none() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "listen_tls needs a TLS configuration",
-            ));
+            return invalid("listen_tls needs a TLS configuration");
+        }
+        for l in &self.listen {
+            if let Listen::Inherited(s) = l {
+                if s.protocol() != Protocol::Submissions {
+                    continue;
+                }
+                if self.tls.is_none() {
+                    return invalid("an inherited submissions socket needs a TLS configuration");
+                }
+                if s.is_unix() {
+                    return invalid("implicit TLS (submissions) is served on TCP sockets only");
+                }
+            }
         }
         Ok(())
     }
@@ -1025,10 +1088,17 @@ impl ServerOptions {
 
     /// The configuration of each kind of listener's sessions.
     pub fn session_configs(&self) -> SessionConfigs {
+        let lmtp = |c: Arc<smtp_proto::config::Config>| {
+            let mut c = (*c).clone();
+            c.lmtp = true;
+            Arc::new(c)
+        };
         SessionConfigs {
             plain: self.tcp_config(false),
             tls: self.tcp_config(true),
             unix: self.plain_config(),
+            lmtp: lmtp(self.tcp_config(false)),
+            lmtp_unix: lmtp(self.plain_config()),
         }
     }
 
@@ -1047,9 +1117,9 @@ impl ServerOptions {
 }
 
 /// Generates the builder methods every adapter's `Server` shares (`listen`,
-/// `listen_tls`, `listen_unix`, `config`, `tls`, `max_connections`,
+/// `listen_tls`, `listen_unix`, `listen_inherited`, `config`, `tls`, `max_connections`,
 /// `max_connections_per_ip`, `grace_period`, `listen_unix_mode`,
-/// `proxy_from`, `options`), inside an `impl`
+/// `proxy_from`, `certificates`, `on_reload`, `options`), inside an `impl`
 /// block of a type with a field `options: ServerOptions`.
 #[macro_export]
 macro_rules! server_builder_methods {
@@ -1073,6 +1143,16 @@ macro_rules! server_builder_methods {
             self.options
                 .listen
                 .push($crate::accept::Listen::Unix(path.into()));
+            self
+        }
+
+        /// Serves a socket opened elsewhere (systemd socket activation,
+        /// inetd; [`activation`]($crate::activation)) instead of binding
+        /// one: a listener, or one connection. Repeatable.
+        pub fn listen_inherited(mut self, socket: $crate::activation::InheritedSocket) -> Self {
+            self.options
+                .listen
+                .push($crate::accept::Listen::Inherited(socket));
             self
         }
 
@@ -1125,6 +1205,27 @@ macro_rules! server_builder_methods {
         /// `net` (repeatable); others are closed as for a missing header.
         pub fn proxy_from(mut self, net: $crate::accept::Cidr) -> Self {
             self.options.proxy_from.push(net);
+            self
+        }
+
+        /// TLS from certificates chosen by the client's SNI name
+        /// ([`Certificates`]($crate::certs::Certificates)), re-read by the
+        /// server handle's `reload()`: like [`tls`](Self::tls) with
+        /// `certs.server_config()`.
+        pub fn certificates(
+            mut self,
+            certs: ::std::sync::Arc<$crate::certs::Certificates>,
+        ) -> Self {
+            self.options.tls = Some(certs.server_config());
+            self.options.reload = self.options.reload.with(certs);
+            self
+        }
+
+        /// Re-reads `source` whenever the server handle's `reload()` is
+        /// called (e.g. a [`FileReload`]($crate::reload::FileReload) of a
+        /// user list shared with the handler). Repeatable.
+        pub fn on_reload(mut self, source: ::std::sync::Arc<dyn $crate::reload::Reload>) -> Self {
+            self.options.reload = self.options.reload.with(source);
             self
         }
 

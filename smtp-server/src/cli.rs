@@ -25,14 +25,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
 use crate::accept::{Listen, ServerOptions};
+use crate::access::{AccessList, AccessRules};
+use crate::activation::{self, InheritedSocket};
+use crate::certs::Certificates;
 use crate::handler::{Body, Envelope, Handler, Message, MessageDecision, Recipient, SessionInfo};
 use crate::rate::{RateLimit, RateLimits};
 use crate::relay::{Router, Upstream, UpstreamTls};
+use crate::reload::{FileReload, Reloader, Swap};
 use crate::sasl::Users;
 use crate::store::{
     DebugHandler, MaildirHandler, MboxHandler, PasswordAuth, SinkHandler, local_hostname,
@@ -44,12 +44,32 @@ use smtp_proto::server::Decision;
 
 /// A debugging SMTP server: prints each message (default), or stores it
 /// in a Maildir or an mbox file.
+///
+/// Socket activation: started by systemd with LISTEN_PID and LISTEN_FDS
+/// (a .socket unit), smtpd serves the sockets it was handed instead of
+/// the default --listen (--listen* flags given are bound as well). Each
+/// socket's name (FileDescriptorName=, in LISTEN_FDNAMES) says what it
+/// serves: `smtp` (also unnamed ones), `submissions` (implicit TLS; needs
+/// --tls-cert) or `lmtp`. For inetd, see --inetd.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "smtpd", version)]
 pub struct Args {
-    /// Address to listen on for SMTP (repeatable).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
+    /// Address to listen on for SMTP (repeatable). Default: 127.0.0.1:2525,
+    /// unless another --listen* flag is given or sockets are inherited
+    /// (LISTEN_FDS, --inetd).
+    #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// Serve the socket on standard input (inetd; systemd with
+    /// StandardInput=socket) instead of listening: a listening socket
+    /// (inetd `wait`, systemd Accept=no) is served like --listen, a
+    /// connected one (inetd `nowait`, systemd Accept=yes) as one session,
+    /// after which smtpd exits. Standard output is that socket too, so the
+    /// debug store (printing to it) is refused: give --maildir, --mbox,
+    /// --sink or --relay. Nothing is logged when standard error is the
+    /// socket as well. (Sockets systemd hands over with LISTEN_FDS need no
+    /// flag.)
+    #[arg(long, conflicts_with_all = ["listen", "listen_tls", "listen_unix"])]
+    pub inetd: bool,
     /// Unix-domain socket path to listen on (repeatable; e.g. for LMTP).
     #[arg(long, value_name = "PATH")]
     pub listen_unix: Vec<PathBuf>,
@@ -126,12 +146,17 @@ pub struct Args {
     /// octets, apart from --timeout (default: --timeout's, else 180).
     #[arg(long, value_name = "SECS")]
     pub data_timeout: Option<u64>,
-    /// TLS certificate chain (PEM); enables STARTTLS.
+    /// TLS certificate chain (PEM); enables STARTTLS. Repeatable, paired
+    /// in order with --tls-key: each handshake uses the first certificate
+    /// valid for the name the client asks for (SNI), else the first. On
+    /// SIGHUP every pair is re-read (new handshakes use the new files;
+    /// a pair that fails to load keeps its old certificate), with the
+    /// --auth, --oauth-tokens and --relay-auth-file files.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
+    pub tls_cert: Vec<PathBuf>,
+    /// TLS private key (PEM) of the --tls-cert in the same position.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    pub tls_key: Vec<PathBuf>,
     /// Refuse mail transactions before STARTTLS.
     #[arg(long)]
     pub require_tls: bool,
@@ -231,6 +256,24 @@ pub struct Args {
     /// e.g. 10.0.0.0/8). Authenticated clients always may.
     #[arg(long, value_name = "CIDR", requires = "relay")]
     pub relay_from_network: Vec<crate::accept::Cidr>,
+    /// Let clients in this network in (repeatable; CIDR, e.g.
+    /// 192.0.2.0/24). With any --allow, clients outside every --allow
+    /// network are refused. The most specific --allow or --deny network
+    /// containing a client decides (deny on a tie). Refused clients get
+    /// `554 5.7.1` as their greeting (then `503` to all but QUIT). The
+    /// PROXY header's or XCLIENT's client is judged; Unix-socket clients
+    /// are always let in.
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<crate::accept::Cidr>,
+    /// Refuse clients in this network at connect with `554 5.7.1`
+    /// (repeatable; CIDR; see --allow).
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<crate::accept::Cidr>,
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9090): sessions, refused connections, TLS handshakes,
+    /// AUTH results, messages, bytes, recipients, relay and fsync times.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log: tracing::Level,
@@ -303,9 +346,10 @@ impl Handler for Store {
     }
 }
 
-/// The handler `smtpd` runs: rate limits per client, a user list for
-/// AUTH, then served domains routed to a local store or an upstream relay.
-pub type CliHandler = RateLimit<PasswordAuth<Router<Store>>>;
+/// The handler `smtpd` runs: the access list, rate limits per client, a
+/// user list for AUTH, then served domains routed to a local store or an
+/// upstream relay.
+pub type CliHandler = AccessList<RateLimit<PasswordAuth<Router<Store>>>>;
 
 /// Builds the `smtpd` handler: `store` for `domains` (no relay), AUTH
 /// `users` (name → password).
@@ -315,11 +359,12 @@ pub fn cli_handler(
     users: HashMap<String, String>,
 ) -> CliHandler {
     let router = Router::new(domains, Some(store), None, Vec::new());
-    RateLimit::new(
+    let limits = RateLimit::new(
         PasswordAuth::new(users, router),
         RateLimits::default(),
         Arc::default(),
-    )
+    );
+    AccessList::new(AccessRules::default(), limits)
 }
 
 /// The upstream `--relay*` flags describe, if any.
@@ -348,20 +393,12 @@ fn relay_upstream(
     };
     up.auth_insecure = a.relay_auth_insecure;
     let auth = match (&a.relay_auth, &a.relay_auth_file) {
-        (Some(auth), _) => Some(("--relay-auth", auth.clone())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| err(format!("--relay-auth-file {}: {e}", path.display())))?;
-            let line = text.lines().next().unwrap_or("").to_owned();
-            Some(("--relay-auth-file", line))
-        }
+        (Some(auth), _) => Some(("--relay-auth", parse_relay_auth("--relay-auth", auth)?)),
+        (None, Some(path)) => Some(("--relay-auth-file", read_relay_auth(path)?)),
         (None, None) => None,
     };
     if let Some((flag, auth)) = auth {
-        let Some((user, pass)) = auth.split_once(':') else {
-            return Err(err(format!("{flag}: expected USER:PASS")));
-        };
-        up.auth = Some(ClientAuth::new(user, pass));
+        up.auth = Some(Swap::shared(auth));
         if a.relay_no_starttls && !a.relay_auth_insecure {
             return Err(err(format!(
                 "{flag} with --relay-no-starttls would send the credentials in clear text: \
@@ -370,6 +407,22 @@ fn relay_upstream(
         }
     }
     Ok(Some(up))
+}
+
+/// `USER:PASS` as upstream credentials; `what` names the source in errors.
+fn parse_relay_auth(what: &str, line: &str) -> Result<ClientAuth, CliError> {
+    match line.split_once(':') {
+        Some((user, pass)) => Ok(ClientAuth::new(user, pass)),
+        None => Err(err(format!("{what}: expected USER:PASS"))),
+    }
+}
+
+/// The upstream credentials on the first line of `--relay-auth-file`.
+fn read_relay_auth(path: &Path) -> Result<ClientAuth, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("--relay-auth-file {}: {e}", path.display())))?;
+    let first = text.lines().next().unwrap_or("");
+    parse_relay_auth(&format!("--relay-auth-file {}", path.display()), first)
 }
 
 /// Everything `smtpd` needs to start, built from [`Args`] before binding.
@@ -383,11 +436,23 @@ pub struct Setup {
     /// Threads to run sessions on (`--threads`; default one per CPU; 0
     /// counts as 1).
     pub threads: usize,
+    /// The `/metrics` endpoint (`--metrics`), serving from the moment the
+    /// flags are checked until the `Setup` (or this field) is dropped:
+    /// every adapter's `smtpd` keeps it for its whole run.
+    pub metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Setup {
-    /// Checks the flags and reads the certificate, key and user files.
+    /// Checks the flags and reads the certificate, key and user files
+    /// (no inherited socket: [`Setup::with_sockets`]).
     pub fn from_args(a: &Args) -> Result<Setup, CliError> {
+        Setup::with_sockets(a, Vec::new())
+    }
+
+    /// Like [`Setup::from_args`], serving `inherited` sockets too
+    /// ([`inherited_sockets`]: socket activation, `--inetd`), after the
+    /// `--listen*` ones; with any, there is no default `--listen`.
+    pub fn with_sockets(a: &Args, inherited: Vec<InheritedSocket>) -> Result<Setup, CliError> {
         let mut config = Config::new(a.hostname.clone().unwrap_or_else(local_hostname));
         config.lmtp = a.lmtp;
         config.proxy_protocol = a.proxy_protocol;
@@ -418,9 +483,20 @@ impl Setup {
             }
             config.timeouts.data = Duration::from_secs(t);
         }
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(c), Some(k)) => Some(load_tls(c, k)?),
-            _ => None,
+        let mut reload = Reloader::default();
+        let tls = match (a.tls_cert.len(), a.tls_key.len()) {
+            (0, 0) => None,
+            (c, k) if c == k => {
+                let pairs = a.tls_cert.iter().cloned().zip(a.tls_key.iter().cloned());
+                let certs = Certificates::from_files(pairs).map_err(err)?;
+                reload = reload.with(certs.clone());
+                Some(certs.server_config())
+            }
+            (c, k) => {
+                return Err(err(format!(
+                    "{c} --tls-cert but {k} --tls-key: give them in pairs"
+                )));
+            }
         };
         if tls.is_none() && (a.require_tls || !a.listen_tls.is_empty()) {
             return Err(err(
@@ -429,8 +505,9 @@ impl Setup {
         }
         config.forwarding.xclient_from.clone_from(&a.xclient_from);
         config.forwarding.xforward_from.clone_from(&a.xforward_from);
-        let mut users = Users::from_passwords(std::iter::empty());
-        let mut tokens = HashMap::new();
+        // Shared cells: SIGHUP swaps new user and token lists in.
+        let users = Swap::shared(Users::from_passwords(std::iter::empty()));
+        let tokens = Swap::shared(HashMap::new());
         config.auth.max_failures = a.max_auth_failures;
         if let Some(path) = &a.auth {
             if tls.is_none() && !a.auth_insecure {
@@ -438,14 +515,43 @@ impl Setup {
                     "--auth needs TLS (--tls-cert/--tls-key) or --auth-insecure",
                 ));
             }
-            users = load_users(path)?;
+            users.set(load_users(path)?);
             if let Some(path) = &a.oauth_tokens {
-                tokens = load_tokens(path)?;
+                tokens.set(load_tokens(path)?);
+                reload = reload.with(Arc::new(FileReload::new(
+                    "--oauth-tokens",
+                    path,
+                    tokens.clone(),
+                    |p| load_tokens(p).map_err(|e| e.0),
+                )));
             }
             config.auth.mechanisms =
-                auth_mechanisms(&a.auth_mechanisms, &users, !tokens.is_empty())?;
+                auth_mechanisms(&a.auth_mechanisms, &users.get(), !tokens.get().is_empty())?;
+            // The mechanisms stay as started: a reloaded list must still
+            // serve them (CRAM-MD5 needs every password in clear).
+            let cram = config.auth.mechanisms.contains(&Mechanism::CramMd5);
+            reload = reload.with(Arc::new(FileReload::new(
+                "--auth",
+                path,
+                users.clone(),
+                move |p| {
+                    let users = load_users(p).map_err(|e| e.0)?;
+                    match cram && !users.all_have_passwords() {
+                        true => {
+                            Err("CRAM-MD5 is offered: every user needs a plain password".into())
+                        }
+                        false => Ok(users),
+                    }
+                },
+            )));
             config.auth.allow_plaintext = a.auth_insecure;
             config.auth.required = a.require_auth;
+        }
+        if a.inetd && a.maildir.is_none() && a.mbox.is_none() && !a.sink && a.relay.is_none() {
+            return Err(err(
+                "--inetd: the debug store prints messages to standard output, which is the \
+                 socket: give --maildir, --mbox, --sink or --relay",
+            ));
         }
         let store = if let Some(dir) = &a.maildir {
             Store::Maildir(MaildirHandler::new(dir))
@@ -457,6 +563,15 @@ impl Setup {
             Store::Debug(DebugHandler::stdout())
         };
         let upstream = relay_upstream(a, &config.hostname, config.timeouts.command)?;
+        if let (Some(up), Some(path)) = (&upstream, &a.relay_auth_file) {
+            if let Some(cell) = &up.auth {
+                let file = FileReload::new("--relay-auth-file", path, cell.clone(), |p| {
+                    read_relay_auth(p).map_err(|e| e.0)
+                });
+                reload = reload.with(Arc::new(file));
+            }
+        }
+
         // With a relay, only a Maildir or mbox is a local store.
         let local = match (&upstream, &store) {
             (Some(_), Store::Debug(_) | Store::Sink(_)) => None,
@@ -468,20 +583,34 @@ impl Setup {
             upstream,
             a.relay_from_network.clone(),
         );
-        let listen = (a.listen.iter().copied().map(Listen::Tcp))
+        let mut listen: Vec<Listen> = (a.listen.iter().copied().map(Listen::Tcp))
             .chain(a.listen_tls.iter().copied().map(Listen::Tls))
             .chain(a.listen_unix.iter().cloned().map(Listen::Unix))
+            .chain(inherited.into_iter().map(Listen::Inherited))
             .collect();
+        if listen.is_empty() {
+            listen.push(Listen::Tcp(DEFAULT_LISTEN));
+        }
         let defaults = ServerOptions::default();
+        // Last: nothing serves unless every flag was good.
+        let metrics = a
+            .metrics
+            .map(crate::metrics::serve)
+            .transpose()
+            .map_err(|e| err(format!("--metrics: {e}")))?;
         Ok(Setup {
-            handler: RateLimit::new(
-                PasswordAuth::with_users(users, router).with_tokens(tokens),
-                RateLimits {
-                    connections: a.max_connection_rate,
-                    messages: a.max_message_rate,
-                    recipients: a.max_recipient_rate,
-                },
-                Arc::default(),
+            metrics,
+            handler: AccessList::new(
+                AccessRules::new(a.allow.clone(), a.deny.clone()),
+                RateLimit::new(
+                    PasswordAuth::with_shared_users(users, router).with_shared_tokens(tokens),
+                    RateLimits {
+                        connections: a.max_connection_rate,
+                        messages: a.max_message_rate,
+                        recipients: a.max_recipient_rate,
+                    },
+                    Arc::default(),
+                ),
             ),
             options: ServerOptions {
                 config: Arc::new(config),
@@ -494,6 +623,7 @@ impl Setup {
                     .map_or(defaults.grace_period, Duration::from_secs),
                 unix_mode: a.listen_unix_mode,
                 proxy_from: a.proxy_from.clone(),
+                reload,
             },
             threads: a
                 .threads
@@ -506,14 +636,52 @@ impl Setup {
     /// `--log`, and checks the flags and files. On an error, prints it and
     /// returns exit code 2 (bad flags exit with 2 inside clap already), so
     /// `main` can `return` it before binding anything.
+    ///
+    /// Takes the inherited sockets ([`inherited_sockets`]). Under `--inetd`
+    /// with standard error on the socket too, nothing is logged (nor
+    /// printed on a panic): it would go to the client.
     pub fn from_env() -> Result<Setup, ExitCode> {
         let args = <Args as clap::Parser>::parse();
-        init_logging(args.log);
-        Setup::from_args(&args).map_err(|e| {
+        if args.inetd && crate::activation::stderr_is_stdin() {
+            std::panic::set_hook(Box::new(|_| {}));
+        } else {
+            init_logging(args.log);
+        }
+        let fail = |e: &dyn fmt::Display| {
             tracing::error!("smtpd: {e}");
             ExitCode::from(2)
-        })
+        };
+        let inherited = inherited_sockets(&args).map_err(|e| fail(&e))?;
+        Setup::with_sockets(&args, inherited).map_err(|e| fail(&e))
     }
+}
+
+/// Where `smtpd` listens when no `--listen*` flag is given and no socket
+/// is inherited.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    2525,
+));
+
+/// The sockets `smtpd` serves besides its `--listen*` ones: those systemd
+/// handed over ([`activation::systemd_sockets`]: `LISTEN_PID` this
+/// process, `LISTEN_FDS`, `LISTEN_FDNAMES`), then with `--inetd`
+/// standard input ([`activation::stdin_socket`], serving SMTP). Takes file
+/// descriptors: call it once.
+pub fn inherited_sockets(a: &Args) -> std::io::Result<Vec<InheritedSocket>> {
+    let mut sockets = activation::systemd_sockets()?;
+    if a.inetd {
+        sockets.push(activation::stdin_socket(activation::Protocol::Smtp)?);
+    }
+    for s in &sockets {
+        tracing::debug!(
+            protocol = s.protocol().name(),
+            listener = s.is_listener(),
+            local = ?s.local_addr(),
+            "inherited socket"
+        );
+    }
+    Ok(sockets)
 }
 
 /// An octal file mode (`0660`, `660`, `0o660`) for --listen-unix-mode.
@@ -553,22 +721,81 @@ pub fn log_listening(addrs: &[SocketAddr]) {
     }
 }
 
-/// Reads a PEM certificate chain and private key into a rustls configuration.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CliError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| err(format!("cannot read certificate {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(err(format!("no certificate in {}", cert.display())));
+/// A thread that acts on signals (SIGHUP for reloads; the blocking
+/// adapter's SIGINT and SIGTERM too) until dropped: the one way every
+/// adapter's `smtpd` gets them, and reloads run off the runtime's threads
+/// (they read files).
+#[derive(Debug)]
+pub struct SignalWatch {
+    #[cfg(unix)]
+    handle: signal_hook::iterator::Handle,
+    #[cfg(unix)]
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The signals a [`SignalWatch`] takes (POSIX numbers).
+#[cfg(unix)]
+pub use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+impl SignalWatch {
+    /// Calls `on` with each of `signals` received, until it returns
+    /// `false` or the watch is dropped.
+    #[cfg(unix)]
+    pub fn new(
+        signals: &[i32],
+        mut on: impl FnMut(i32) -> bool + Send + 'static,
+    ) -> std::io::Result<SignalWatch> {
+        let mut signals = signal_hook::iterator::Signals::new(signals)?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("smtpd-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if !on(sig) {
+                        break;
+                    }
+                }
+            })?;
+        Ok(SignalWatch {
+            handle,
+            thread: Some(thread),
+        })
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| err(format!("cannot read private key {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| err(format!("bad certificate or key: {e}")))?;
-    Ok(Arc::new(config))
+
+    /// Reloads through `reload` on each SIGHUP (logged; failures keep the
+    /// old values and are logged by the reloader). A failure to watch is
+    /// logged, not fatal: the server runs without reloads.
+    pub fn reload_on_hangup(reload: impl Fn() + Send + 'static) -> Option<SignalWatch> {
+        #[cfg(unix)]
+        match SignalWatch::new(&[SIGHUP], move |_| {
+            tracing::info!("SIGHUP: reloading");
+            reload();
+            true
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; no reloads");
+                None
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = reload;
+            None
+        }
+    }
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        {
+            self.handle.close();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// Reads the `--auth` file ([`Users::parse`]: `user:password` or
@@ -667,7 +894,7 @@ mod tests {
         let up = relay_upstream(&a, "mx.example", Duration::from_secs(5))
             .unwrap()
             .unwrap();
-        let auth = up.auth.unwrap();
+        let auth = up.auth.unwrap().get();
         assert_eq!(auth.username, "relay");
         assert_eq!(auth.password.expose(), "s3cret:with colon");
         // Both at once, a file without a colon, a missing file: refused.
@@ -730,6 +957,46 @@ mod tests {
         );
     }
 
+    /// Inherited sockets replace the default --listen, come after the
+    /// given --listen* ones; --inetd refuses the debug store (stdout is
+    /// the socket) and the --listen* flags.
+    #[test]
+    fn inherited_sockets_and_inetd() {
+        use crate::activation::{InheritedSocket, Protocol};
+        let socket = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            InheritedSocket::new(l, Protocol::Submissions)
+        };
+        let a = Args::try_parse_from(["smtpd", "--sink"]).unwrap();
+        let s = socket();
+        let setup = Setup::with_sockets(&a, vec![s.clone()]).unwrap();
+        assert_eq!(setup.options.listen, [Listen::Inherited(s.clone())]);
+        // A submissions socket needs TLS.
+        assert!(setup.options.check().is_err());
+        let a = Args::try_parse_from(["smtpd", "--sink", "--listen", "127.0.0.1:0"]).unwrap();
+        let setup = Setup::with_sockets(&a, vec![s.clone()]).unwrap();
+        let local = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(
+            setup.options.listen,
+            [Listen::Tcp(local), Listen::Inherited(s)]
+        );
+        let a = Args::try_parse_from(["smtpd", "--inetd"]).unwrap();
+        let e = Setup::with_sockets(&a, vec![socket()]).unwrap_err();
+        assert!(e.to_string().contains("--inetd"), "{e}");
+        for store in ["--sink", "--relay"] {
+            let mut args = vec!["smtpd", "--inetd", store];
+            if store == "--relay" {
+                args.push("127.0.0.1:25");
+            }
+            let a = Args::try_parse_from(args).unwrap();
+            assert!(Setup::with_sockets(&a, vec![socket()]).is_ok());
+        }
+        assert!(
+            Args::try_parse_from(["smtpd", "--inetd", "--sink", "--listen", "127.0.0.1:1"])
+                .is_err()
+        );
+    }
+
     /// Issue 12 item 21: --timeout bounds DATA too; --data-timeout apart.
     #[test]
     fn timeouts() {
@@ -761,11 +1028,12 @@ mod tests {
             "7",
         ])
         .unwrap();
-        assert_eq!(
-            a.listen,
-            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
-        );
+        assert!(a.listen.is_empty());
         let s = Setup::from_args(&a).unwrap();
+        assert_eq!(
+            s.options.listen,
+            [Listen::Tcp("127.0.0.1:2525".parse::<SocketAddr>().unwrap())]
+        );
         assert!(s.options.config.lmtp);
         assert_eq!(s.options.config.limits.max_message_size, 100);
         assert_eq!(s.options.config.timeouts.command, Duration::from_secs(7));

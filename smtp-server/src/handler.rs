@@ -52,7 +52,7 @@ use smtp_proto::command::{
 };
 use smtp_proto::drive::{Instruction, Output};
 use smtp_proto::reply::Reply;
-use smtp_proto::sasl::{Credentials, OAuthToken, SaslAnswer, SaslRequest, Secret};
+use smtp_proto::sasl::{Credentials, Mechanism, OAuthToken, SaslAnswer, SaslRequest, Secret};
 
 use crate::sasl::ScramKeys;
 use smtp_proto::server::{
@@ -647,6 +647,11 @@ pub struct Dispatcher<H> {
     /// [`Handler::disconnect`], kept so that `Drop` (which cannot require
     /// `H: Handler`) can call it.
     end: fn(&H, &SessionInfo, CloseReason),
+    /// Whether the SCRAM exchange running is SCRAM-SHA-256-PLUS (for the
+    /// metrics' mechanism label).
+    scram_plus: bool,
+    /// The session's place in `smtp_sessions_open` (left when dropped).
+    _open: crate::metrics::OpenSession,
 }
 
 /// The one cleanup path (issue 12 item 11): however a session ends (QUIT,
@@ -700,6 +705,8 @@ impl<H: Handler> Dispatcher<H> {
             closed: false,
             scram: None,
             end: |h, info, reason| h.disconnect(info, reason),
+            scram_plus: false,
+            _open: crate::metrics::OpenSession::new(),
         }
     }
 
@@ -786,7 +793,9 @@ impl<H: Handler> Dispatcher<H> {
                     // it): the refresh at MAIL stands until its end.
                     let rcpt = recipient(&to, &params);
                     let d = guarded(self.handler.rcpt(&self.info, &self.envelope, &rcpt)).await;
-                    if matches!(&d, Some(d) if is_accept(d)) {
+                    let accepted = matches!(&d, Some(d) if is_accept(d));
+                    crate::metrics::recipient(accepted);
+                    if accepted {
                         self.envelope.recipients.push(rcpt);
                     }
                     self.answer(s, ticket, d);
@@ -812,12 +821,15 @@ impl<H: Handler> Dispatcher<H> {
                         guarded(self.handler.auth(&self.info, &credentials)).await
                     };
                     let failed = matches!(&d, Some(Decision::Reply(r)) if r.code() == 535);
+                    let accepted = matches!(&d, Some(d) if is_accept(d));
+                    crate::metrics::auth(credentials.mechanism, accepted);
                     self.answer(s, ticket, d);
                     if failed {
                         AuthFailures::failed(s);
                     }
                 }
                 Event::Sasl { ticket, request } => {
+                    let mechanism = self.sasl_mechanism(&request);
                     self.info.refresh(s);
                     let answer = if AuthFailures::too_many(s) {
                         SaslAnswer::Decision(Reply::AUTH_TEMPORARY.into())
@@ -826,6 +838,13 @@ impl<H: Handler> Dispatcher<H> {
                     };
                     let failed = matches!(&answer, SaslAnswer::Decision(Decision::Reply(r)) if r.code() == 535)
                         || matches!(answer, SaslAnswer::TokenRefused { .. });
+                    match &answer {
+                        SaslAnswer::Decision(d) => crate::metrics::auth(mechanism, is_accept(d)),
+                        SaslAnswer::ScramVerified { .. } => crate::metrics::auth(mechanism, true),
+                        SaslAnswer::TokenRefused { .. } => crate::metrics::auth(mechanism, false),
+                        // A step of the exchange, not its result.
+                        _ => {}
+                    }
                     if let Err(e) = s.respond_sasl(ticket, answer, std::time::Instant::now()) {
                         tracing::error!(error = %e, "SASL answer refused");
                         s.abort(Reply::INTERNAL_ERROR, CloseReason::Aborted);
@@ -891,6 +910,7 @@ impl<H: Handler> Dispatcher<H> {
                     self.recycle_body();
                     match d {
                         None => {
+                            crate::metrics::message_end(size as u64, None);
                             if let Some((id, size, _)) = &logged {
                                 let refusal = [Decision::Reply(Reply::INTERNAL_ERROR)];
                                 log_message(&self.info, id, &envelope, *size, &refusal, &[]);
@@ -900,6 +920,7 @@ impl<H: Handler> Dispatcher<H> {
                         Some(d) => {
                             let n = envelope.recipients.len().max(1);
                             let decisions = per_recipient(d, n, s.config().lmtp);
+                            crate::metrics::message_end(size as u64, Some(&decisions));
                             if let Some((id, size, stored)) = &logged {
                                 log_message(&self.info, id, &envelope, *size, &decisions, stored);
                             }
@@ -912,6 +933,7 @@ impl<H: Handler> Dispatcher<H> {
                     }
                 }
                 Event::MessageAborted(reason) => {
+                    crate::metrics::message_aborted(reason);
                     if log_enabled() {
                         log_aborted(&self.info, &self.envelope, self.body.len(), reason);
                     }
@@ -973,6 +995,25 @@ impl<H: Handler> Dispatcher<H> {
             self.body = Vec::new();
         } else {
             self.body.clear();
+        }
+    }
+
+    /// The mechanism of a SASL request (remembering whether a SCRAM
+    /// exchange is the `-PLUS` one, which its final request does not say).
+    fn sasl_mechanism(&mut self, request: &SaslRequest) -> Mechanism {
+        match request {
+            SaslRequest::CramMd5Challenge | SaslRequest::CramMd5 { .. } => Mechanism::CramMd5,
+            SaslRequest::ScramFirst { plus, .. } => {
+                self.scram_plus = *plus;
+                if *plus {
+                    Mechanism::ScramSha256Plus
+                } else {
+                    Mechanism::ScramSha256
+                }
+            }
+            SaslRequest::ScramFinal { .. } if self.scram_plus => Mechanism::ScramSha256Plus,
+            SaslRequest::ScramFinal { .. } => Mechanism::ScramSha256,
+            SaslRequest::Token(t) => t.mechanism,
         }
     }
 

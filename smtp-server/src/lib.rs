@@ -22,6 +22,15 @@
 //!   [`connection::Connection`] and [`server::Server`] over it: the I/O
 //!   loop, STARTTLS and implicit TLS (over `futures-rustls`, written once),
 //!   limits, the PROXY front and graceful shutdown.
+//! - [`activation`]: serving sockets opened by someone else (systemd
+//!   socket activation, inetd).
+//! - [`certs`]: TLS certificates chosen by SNI and re-read without a
+//!   restart; [`reload`]: settings swapped in while the server runs
+//!   (the `reload()` of every adapter's server handle, SIGHUP in `smtpd`).
+//! - [`access`]: an access list by client network (Tcl smtpd's
+//!   `validate_host` as `--allow`/`--deny`).
+//! - [`metrics`]: the server's counters through the `metrics` facade
+//!   (any recorder an embedder installs; `smtpd --metrics` serves them).
 //! - [`sasl`]: SASL verification: SCRAM-SHA-256 and CRAM-MD5 crypto, the `--auth` user store.
 //! - `store` (feature `store`): debug, sink, Maildir and mbox handlers, served domains.
 //! - `relay` (feature `relay`): forwarding to an upstream server, local-or-relay routing.
@@ -66,15 +75,20 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod access;
+pub mod activation;
+pub mod certs;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod connection;
 pub mod dial;
 pub mod handler;
 pub mod link;
+pub mod metrics;
 pub mod rate;
 #[cfg(feature = "relay")]
 pub mod relay;
+pub mod reload;
 pub mod runtime;
 pub mod sasl;
 pub mod server;

@@ -245,6 +245,8 @@ where
             return;
         };
         let plain = Wrap::new(plain);
+        // Only the server's side counts in the metrics (not a relay's).
+        let server = matches!(side, TlsSide::Accept(_));
         // The facts are read before the stream becomes the common type,
         // which no longer offers the exporter.
         let handshake = async {
@@ -266,6 +268,9 @@ where
         match timeout::<R, _>(self.io_timeout, Box::pin(handshake)).await {
             Some(Ok((tls, info))) => {
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
+                if server {
+                    crate::metrics::tls_handshake_ok(&info.version);
+                }
                 self.stream = Stream::Tls(Box::new(tls));
                 if let Err(e) = self.machine.tls_established(info, Instant::now()) {
                     tracing::error!(error = %e, "tls_established refused");
@@ -273,10 +278,16 @@ where
             }
             Some(Err(e)) => {
                 tracing::info!(error = %e, "STARTTLS handshake failed");
+                if server {
+                    crate::metrics::tls_handshake_failed();
+                }
                 self.machine.tls_failed(Instant::now());
             }
             None => {
                 tracing::info!("STARTTLS handshake timed out");
+                if server {
+                    crate::metrics::tls_handshake_failed();
+                }
                 self.machine.tls_failed(Instant::now());
             }
         }

@@ -193,6 +193,7 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
         // names (the connect decision comes again then), not for itself.
         let limit = self.limits.connections.filter(|_| !session.front_proxy);
         if !self.admit(session, RateKind::Connection, limit).await {
+            crate::metrics::connection_refused(crate::metrics::Refusal::Rate);
             return over(session, RateKind::Connection, CONNECTION_RATE);
         }
         self.inner.connect(session).await

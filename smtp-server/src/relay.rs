@@ -154,8 +154,10 @@ pub struct Upstream {
     /// STARTTLS policy (opportunistic by default).
     pub tls: UpstreamTls,
     /// AUTH PLAIN/LOGIN credentials (sent only under TLS unless
-    /// [`Upstream::auth_insecure`]).
-    pub auth: Option<ClientAuth>,
+    /// [`Upstream::auth_insecure`]), read at each connection: their owner
+    /// may replace them at any time (e.g. a
+    /// [`FileReload`](crate::reload::FileReload) of `--relay-auth-file`).
+    pub auth: Option<Arc<crate::reload::Swap<ClientAuth>>>,
     /// Send the credentials on a connection without TLS too (the operator
     /// accepts that they cross the network in clear text).
     pub auth_insecure: bool,
@@ -187,7 +189,7 @@ impl Upstream {
             UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
             UpstreamTls::Encrypt | UpstreamTls::Verify(_) => TlsPolicy::Required,
         };
-        c.auth = self.auth.clone();
+        c.auth = self.auth.as_ref().map(|a| ClientAuth::clone(&a.get()));
         // The client refuses AUTH without TLS unless told otherwise.
         c.allow_plaintext_auth = self.auth_insecure;
         let t = self.timeout;
@@ -494,6 +496,8 @@ struct UpState {
     /// The upstream transaction was lost after a relayed recipient was
     /// accepted: the rest of the transaction fails (`451 4.4.1`).
     lost: bool,
+    /// When MAIL went upstream (the metrics' upstream time).
+    started: Option<Instant>,
 }
 
 impl UpState {
@@ -511,8 +515,15 @@ impl UpState {
         self.clear();
     }
 
+    /// The relayed transaction ended with `outcome` (counted, with its
+    /// upstream time when MAIL went).
+    fn ended(&mut self, outcome: crate::metrics::RelayOutcome) {
+        crate::metrics::relay(outcome, self.started.take().map(|t| t.elapsed()));
+    }
+
     /// A new transaction when none is open upstream.
     fn clear(&mut self) {
+        self.started = None;
         self.mail_sent = false;
         self.mail_refused = None;
         self.accepted = 0;
@@ -915,6 +926,7 @@ async fn rcpt_upstream(
                 .begin_mail(&up_envelope(from, options, session), now)
                 .map_err(Failure::Usage)?;
             st.mail_sent = true;
+            st.started = Some(now);
         }
         let index = conn
             .client()
@@ -1146,6 +1158,7 @@ async fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Fail
 /// sent, a relayed recipient accepted; else it fails (`451 4.4.1`).
 fn check_usable(up: &Upstream, st: &mut UpState) -> Result<(), Reply> {
     if st.lost || !st.mail_sent || st.accepted == 0 || st.conn.is_none() {
+        st.ended(crate::metrics::RelayOutcome::Failed);
         st.fail(
             &Failure::Misuse("upstream transaction lost".into()),
             up,
@@ -1165,8 +1178,15 @@ fn upstream_verdict(
     st: &mut UpState,
     result: Result<Reply, Failure>,
 ) -> Result<Reply, Reply> {
+    use crate::metrics::RelayOutcome;
     st.mail_sent = false;
     st.accepted = 0;
+    st.ended(match &result {
+        Ok(reply) if reply.is_positive() => RelayOutcome::Delivered,
+        Ok(reply) if reply.code() >= 500 => RelayOutcome::Refused,
+        Ok(_) => RelayOutcome::Deferred,
+        Err(_) => RelayOutcome::Failed,
+    });
     match result {
         Ok(reply) if reply.is_positive() => Ok(reply),
         Ok(reply) if reply.code() >= 500 => Err(with_enhanced(reply)),
@@ -1349,6 +1369,7 @@ impl<L: Handler> RelaySink<L> {
             }
             Err(e) => {
                 self.in_body = false;
+                state.up.ended(crate::metrics::RelayOutcome::Failed);
                 state.up.fail(&e, up, "DATA");
                 return Err(unavailable());
             }

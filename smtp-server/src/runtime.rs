@@ -69,6 +69,14 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<(Self::TcpListener, SocketAddr)>> + Send;
 
+    /// Registers a listening TCP socket opened elsewhere (socket
+    /// activation) with the runtime, in non-blocking mode.
+    fn tcp_listener(listener: std::net::TcpListener) -> io::Result<Self::TcpListener>;
+
+    /// Registers a connected TCP socket opened elsewhere (inetd) with the
+    /// runtime, in non-blocking mode, with `TCP_NODELAY` set.
+    fn tcp_stream(stream: std::net::TcpStream) -> io::Result<Self::TcpStream>;
+
     /// Opens a TCP connection to `addr` (with `TCP_NODELAY` set).
     fn connect_tcp(addr: SocketAddr) -> impl Future<Output = io::Result<Self::TcpStream>> + Send;
 
@@ -91,6 +99,11 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
     /// Registers a bound Unix-domain listener with the runtime.
     #[cfg(unix)]
     fn unix_listener(listener: std::os::unix::net::UnixListener) -> io::Result<Self::UnixListener>;
+
+    /// Registers a connected Unix-domain socket opened elsewhere (inetd)
+    /// with the runtime, in non-blocking mode.
+    #[cfg(unix)]
+    fn unix_stream(stream: std::os::unix::net::UnixStream) -> io::Result<Self::UnixStream>;
 
     /// Accepts a Unix-domain connection.
     #[cfg(unix)]

@@ -20,9 +20,10 @@ use smtp_proto::server::PeerInfo;
 #[cfg(unix)]
 use crate::accept::SocketFile;
 use crate::accept::{
-    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Proxied, ProxyFront, ServerOptions,
+    ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Protocol, Proxied, ProxyFront, ServerOptions,
     SessionConfigs, Slot, Stop, StopSignal, implicit_tls_outcome, tls_info,
 };
+use crate::activation::Socket;
 use crate::connection::Connection;
 use crate::handler::Handler;
 use crate::link::Stream;
@@ -94,29 +95,53 @@ impl<R: Runtime, H: Handler> Server<R, H> {
         o.check()?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
+        let mut pending = Vec::new();
         for l in &o.listen {
+            let protocol = l.protocol();
             match l {
                 Listen::Tcp(a) | Listen::Tls(a) => {
                     let (tcp, addr) = R::bind_tcp(*a).await?;
                     local_addrs.push(addr);
-                    let tls = matches!(l, Listen::Tls(_));
-                    listeners.push(Listener::Tcp { tcp, tls });
+                    listeners.push(Listener::Tcp { tcp, protocol });
                 }
                 #[cfg(unix)]
                 Listen::Unix(p) => {
                     let unix = R::unix_listener(crate::accept::bind_unix(p, o.unix_mode)?)?;
                     listeners.push(Listener::Unix {
                         listener: unix,
-                        _file: SocketFile(p.clone()),
+                        protocol,
+                        _file: Some(SocketFile(p.clone())),
                     });
                 }
                 #[cfg(not(unix))]
                 Listen::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
+                Listen::Inherited(inherited) => match inherited.take()? {
+                    Socket::TcpListener(l) => {
+                        local_addrs.push(l.local_addr()?);
+                        let tcp = R::tcp_listener(l)?;
+                        listeners.push(Listener::Tcp { tcp, protocol });
+                    }
+                    Socket::TcpStream(s) => {
+                        let remote = s.peer_addr()?;
+                        pending.push(Accepted::Tcp(R::tcp_stream(s)?, remote, protocol));
+                    }
+                    #[cfg(unix)]
+                    Socket::UnixListener(l) => listeners.push(Listener::Unix {
+                        listener: R::unix_listener(l)?,
+                        protocol,
+                        _file: None,
+                    }),
+                    #[cfg(unix)]
+                    Socket::UnixStream(s) => {
+                        pending.push(Accepted::Unix(R::unix_stream(s)?, protocol));
+                    }
+                },
             }
         }
         Ok(BoundServer {
             listeners,
             local_addrs,
+            pending,
             shared: Arc::new(Shared {
                 handler: self.handler,
                 configs: o.session_configs(),
@@ -128,6 +153,10 @@ impl<R: Runtime, H: Handler> Server<R, H> {
             shutdown: self.shutdown,
             grace: o.grace_period,
             runtime: self.runtime,
+            handle: ServerHandle {
+                reload: o.reload.clone(),
+                stop: Arc::default(),
+            },
         })
     }
 
@@ -139,7 +168,8 @@ impl<R: Runtime, H: Handler> Server<R, H> {
     /// What every adapter's `smtpd` does once its runtime is up: takes the
     /// [`Setup`](crate::cli::Setup)'s options, binds, logs one
     /// `listening addr=…` line per address (scripts and tests read the
-    /// OS-picked ports from them), and runs until `stop`.
+    /// OS-picked ports from them), reloads on SIGHUP
+    /// ([`ServerHandle::reload`]), and runs until `stop`.
     #[cfg(feature = "cli")]
     pub async fn serve_smtpd(
         self,
@@ -148,6 +178,10 @@ impl<R: Runtime, H: Handler> Server<R, H> {
     ) -> io::Result<()> {
         let server = self.options(options).shutdown_signal(stop).bind().await?;
         crate::cli::log_listening(server.local_addrs());
+        let handle = server.handle();
+        let _hangups = crate::cli::SignalWatch::reload_on_hangup(move || {
+            let _ = handle.reload();
+        });
         server.run().await
     }
 }
@@ -155,21 +189,23 @@ impl<R: Runtime, H: Handler> Server<R, H> {
 enum Listener<R: Runtime> {
     Tcp {
         tcp: R::TcpListener,
-        tls: bool,
+        protocol: Protocol,
     },
     #[cfg(unix)]
-    /// Its socket file goes with it (a drop guard).
+    /// Its socket file, if we bound it, goes with it (a drop guard).
     Unix {
         listener: R::UnixListener,
-        _file: SocketFile,
+        protocol: Protocol,
+        _file: Option<SocketFile>,
     },
 }
 
-/// An accepted stream, before it becomes a [`Connection`].
+/// An accepted stream, before it becomes a [`Connection`], with what its
+/// listener serves.
 enum Accepted<R: Runtime> {
-    Tcp(R::TcpStream, SocketAddr, bool),
+    Tcp(R::TcpStream, SocketAddr, Protocol),
     #[cfg(unix)]
-    Unix(R::UnixStream),
+    Unix(R::UnixStream, Protocol),
 }
 
 struct Shared<H> {
@@ -240,10 +276,52 @@ impl Drop for Live {
 pub struct BoundServer<R: Runtime, H> {
     listeners: Vec<Listener<R>>,
     local_addrs: Vec<SocketAddr>,
+    /// Connections handed over already accepted (inetd), served first.
+    pending: Vec<Accepted<R>>,
     shared: Arc<Shared<H>>,
     shutdown: Option<Signal>,
     grace: Duration,
     runtime: R,
+    handle: ServerHandle,
+}
+
+/// Controls a running [`BoundServer`] from anywhere (any thread, any
+/// runtime): re-reads its settings, stops it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    reload: crate::reload::Reloader,
+    stop: Arc<StopRequest>,
+}
+
+/// A shutdown asked through a [`ServerHandle`].
+#[derive(Debug, Default)]
+struct StopRequest {
+    asked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl ServerHandle {
+    /// Re-reads every reloadable setting (the certificates given with
+    /// `certificates`, sources given with `on_reload`): new sessions and
+    /// handshakes use the new values, sessions in progress keep theirs; a
+    /// source that fails keeps its old value and is logged and returned.
+    /// Reads files: call it off the runtime's threads (e.g. from a
+    /// thread of its own, as `smtpd`'s SIGHUP does).
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        self.reload.reload()
+    }
+
+    /// Stops the server as its shutdown signal would: no new connections,
+    /// sessions finish their transaction within the grace period.
+    pub fn shutdown(&self) {
+        self.stop.asked.store(true, Ordering::SeqCst);
+        self.stop.waker.wake();
+    }
+
+    fn poll_asked(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.stop.waker.register(cx.waker());
+        self.stop.asked.load(Ordering::SeqCst)
+    }
 }
 
 impl<R: Runtime, H> std::fmt::Debug for BoundServer<R, H> {
@@ -261,8 +339,16 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
         &self.local_addrs
     }
 
+    /// A handle to reload or stop the server once it runs.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
     /// Accepts and serves connections until the shutdown signal, then shuts
-    /// down gracefully. Returns once every session has ended.
+    /// down gracefully. Returns once every session has ended. A server
+    /// with no listener that was given connected sockets
+    /// ([`Listen::Inherited`], inetd) stops by itself once their
+    /// sessions have ended.
     ///
     /// The accept loop runs as a task of its own (spawned when the returned
     /// future is first polled), so on a multi-thread runtime it sits on a
@@ -290,22 +376,39 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
             .take()
             .unwrap_or_else(|| Box::pin(std::future::pending()));
         let mut next = 0usize;
+        let handle = self.handle.clone();
+        let until_idle = self.listeners.is_empty() && !self.pending.is_empty();
+        for accepted in std::mem::take(&mut self.pending) {
+            self.spawn(accepted);
+        }
         loop {
             let listeners = &self.listeners;
+            let control = &self.shared.control;
             let accepted = poll_fn(|cx| {
-                if shutdown.as_mut().poll(cx).is_ready() || done.poll_canceled(cx).is_ready() {
+                if shutdown.as_mut().poll(cx).is_ready()
+                    || handle.poll_asked(cx)
+                    || done.poll_canceled(cx).is_ready()
+                {
                     return Poll::Ready(None);
+                }
+                if until_idle {
+                    control.idle.register(cx.waker());
+                    if control.live() == 0 {
+                        return Poll::Ready(None);
+                    }
                 }
                 let n = listeners.len();
                 for k in 0..n {
                     let i = (next + k) % n;
                     let r = match &listeners[i] {
-                        Listener::Tcp { tcp, tls } => R::poll_accept_tcp(tcp, cx)
-                            .map_ok(|(s, a)| Accepted::<R>::Tcp(s, a, *tls)),
+                        Listener::Tcp { tcp, protocol } => R::poll_accept_tcp(tcp, cx)
+                            .map_ok(|(s, a)| Accepted::<R>::Tcp(s, a, *protocol)),
                         #[cfg(unix)]
-                        Listener::Unix { listener: u, .. } => {
-                            R::poll_accept_unix(u, cx).map_ok(Accepted::Unix)
-                        }
+                        Listener::Unix {
+                            listener: u,
+                            protocol,
+                            ..
+                        } => R::poll_accept_unix(u, cx).map_ok(|s| Accepted::Unix(s, *protocol)),
                     };
                     if r.is_ready() {
                         next = i + 1;
@@ -361,15 +464,17 @@ impl<R: Runtime, H: Handler> BoundServer<R, H> {
             // address, once read (`ProxyFront::read`), not the balancer.
             Accepted::Tcp(_, a, _) => Some(a.ip()).filter(|_| self.shared.proxy.is_none()),
             #[cfg(unix)]
-            Accepted::Unix(_) => None,
+            Accepted::Unix(..) => None,
         };
         let Some(slot) = self.shared.limiter.admit(ip) else {
             tracing::info!(peer = ?ip, "too many connections");
             self.runtime.spawn(async move {
                 match accepted {
-                    Accepted::Tcp(tcp, _, tls) => too_many::<R, _>(tcp, tls).await,
+                    Accepted::Tcp(tcp, _, protocol) => {
+                        too_many::<R, _>(tcp, protocol == Protocol::Submissions).await
+                    }
                     #[cfg(unix)]
-                    Accepted::Unix(unix) => too_many::<R, _>(unix, false).await,
+                    Accepted::Unix(unix, _) => too_many::<R, _>(unix, false).await,
                 }
             });
             return;
@@ -396,12 +501,13 @@ async fn serve<R: Runtime, H: Handler>(
     // memory (issue 7, bench (f)). `serve_tcp` boxes the TLS path; the Unix
     // one is boxed here.
     match accepted {
-        Accepted::Tcp(tcp, remote, tls) => {
-            serve_tcp::<R, H>(&shared, tcp, remote, tls, &mut slot).await
+        Accepted::Tcp(tcp, remote, protocol) => {
+            serve_tcp::<R, H>(&shared, tcp, remote, protocol, &mut slot).await
         }
         #[cfg(unix)]
-        Accepted::Unix(s) => {
-            let (config, handler) = (shared.configs.unix.clone(), shared.handler.clone());
+        Accepted::Unix(s, protocol) => {
+            let config = shared.configs.get(protocol, true).clone();
+            let handler = shared.handler.clone();
             let c = Connection::<R, _, H>::new(s, PeerInfo::default(), config, handler);
             let c = c.with_acceptor(shared.acceptor.clone());
             Box::pin(c.with_stop(shared.control.stop.watch()).run()).await
@@ -478,15 +584,16 @@ impl<R: Runtime> PeekRead for Peek<'_, R> {
     }
 }
 
-/// Serves one TCP connection; `tls`: implicit TLS (the handshake first,
-/// after the PROXY header if any).
+/// Serves one TCP connection; [`Protocol::Submissions`]: implicit TLS
+/// (the handshake first, after the PROXY header if any).
 async fn serve_tcp<R: Runtime, H: Handler>(
     shared: &Shared<H>,
     mut tcp: R::TcpStream,
     remote: SocketAddr,
-    tls: bool,
+    protocol: Protocol,
     slot: &mut Slot,
 ) -> io::Result<()> {
+    let tls = protocol == Protocol::Submissions;
     let mut peer = PeerInfo {
         remote: Some(remote),
         local: R::local_addr(&tcp).ok(),
@@ -508,7 +615,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
         let c = Connection::<R, _, H>::new(
             tcp,
             peer,
-            shared.configs.plain.clone(),
+            shared.configs.get(protocol, false).clone(),
             shared.handler.clone(),
         );
         return c
@@ -532,6 +639,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             tls: Some({
                 let conn = stream.get_ref().1;
                 let mut info = tls_info(conn);
+                crate::metrics::tls_handshake_ok(&info.version);
                 info.channel_binding = crate::accept::channel_binding(&info, |out, label| {
                     conn.export_keying_material(out, label, None)
                 });

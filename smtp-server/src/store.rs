@@ -43,6 +43,7 @@ use crate::handler::{
     Body, BodySink, Envelope, Handler, Layer, Message, MessageDecision, Recipient, SessionInfo,
     TokenDecision,
 };
+use crate::reload::Swap;
 use smtp_proto::server::AbortReason;
 use spool::{LfLines, Spool, SpoolFile, Spooled};
 
@@ -94,7 +95,7 @@ type SyncFn = dyn Fn(&Path) -> io::Result<()> + Send + Sync;
 
 impl Default for DirSync {
     fn default() -> Self {
-        DirSync::new(Arc::new(|dir: &Path| File::open(dir)?.sync_all()))
+        DirSync::new(Arc::new(|dir: &Path| sync_file(&File::open(dir)?)))
     }
 }
 
@@ -112,6 +113,14 @@ impl DirSync {
     fn sync(&self, dir: &Path) -> io::Result<()> {
         (self.0)(dir)
     }
+}
+
+/// `fsync` of `f`, timed for the metrics (`smtp_store_fsync_seconds`).
+fn sync_file(f: &File) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let synced = f.sync_all();
+    crate::metrics::store_fsync(start.elapsed());
+    synced
 }
 
 /// The directory `path` is in (`.` for a bare file name).
@@ -619,7 +628,7 @@ fn copy_tmp(c: &Copy, mut spool: &File, from: u64) -> io::Result<PathBuf> {
         (&f).write_all(&c.head)?;
         spool.seek(SeekFrom::Start(from))?;
         io::copy(&mut spool, &mut &f)?;
-        f.sync_all()
+        sync_file(&f)
     })();
     if let Err(e) = res {
         drop(f);
@@ -672,7 +681,7 @@ fn deliver(
     let all = |e: &io::Error| copies.iter().map(|_| Err(same_error(e))).collect();
     let placed = match spooled
         .into_file()
-        .and_then(|p| p.file.sync_all().map(|()| p))
+        .and_then(|p| sync_file(&p.file).map(|()| p))
     {
         Ok(p) => p,
         Err(e) => {
@@ -962,7 +971,7 @@ fn append_mbox(path: &Path, spooled: Spooled<File>, sync: &DirSync) -> io::Resul
     let len = f.metadata()?.len();
     let res = (|| {
         spooled.copy_to(&mut &f)?;
-        f.sync_all()?;
+        sync_file(&f)?;
         // A new file's name is durable only once its directory is synced.
         // An empty file may have been created by a session that has not
         // synced it yet: sync it here, under the lock, to be sure.
@@ -973,7 +982,7 @@ fn append_mbox(path: &Path, spooled: Spooled<File>, sync: &DirSync) -> io::Resul
     })();
     if res.is_err() {
         let _ = f.set_len(len);
-        let _ = f.sync_all();
+        let _ = sync_file(&f);
     }
     // Dropping the file releases the lock.
     res
@@ -1129,9 +1138,9 @@ fn asctime(t: i64) -> String {
 /// for users with a plain password); every other hook goes to `inner`.
 /// `Debug` shows only how many users there are, never a secret.
 pub struct PasswordAuth<H> {
-    users: crate::sasl::Users,
+    users: Arc<Swap<crate::sasl::Users>>,
     /// Bearer tokens (XOAUTH2, OAUTHBEARER) → their user.
-    tokens: HashMap<String, String>,
+    tokens: Arc<Swap<HashMap<String, String>>>,
     /// The handler every other decision goes to.
     pub inner: H,
 }
@@ -1144,9 +1153,16 @@ impl<H> PasswordAuth<H> {
 
     /// Checks AUTH against a loaded user store in front of `inner`.
     pub fn with_users(users: crate::sasl::Users, inner: H) -> Self {
+        Self::with_shared_users(Swap::shared(users), inner)
+    }
+
+    /// Checks AUTH against the user store in `users`, which its owner may
+    /// replace at any time (e.g. a [`FileReload`](crate::reload::FileReload)
+    /// of the `--auth` file): each AUTH reads the store as it is then.
+    pub fn with_shared_users(users: Arc<Swap<crate::sasl::Users>>, inner: H) -> Self {
         PasswordAuth {
             users,
-            tokens: HashMap::new(),
+            tokens: Swap::shared(HashMap::new()),
             inner,
         }
     }
@@ -1154,7 +1170,13 @@ impl<H> PasswordAuth<H> {
     /// Also accepts these bearer tokens (token → user) for XOAUTH2 and
     /// OAUTHBEARER; a token names its user, and a client naming another
     /// user is refused.
-    pub fn with_tokens(mut self, tokens: HashMap<String, String>) -> Self {
+    pub fn with_tokens(self, tokens: HashMap<String, String>) -> Self {
+        self.with_shared_tokens(Swap::shared(tokens))
+    }
+
+    /// Like [`PasswordAuth::with_tokens`], from a cell its owner may
+    /// replace at any time.
+    pub fn with_shared_tokens(mut self, tokens: Arc<Swap<HashMap<String, String>>>) -> Self {
         self.tokens = tokens;
         self
     }
@@ -1166,7 +1188,10 @@ impl<H> PasswordAuth<H> {
             .authzid
             .as_deref()
             .is_none_or(|z| z.is_empty() || z == c.username);
-        self.users.check_password(&c.username, c.password.expose()) && authz_ok
+        self.users
+            .get()
+            .check_password(&c.username, c.password.expose())
+            && authz_ok
     }
 }
 
@@ -1197,15 +1222,16 @@ impl<H: Handler> Layer for PasswordAuth<H> {
     }
 
     async fn scram_keys(&self, _: &SessionInfo, username: &str) -> Option<crate::sasl::ScramKeys> {
-        self.users.scram_keys(username).cloned()
+        self.users.get().scram_keys(username).cloned()
     }
 
     async fn password(&self, _: &SessionInfo, username: &str) -> Option<Secret<String>> {
-        self.users.password(username).cloned()
+        self.users.get().password(username).cloned()
     }
 
     async fn auth_token(&self, session: &SessionInfo, token: &OAuthToken) -> TokenDecision {
-        let user = self.tokens.get(token.token.expose());
+        let tokens = self.tokens.get();
+        let user = tokens.get(token.token.expose());
         let ok = user.is_some_and(|u| token.user.as_ref().is_none_or(|claimed| claimed == u));
         tracing::info!(session = %session.id, user = ?token.user, ok, "bearer token checked");
         if ok {

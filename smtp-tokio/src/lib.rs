@@ -65,6 +65,7 @@
 pub use smtp_proto;
 pub use smtp_server::accept::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_CONNECTIONS};
 pub use smtp_server::handler::Handler;
+pub use smtp_server::server::ServerHandle;
 pub use tokio_rustls;
 pub use tokio_rustls::rustls;
 

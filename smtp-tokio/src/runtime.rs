@@ -87,6 +87,17 @@ impl Runtime for TokioRuntime {
         Ok((listener, local))
     }
 
+    fn tcp_listener(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        TcpListener::from_std(listener)
+    }
+
+    fn tcp_stream(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        TcpStream::from_std(stream)
+    }
+
     async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
         let s = TcpStream::connect(addr).await?;
         let _ = s.set_nodelay(true);
@@ -117,6 +128,12 @@ impl Runtime for TokioRuntime {
     ) -> io::Result<tokio::net::UnixListener> {
         listener.set_nonblocking(true)?;
         tokio::net::UnixListener::from_std(listener)
+    }
+
+    #[cfg(unix)]
+    fn unix_stream(stream: std::os::unix::net::UnixStream) -> io::Result<tokio::net::UnixStream> {
+        stream.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(stream)
     }
 
     #[cfg(unix)]
