@@ -28,6 +28,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod activation;
 mod cases;
 mod forward;
 mod hardening_core;
@@ -35,6 +36,8 @@ mod hardening_net;
 mod hardening_ops;
 mod hardening_relay;
 mod hardening_store;
+mod metrics;
+mod operations;
 mod rate;
 mod sasl;
 mod streaming;
@@ -72,6 +75,7 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
     for (variant, _) in variants {
         let all = cases::ALL
             .iter()
+            .chain(activation::ALL)
             .chain(hardening_core::ALL)
             .chain(hardening_net::ALL)
             .chain(hardening_ops::ALL)
@@ -80,7 +84,9 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(streaming::ALL)
             .chain(rate::ALL)
             .chain(forward::ALL)
-            .chain(sasl::ALL);
+            .chain(sasl::ALL)
+            .chain(operations::ALL)
+            .chain(metrics::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {

@@ -88,10 +88,28 @@ impl Ctx {
             args.extend(["--hostname".into(), "conformance.test".into()]);
         }
         let listeners = count(&args, "--listen") + count(&args, "--listen-tls");
-        let mut child = self
-            .command(&args)
-            .envs(env.iter().copied())
-            .stdout(stdout)
+        let mut command = self.command(&args);
+        Smtpd::start(command.envs(env.iter().copied()).stdout(stdout), listeners)
+    }
+}
+
+/// A running server process, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Smtpd {
+    /// The process.
+    pub child: Child,
+    /// Its TCP listeners, `--listen` ones first, then `--listen-tls` ones.
+    pub addrs: Vec<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Smtpd {
+    /// Starts `command` (a server command, e.g. [`Ctx::command`]) with its
+    /// stderr piped, and waits until it logged `listeners` TCP listeners
+    /// (`listening addr=…` lines); for cases that set up the process
+    /// themselves (its stdin, its fds).
+    pub fn start(command: &mut Command, listeners: usize) -> Smtpd {
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the server");
@@ -126,19 +144,7 @@ impl Ctx {
         });
         Smtpd { child, addrs, log }
     }
-}
 
-/// A running server process, killed (SIGKILL) when dropped.
-#[derive(Debug)]
-pub struct Smtpd {
-    /// The process.
-    pub child: Child,
-    /// Its TCP listeners, `--listen` ones first, then `--listen-tls` ones.
-    pub addrs: Vec<SocketAddr>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Smtpd {
     /// The first listener.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
