@@ -245,3 +245,37 @@ async fn a_tls_stream_handed_in_is_shut_down_at_the_end() {
         "no close_notify"
     );
 }
+
+/// The server handle: `reload()` re-reads what was registered (here a
+/// counter), and `shutdown()` stops the server as a signal would.
+#[tokio::test]
+async fn server_handle_reloads_and_stops() {
+    use smtp_server::reload::{FileReload, Swap};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("greeting");
+    std::fs::write(&file, "one").unwrap();
+    let cell = Swap::shared(String::new());
+    let source = FileReload::new("greeting", &file, cell.clone(), |p| {
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    });
+    let bound = Server::new(SinkHandler)
+        .listen(localhost())
+        .on_reload(Arc::new(source))
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addrs()[0];
+    let handle = bound.handle();
+    let run = tokio::spawn(bound.run());
+    let reload = handle.clone();
+    tokio::task::spawn_blocking(move || reload.reload())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*cell.get(), "one");
+    let mut c = Client::connect(addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    handle.shutdown();
+    let done = tokio::time::timeout(Duration::from_secs(10), run).await;
+    assert!(done.unwrap().unwrap().is_ok());
+}
