@@ -151,6 +151,11 @@ impl Runtime for AsyncIoRuntime {
     }
 
     #[cfg(unix)]
+    async fn connect_unix(path: std::path::PathBuf) -> io::Result<Self::UnixStream> {
+        Async::<std::os::unix::net::UnixStream>::connect(path).await
+    }
+
+    #[cfg(unix)]
     fn poll_accept_unix(
         listener: &Self::UnixListener,
         cx: &mut Context<'_>,

@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use smtp_proto::client::{Client, ClientEvent};
 use smtp_server::dial::{
-    BoxFuture, ClientLink, Connecting, Dial, DialRequest, Dialer, connect_any,
+    BoxFuture, ClientLink, Connecting, Dial, DialRequest, Dialer, connect_any, unix_path,
 };
+
+use crate::connection::Socket;
 
 use crate::link::{Link, Stream, TlsSide};
 use crate::stop::StopBus;
@@ -45,19 +47,31 @@ impl Dial for ThreadDial {
     fn connect(&'static self, req: DialRequest) -> Connecting {
         let limit = req.timeout;
         Box::pin(async move {
+            #[cfg(unix)]
+            if let Some(path) = unix_path(&req.address) {
+                // A local socket: connecting does not wait on a network.
+                let unix = std::os::unix::net::UnixStream::connect(path)?;
+                return Ok(client_link(unix, req));
+            }
             let connect = |a| std::future::ready(TcpStream::connect_timeout(&a, limit));
             let tcp = connect_any(&req.address, connect).await?;
             let _ = tcp.set_nodelay(true);
-            let client = Client::new(req.client, Instant::now());
-            let mut link = Link::new(Stream::Plain(tcp), client, limit);
-            link.set_tls(req.tls.map(|t| TlsSide::Connect(t.config, t.name)));
-            link.bus = SERVER.with(|s| s.borrow().clone());
-            Ok(Box::new(link) as Box<dyn ClientLink>)
+            Ok(client_link(tcp, req))
         })
     }
 }
 
-impl ClientLink for Link<TcpStream, Client> {
+/// The client `req` describes, driven over `socket` on the polling thread,
+/// watching the stop bus of the server whose session opened it.
+fn client_link<S: Socket + Send + 'static>(socket: S, req: DialRequest) -> Box<dyn ClientLink> {
+    let client = Client::new(req.client, Instant::now());
+    let mut link = Link::new(Stream::Plain(socket), client, req.timeout);
+    link.set_tls(req.tls.map(|t| TlsSide::Connect(t.config, t.name)));
+    link.bus = SERVER.with(|s| s.borrow().clone());
+    Box::new(link)
+}
+
+impl<S: Socket + Send + 'static> ClientLink for Link<S, Client> {
     fn client(&mut self) -> &mut Client {
         &mut self.machine
     }

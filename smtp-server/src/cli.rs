@@ -212,15 +212,25 @@ pub struct Args {
     /// in the Received header and to the handler. Anyone else gets `550 5.7.0`.
     #[arg(long, value_name = "CIDR")]
     pub xforward_from: Vec<crate::accept::Cidr>,
-    /// Relay to this upstream SMTP server (`host:port`): every recipient
-    /// without a local store, or outside the served domains with one.
+    /// Relay to this upstream SMTP server (`host:port`, or `unix:PATH` for
+    /// a Unix-domain socket): every recipient without a local store, or
+    /// outside the served domains with one.
     /// No open relay: recipients outside the --domain list (`*` counts as
     /// none here) are relayed only for loopback and Unix-socket clients,
     /// --relay-from-network networks and authenticated sessions (the PROXY
     /// protocol's source address is the client's); others get 550 5.7.1.
     /// STARTTLS to the upstream is used whenever it is offered.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT|unix:PATH")]
     pub relay: Option<String>,
+    /// The --relay upstream speaks LMTP (a mail store such as Dovecot's
+    /// `lmtp`: LHLO, one reply per recipient after the body). Each RCPT
+    /// gets the store's own reply. With --lmtp each recipient gets the
+    /// store's own answer to the body; an SMTP client may relay one
+    /// recipient per transaction (later ones get `452 4.5.3` and are
+    /// retried in a new transaction), so the store's answer to the body
+    /// is that recipient's and nothing is delivered twice.
+    #[arg(long, requires = "relay")]
+    pub relay_lmtp: bool,
     /// Require STARTTLS to the upstream (no clear-text fallback; the
     /// certificate is not checked unless --relay-tls-verify).
     #[arg(long, requires = "relay")]
@@ -376,13 +386,19 @@ fn relay_upstream(
     let Some(address) = &a.relay else {
         return Ok(None);
     };
-    if address
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    let unix = crate::dial::unix_path(address);
+    if unix.is_some_and(|p| p.as_os_str().is_empty())
+        || unix.is_none()
+            && address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
     {
-        return Err(err(format!("--relay {address}: expected HOST:PORT")));
+        return Err(err(format!(
+            "--relay {address}: expected HOST:PORT or unix:PATH"
+        )));
     }
     let mut up = Upstream::new(address.clone(), hello_name.to_owned());
+    up.lmtp = a.relay_lmtp;
     up.timeout = timeout;
     up.tls = match &a.relay_tls_verify {
         Some(ca) => UpstreamTls::verify(ca.as_deref())

@@ -23,7 +23,7 @@ use rustls::pki_types::ServerName;
 use smtp_proto::client::{Client, ClientConfig, ClientEvent};
 
 use crate::link::{Link, Stream, TlsSide};
-use crate::runtime::{Runtime, timeout};
+use crate::runtime::{Runtime, StreamIo, timeout};
 
 /// A boxed future (the [`Dial`] traits are object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -40,7 +40,8 @@ pub struct ClientTls {
 /// A connection to open, and the client to drive over it.
 #[derive(Debug)]
 pub struct DialRequest {
-    /// `host:port`; each address the name resolves to is tried in turn.
+    /// `host:port` (each address the name resolves to is tried in turn),
+    /// or `unix:PATH` for a Unix-domain socket (an LMTP store's, say).
     pub address: String,
     /// Bounds each connection attempt, every write and the TLS handshake
     /// (the client's own timeouts bound its waits for replies).
@@ -130,6 +131,11 @@ pub async fn resolve(address: &str) -> io::Result<Vec<SocketAddr>> {
         .map_err(|_| io::Error::other("the resolver thread ended"))?
 }
 
+/// The socket path of a `unix:PATH` address, `None` for `host:port`.
+pub fn unix_path(address: &str) -> Option<&std::path::Path> {
+    address.strip_prefix("unix:").map(std::path::Path::new)
+}
+
 /// Tries each address `address` names in turn with `connect` (which bounds
 /// each attempt itself); the first connection, or the last error.
 pub async fn connect_any<T, F: Future<Output = io::Result<T>>>(
@@ -153,27 +159,47 @@ impl<R: Runtime> Dial for RuntimeDial<R> {
     fn connect(&'static self, req: DialRequest) -> Connecting {
         let limit = req.timeout;
         Box::pin(async move {
+            #[cfg(unix)]
+            if let Some(path) = unix_path(&req.address) {
+                let unix = timeout::<R, _>(limit, R::connect_unix(path.to_owned()))
+                    .await
+                    .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))?;
+                return Ok(client_link::<R, _>(unix, req));
+            }
             let tcp = connect_any(&req.address, |a| async move {
                 timeout::<R, _>(limit, R::connect_tcp(a))
                     .await
                     .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
             })
             .await?;
-            let client = Client::new(req.client, Instant::now());
-            let mut link = Link::<R, R::TcpStream, Client>::new(Stream::Plain(tcp), client, limit);
-            link.set_tls(
-                req.tls
-                    .map(|t| TlsSide::Connect(TlsConnector::from(t.config), t.name)),
-            );
-            Ok(Box::new(link) as Box<dyn ClientLink>)
+            Ok(client_link::<R, _>(tcp, req))
         })
     }
+}
+
+/// The client `req` describes, driven over `stream`.
+fn client_link<R: Runtime, S>(stream: S, req: DialRequest) -> Box<dyn ClientLink>
+where
+    R::Io: StreamIo<S>,
+    S: Unpin + Send + 'static,
+{
+    let client = Client::new(req.client, Instant::now());
+    let mut link = Link::<R, S, Client>::new(Stream::Plain(stream), client, req.timeout);
+    link.set_tls(
+        req.tls
+            .map(|t| TlsSide::Connect(TlsConnector::from(t.config), t.name)),
+    );
+    Box::new(link)
 }
 
 /// How long a closing client waits for the reply to its QUIT.
 pub const QUIT_WAIT: Duration = Duration::from_secs(5);
 
-impl<R: Runtime> ClientLink for Link<R, R::TcpStream, Client> {
+impl<R: Runtime, S> ClientLink for Link<R, S, Client>
+where
+    R::Io: StreamIo<S>,
+    S: Unpin + Send + 'static,
+{
     fn client(&mut self) -> &mut Client {
         self.machine_mut()
     }

@@ -46,6 +46,18 @@
 //!   chunk after the upstream; a buffering one gets the whole message in
 //!   [`Handler::message`] after the upstream accepted it (that copy is
 //!   the one message-sized buffer a relayed session may hold);
+//! - an LMTP upstream ([`Upstream::lmtp`]: a mail store such as Dovecot's
+//!   `lmtp`, on TCP or on a Unix socket, `unix:PATH`) answers each RCPT
+//!   (an unknown user is refused there, in the store's own words) and
+//!   then the body once per recipient it accepted. An LMTP client of ours
+//!   gets each recipient's own answer (a full mailbox refuses that
+//!   recipient only). An SMTP client gets one reply to the body, so it
+//!   may relay **one recipient per transaction**: later relayed RCPTs get
+//!   `452 4.5.3`, which clients retry in a new transaction (RFC 5321
+//!   §4.5.3.1.10), and the one answer is that recipient's: a `250` never
+//!   covers a recipient the store refused, and a recipient the store took
+//!   is never asked for again (no duplicate delivery). Local recipients
+//!   are not limited;
 //! - what the upstream can never take is refused for good: a message that
 //!   needs `SMTPUTF8` (`553 5.6.7`), `8BITMIME`/`BINARYMIME` (`554 5.6.3`)
 //!   or is over its `SIZE` (`552 5.3.4`).
@@ -147,8 +159,12 @@ impl UpstreamTls {
 /// The upstream server and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `host:port`.
+    /// `host:port`, or `unix:PATH` for a Unix-domain socket.
     pub address: String,
+    /// The upstream speaks LMTP (RFC 2033: LHLO, one reply per accepted
+    /// recipient after the body), as a mail store does (Dovecot's
+    /// `lmtp`): see the [module docs](self) for what the client is told.
+    pub lmtp: bool,
     /// Our name in EHLO.
     pub hello_name: String,
     /// STARTTLS policy (opportunistic by default).
@@ -171,6 +187,7 @@ impl Upstream {
     pub fn new(address: impl Into<String>, hello_name: impl Into<String>) -> Self {
         Upstream {
             address: address.into(),
+            lmtp: false,
             hello_name: hello_name.into(),
             tls: UpstreamTls::Opportunistic,
             auth: None,
@@ -183,6 +200,7 @@ impl Upstream {
     /// retry after a failed opportunistic handshake).
     fn client_config(&self, plain: bool) -> ClientConfig {
         let mut c = ClientConfig::new(self.hello_name.clone());
+        c.lmtp = self.lmtp;
         c.tls = match self.tls {
             _ if plain => TlsPolicy::None,
             UpstreamTls::None => TlsPolicy::None,
@@ -206,13 +224,17 @@ impl Upstream {
         let Some(config) = self.tls_config() else {
             return Ok(None);
         };
-        let host = self
-            .address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        // A Unix socket's server is this machine.
+        let host = if crate::dial::unix_path(&self.address).is_some() {
+            "localhost".to_owned()
+        } else {
+            self.address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        };
         let name = ServerName::try_from(host)
             .map_err(|e| Failure::Misuse(format!("bad upstream name: {e}")))?;
         Ok(Some(ClientTls { config, name }))
@@ -831,6 +853,7 @@ impl<L: Handler> Router<L> {
                 return Body::Stream(Box::new(RelaySink {
                     states: self.sessions.clone(),
                     id: session.id.clone(),
+                    relayed: Relayed::new(&upstream, session, &routes),
                     upstream,
                     state: Some(state),
                     routes,
@@ -910,6 +933,13 @@ async fn rcpt_upstream(
     }
     if let Some(r) = &st.mail_refused {
         return Decision::Reply(r.clone());
+    }
+    if up.lmtp && !session.lmtp && st.accepted > 0 {
+        // An SMTP client gets one reply to the body, an LMTP store gives
+        // one per recipient: one relayed recipient per transaction, so
+        // that reply is that recipient's (the client sends the others in
+        // a new transaction, RFC 5321 §4.5.3.1.10).
+        return Decision::Reply(Reply::TOO_MANY_RECIPIENTS);
     }
     let result = async {
         if st.conn.is_none() {
@@ -1128,30 +1158,60 @@ async fn push_upstream(conn: &mut Conn, mut bytes: &[u8]) -> Result<Option<Reply
     Ok(None)
 }
 
-/// Ends the body and awaits the upstream's reply to it.
-async fn end_data(conn: &mut Conn) -> Result<Reply, Failure> {
-    conn.client().end_body(Instant::now()).map_err(misuse)?;
-    loop {
-        match conn.event().await? {
-            ClientEvent::MessageAccepted { reply, .. }
-            | ClientEvent::MessageRejected { reply, .. } => return Ok(reply),
-            _ => {}
+/// The upstream's answer to a transaction's body.
+enum Ended {
+    /// One reply for the whole transaction (an SMTP upstream's answer to
+    /// the body, or DATA or a chunk refused), or why there is none.
+    Whole(Result<Reply, Failure>),
+    /// An LMTP upstream's answers to the body, one per recipient it
+    /// accepted, in order; a failure after some of them keeps those.
+    Each(Vec<Reply>, Option<Failure>),
+}
+
+/// Ends the body and awaits the upstream's reply to it, or from an LMTP
+/// upstream its `recipients` replies.
+async fn end_data(conn: &mut Conn, lmtp: bool, recipients: usize) -> Ended {
+    if let Err(e) = conn.client().end_body(Instant::now()) {
+        return Ended::Whole(Err(misuse(e)));
+    }
+    let expected = if lmtp { recipients.max(1) } else { 1 };
+    let mut replies = Vec::with_capacity(expected);
+    while replies.len() < expected {
+        match conn.event().await {
+            Ok(
+                ClientEvent::MessageAccepted { reply, .. }
+                | ClientEvent::MessageRejected { reply, .. },
+            ) => replies.push(reply),
+            Ok(_) => {}
+            Err(e) if lmtp => return Ended::Each(replies, Some(e)),
+            Err(e) => return Ended::Whole(Err(e)),
         }
+    }
+    if lmtp {
+        return Ended::Each(replies, None);
+    }
+    match replies.pop() {
+        Some(reply) => Ended::Whole(Ok(reply)),
+        None => Ended::Whole(Err(Failure::Misuse("no reply to the body".into()))),
     }
 }
 
-/// Sends a whole message upstream; the upstream's final reply, or why it
-/// failed.
-async fn data_upstream(conn: &mut Conn, message: &Message) -> Result<Reply, Failure> {
-    if let Some(refused) = start_data(conn).await? {
-        return Ok(refused);
+/// Sends a whole message upstream; the upstream's answer
+/// ([`end_data`]'s), or its refusal of DATA or of a chunk.
+async fn data_upstream(conn: &mut Conn, message: &Message, lmtp: bool, recipients: usize) -> Ended {
+    match start_data(conn).await {
+        Ok(None) => {}
+        Ok(Some(refused)) => return Ended::Whole(Ok(refused)),
+        Err(e) => return Ended::Whole(Err(e)),
     }
     for part in [message.trace.as_slice(), message.data.as_slice()] {
-        if let Some(refused) = push_upstream(conn, part).await? {
-            return Ok(refused);
+        match push_upstream(conn, part).await {
+            Ok(None) => {}
+            Ok(Some(refused)) => return Ended::Whole(Ok(refused)),
+            Err(e) => return Ended::Whole(Err(e)),
         }
     }
-    end_data(conn).await
+    end_data(conn, lmtp, recipients).await
 }
 
 /// Whether the upstream transaction can take the body: not lost, MAIL
@@ -1209,18 +1269,121 @@ fn upstream_verdict(
 }
 
 /// The body of a transaction whose relayed recipients were accepted, sent
-/// whole: the upstream's acceptance when it went upstream, else our reply.
+/// whole: the relayed recipients' decisions ([`relayed_decisions`]).
 async fn message_upstream(
     up: &Upstream,
     st: &mut UpState,
     message: &Message,
-) -> Result<Reply, Reply> {
+    relayed: Relayed,
+) -> Result<Vec<Decision>, Reply> {
     check_usable(up, st)?;
+    let recipients = st.accepted;
     let Some(conn) = st.conn.as_mut() else {
         return Err(unavailable());
     };
-    let result = data_upstream(conn, message).await;
-    upstream_verdict(up, st, result)
+    let ended = data_upstream(conn, message, up.lmtp, recipients).await;
+    relayed_decisions(up, st, ended, relayed, message)
+}
+
+/// A transaction's relayed recipients, as the answer to its body sees them.
+#[derive(Debug, Clone, Copy)]
+struct Relayed {
+    /// How many.
+    count: usize,
+    /// Each gets its own answer: the upstream and our client both speak
+    /// LMTP.
+    each: bool,
+}
+
+impl Relayed {
+    fn new(up: &Upstream, session: &SessionInfo, routes: &[Route]) -> Self {
+        Relayed {
+            count: routes.iter().filter(|r| **r == Route::Relay).count(),
+            each: up.lmtp && session.lmtp,
+        }
+    }
+}
+
+/// What the relayed recipients are told once the upstream answered the
+/// body: one decision each, in order; `Err` refuses the whole message
+/// (nothing is delivered locally either). An SMTP upstream's acceptance
+/// covers every relayed recipient. An LMTP upstream's answers go to their
+/// recipients one by one when our client speaks LMTP too (the store's own
+/// replies, but `421`: that closes the upstream, not us); for an SMTP
+/// client that one recipient's ([`rcpt_upstream`]) answer is the message's.
+fn relayed_decisions(
+    up: &Upstream,
+    st: &mut UpState,
+    ended: Ended,
+    relayed: Relayed,
+    message: &Message,
+) -> Result<Vec<Decision>, Reply> {
+    let result = match ended {
+        Ended::Each(replies, failure) if relayed.each => {
+            return Ok(each_decision(
+                up,
+                st,
+                replies,
+                failure,
+                relayed.count,
+                message,
+            ));
+        }
+        Ended::Whole(result) => result,
+        Ended::Each(replies, failure) => replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| failure.unwrap_or_else(|| Failure::Misuse("no reply".into()))),
+    };
+    let reply = upstream_verdict(up, st, result)?;
+    message.record_delivery(relayed_line(up, &reply));
+    Ok(vec![Decision::Accept; relayed.count])
+}
+
+/// An LMTP upstream's answers passed on to an LMTP client, recipient by
+/// recipient; a recipient left without one (the upstream was lost) gets
+/// `451 4.4.1`.
+fn each_decision(
+    up: &Upstream,
+    st: &mut UpState,
+    replies: Vec<Reply>,
+    failure: Option<Failure>,
+    count: usize,
+    message: &Message,
+) -> Vec<Decision> {
+    use crate::metrics::RelayOutcome;
+    st.mail_sent = false;
+    st.accepted = 0;
+    st.ended(if replies.iter().any(Reply::is_positive) {
+        RelayOutcome::Delivered
+    } else if failure.is_some() || replies.len() < count {
+        RelayOutcome::Failed
+    } else if replies.iter().all(|r| r.code() >= 500) {
+        RelayOutcome::Refused
+    } else {
+        RelayOutcome::Deferred
+    });
+    let mut closing = failure;
+    let mut replies = replies.into_iter();
+    let decisions = (0..count)
+        .map(|_| match replies.next() {
+            Some(r) if r.code() == 421 => {
+                closing.get_or_insert(Failure::Protocol(ClientError::ServiceClosing(r)));
+                Decision::Reply(unavailable())
+            }
+            Some(r) => {
+                if r.is_positive() {
+                    message.record_delivery(relayed_line(up, &r));
+                }
+                Decision::Reply(with_enhanced(r))
+            }
+            None => Decision::Reply(unavailable()),
+        })
+        .collect();
+    if let Some(e) = closing {
+        st.fail(&e, up, "DATA");
+    }
+    decisions
 }
 
 /// The delivery line of a message the upstream accepted.
@@ -1253,23 +1416,41 @@ fn local_envelope(envelope: &Envelope, routes: &[Route]) -> Envelope {
     }
 }
 
-/// A mixed transaction's decisions per recipient: relayed ones got the
-/// upstream's acceptance, local ones the local handler's decision.
-fn merge(routes: &[Route], local: MessageDecision, locals: usize) -> MessageDecision {
+/// A mixed transaction's decisions per recipient: relayed ones got
+/// `relayed` ([`relayed_decisions`]), local ones the local handler's
+/// decision.
+fn merge(
+    routes: &[Route],
+    relayed: Vec<Decision>,
+    local: MessageDecision,
+    locals: usize,
+) -> MessageDecision {
     let mut local_each = match local {
         MessageDecision::All(d) => vec![d; locals],
         MessageDecision::PerRecipient(v) => v,
     }
     .into_iter();
+    let mut relayed = relayed.into_iter();
     MessageDecision::PerRecipient(
         routes
             .iter()
             .map(|r| match r {
-                Route::Relay => Decision::Accept,
+                Route::Relay => relayed
+                    .next()
+                    .unwrap_or_else(|| Decision::Reply(unavailable())),
                 Route::Local => local_each.next().unwrap_or(Decision::Accept),
             })
             .collect(),
     )
+}
+
+/// The decision of a transaction whose every recipient was relayed.
+fn relayed_only(decisions: Vec<Decision>) -> MessageDecision {
+    if decisions.iter().all(|d| matches!(d, Decision::Accept)) {
+        MessageDecision::All(Decision::Accept)
+    } else {
+        MessageDecision::PerRecipient(decisions)
+    }
 }
 
 /// How a mixed transaction's local recipients take the body streaming
@@ -1316,6 +1497,8 @@ struct RelaySink<L: Handler> {
     state: Option<SessionState>,
     /// Each recipient's route, in order.
     routes: Vec<Route>,
+    /// The relayed recipients.
+    relayed: Relayed,
     /// The upstream is inside the body: cutting it off closes the
     /// connection (an upstream that refused the message is done with it).
     in_body: bool,
@@ -1397,25 +1580,25 @@ impl<L: Handler> RelaySink<L> {
         };
         self.in_body = false;
         let up = self.upstream.clone();
-        let result = match state.up.conn.as_mut() {
-            Some(conn) => end_data(conn).await,
-            None => Err(Failure::Misuse("upstream transaction lost".into())),
+        let recipients = state.up.accepted;
+        let ended = match state.up.conn.as_mut() {
+            Some(conn) => end_data(conn, up.lmtp, recipients).await,
+            None => Ended::Whole(Err(Failure::Misuse("upstream transaction lost".into()))),
         };
-        let verdict = upstream_verdict(&up, &mut state.up, result);
+        let relayed = relayed_decisions(&up, &mut state.up, ended, self.relayed, &message);
         // The connection goes back for the session's next transaction.
         put_state(&self.states, &self.id, state);
-        let reply = match verdict {
-            Ok(reply) => reply,
+        let relayed = match relayed {
+            Ok(decisions) => decisions,
             Err(refusal) => {
                 // Nothing is delivered when the upstream did not take it.
                 copy.abort(AbortReason::Refused);
                 return Decision::Reply(refusal).into();
             }
         };
-        message.record_delivery(relayed_line(&up, &reply));
         let Some(local) = self.local.take() else {
             copy.abort(AbortReason::Refused);
-            return Decision::Accept.into();
+            return relayed_only(relayed);
         };
         let LocalPart {
             handler,
@@ -1423,7 +1606,7 @@ impl<L: Handler> RelaySink<L> {
             envelope,
         } = local;
         let decision = match copy {
-            LocalCopy::None => return Decision::Accept.into(),
+            LocalCopy::None => return relayed_only(relayed),
             LocalCopy::Stream(sink) => sink.finish(message.clone()).await,
             LocalCopy::Discard => handler.message(&session, &envelope, &message).await,
             LocalCopy::Buffer { data, .. } => {
@@ -1437,7 +1620,7 @@ impl<L: Handler> RelaySink<L> {
                 d
             }
         };
-        merge(&self.routes, decision, envelope.recipients.len())
+        merge(&self.routes, relayed, decision, envelope.recipients.len())
     }
 }
 
@@ -1570,29 +1753,35 @@ impl<L: Handler> Handler for Router<L> {
         };
         let mut state = self.take_state(&session.id);
         let routes = self.routes_of(session, envelope, &mut state);
-        let relayed = routes.contains(&Route::Relay);
-        if relayed {
-            let verdict = Box::pin(message_upstream(upstream, &mut state.up, message)).await;
+        let relayed = Relayed::new(upstream, session, &routes);
+        let mut decisions = Vec::new();
+        if relayed.count > 0 {
+            let verdict = message_upstream(upstream, &mut state.up, message, relayed);
+            let verdict = Box::pin(verdict).await;
             self.put_state(&session.id, state);
             match verdict {
-                Ok(reply) => message.record_delivery(relayed_line(upstream, &reply)),
+                Ok(d) => decisions = d,
                 Err(reply) => return MessageDecision::All(Decision::Reply(reply)),
             }
         } else {
             self.put_state(&session.id, state);
         }
         let local_env = local_envelope(envelope, &routes);
-        if local_env.recipients.is_empty() {
-            return MessageDecision::All(Decision::Accept);
-        }
-        let Some(l) = &self.local else {
-            return MessageDecision::All(Decision::Accept);
+        let local = match &self.local {
+            Some(l) if !local_env.recipients.is_empty() => l,
+            _ if relayed.count > 0 => return relayed_only(decisions),
+            _ => return MessageDecision::All(Decision::Accept),
         };
-        let local_decision = l.message(session, &local_env, message).await;
-        if !relayed {
+        let local_decision = local.message(session, &local_env, message).await;
+        if relayed.count == 0 {
             return local_decision;
         }
-        merge(&routes, local_decision, local_env.recipients.len())
+        merge(
+            &routes,
+            decisions,
+            local_decision,
+            local_env.recipients.len(),
+        )
     }
 
     fn disconnect(&self, session: &SessionInfo, reason: CloseReason) {
@@ -1701,6 +1890,9 @@ mod tests {
         /// and whether it is the last.
         chunking: bool,
         bdat: Option<(usize, bool)>,
+        /// An LMTP store: these replies to the end of data (one per
+        /// accepted recipient), and RCPTs to `unknown@…` refused.
+        lmtp_end: Vec<&'static str>,
     }
 
     impl FakeUp {
@@ -1731,8 +1923,14 @@ mod tests {
                         body.truncate(body.len() - 3);
                         self.ended.push(body.split_off(2));
                         let reply = self.end_reply.unwrap_or("250 2.0.0 queued");
-                        self.out
-                            .extend_from_slice(format!("{reply}\r\n").as_bytes());
+                        let replies = match self.lmtp_end.as_slice() {
+                            [] => vec![reply],
+                            each => each.to_vec(),
+                        };
+                        for reply in replies {
+                            self.out
+                                .extend_from_slice(format!("{reply}\r\n").as_bytes());
+                        }
                     }
                     continue;
                 }
@@ -1743,7 +1941,7 @@ mod tests {
                 let cmd = String::from_utf8_lossy(&self.line).trim_end().to_owned();
                 self.line.clear();
                 let verb = cmd.get(..4).unwrap_or("").to_ascii_uppercase();
-                self.commands.push(cmd);
+                self.commands.push(cmd.clone());
                 let reply = match verb.as_str() {
                     "EHLO" if self.chunking => "250-fake.test\r\n250 CHUNKING",
                     "BDAT" => {
@@ -1754,7 +1952,8 @@ mod tests {
                         self.bdat = Some((n, last));
                         continue;
                     }
-                    "EHLO" => "250 fake.test",
+                    "EHLO" | "LHLO" => "250 fake.test",
+                    "RCPT" if cmd.contains("<unknown@") => "550 5.1.1 User doesn't exist",
                     "QUIT" => "221 2.0.0 bye",
                     "DATA" => {
                         let reply = self.data_reply.unwrap_or("354 go ahead");
@@ -2257,5 +2456,139 @@ mod tests {
         let d = block_on(sink.finish(Arc::new(message("e1-2"))));
         assert_eq!(d, MessageDecision::All(Decision::Reply(unavailable())));
         assert_eq!(fake.lock().unwrap().connections, 1);
+    }
+
+    /// Issue 17: an LMTP store behind an LMTP front: each recipient gets
+    /// the store's own answer to the body, one left without an answer
+    /// (the store was lost) `451 4.4.1`.
+    #[test]
+    fn an_lmtp_store_answers_each_recipient_of_an_lmtp_client() {
+        let (mut up, fake) = fake("lmtp-each");
+        up.lmtp = true;
+        fake.lock().unwrap().lmtp_end = vec![
+            "250 2.0.0 <a@remote.example> Saved",
+            "552 5.2.2 <b@remote.example> Quota exceeded",
+        ];
+        let router = Router::new(Vec::new(), None::<()>, Some(up), Vec::new());
+        let s = SessionInfo {
+            lmtp: true,
+            ..dialing("l1")
+        };
+        let env = transaction(&router, &s, &["a@remote.example", "b@remote.example"]);
+        let msg = message("l1-1");
+        let mut sink = stream(block_on(router.body(&s, &env, &msg)));
+        block_on(sink.write(b"Subject: q\r\n\r\nbig\r\n")).unwrap();
+        let msg = Arc::new(msg);
+        let d = block_on(sink.finish(msg.clone()));
+        let text = |d: &Decision| match d {
+            Decision::Reply(r) => r.to_string(),
+            Decision::Accept => "accept".into(),
+        };
+        match &d {
+            MessageDecision::PerRecipient(v) => assert_eq!(
+                v.iter().map(text).collect::<Vec<_>>(),
+                [
+                    "250 2.0.0 <a@remote.example> Saved\r\n",
+                    "552 5.2.2 <b@remote.example> Quota exceeded\r\n"
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            msg.deliveries(),
+            ["relay:lmtp-each.fake:25 (250 2.0.0 <a@remote.example> Saved)"]
+        );
+        assert!(
+            fake.lock()
+                .unwrap()
+                .commands
+                .iter()
+                .any(|c| c.starts_with("LHLO")),
+            "LHLO, not EHLO"
+        );
+
+        // One answer for two recipients: the store is gone after it.
+        fake.lock().unwrap().lmtp_end = vec!["250 2.0.0 <a@remote.example> Saved"];
+        let env = transaction(&router, &s, &["a@remote.example", "b@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("l1-2"))));
+        block_on(sink.write(b"x\r\n")).unwrap();
+        match block_on(sink.finish(Arc::new(message("l1-2")))) {
+            MessageDecision::PerRecipient(v) => {
+                assert!(matches!(&v[0], Decision::Reply(r) if r.code() == 250));
+                assert_eq!(v[1], Decision::Reply(unavailable()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 17: behind an SMTP front, one relayed recipient per
+    /// transaction toward an LMTP store (`452 4.5.3` for the next; local
+    /// ones are not limited, a refused one does not count); the store's
+    /// answer is the message's, and its refusal delivers nothing locally.
+    #[test]
+    fn an_smtp_client_relays_one_recipient_per_transaction_to_an_lmtp_store() {
+        let (mut up, fake) = fake("lmtp-one");
+        up.lmtp = true;
+        fake.lock().unwrap().lmtp_end = vec!["552 5.2.2 <b@remote.example> Quota exceeded"];
+        let seen = Arc::<Mutex<Seen>>::default();
+        let local = Local {
+            mode: Mode::Stream,
+            seen: seen.clone(),
+        };
+        let router = Router::new(
+            vec!["local.example".into()],
+            Some(local),
+            Some(up),
+            Vec::new(),
+        );
+        let s = dialing("o1");
+        let options = MailOptions::default();
+        assert_eq!(
+            block_on(router.mail(&s, "a@x.example", &options)),
+            Decision::Accept
+        );
+        let mut env = Envelope {
+            from: "a@x.example".into(),
+            options,
+            recipients: Vec::new(),
+        };
+        for (to, want) in [
+            ("unknown@remote.example", Some(550)),
+            ("b@remote.example", None),
+            ("c@remote.example", Some(452)),
+            ("me@local.example", None),
+        ] {
+            let rcpt = Recipient {
+                address: to.into(),
+                notify: None,
+                orcpt: None,
+            };
+            let d = block_on(router.rcpt(&s, &env, &rcpt));
+            match (want, &d) {
+                (None, Decision::Accept) => env.recipients.push(rcpt),
+                (Some(452), Decision::Reply(r)) => assert_eq!(*r, Reply::TOO_MANY_RECIPIENTS),
+                (Some(code), Decision::Reply(r)) => assert_eq!(r.code(), code, "{to}"),
+                _ => panic!("{to}: {d:?}"),
+            }
+        }
+        let mut sink = stream(block_on(router.body(&s, &env, &message("o1-1"))));
+        block_on(sink.write(b"Subject: q\r\n\r\nbig\r\n")).unwrap();
+        match block_on(sink.finish(Arc::new(message("o1-1")))) {
+            MessageDecision::All(Decision::Reply(r)) => {
+                assert_eq!(
+                    (r.code(), r.enhanced()),
+                    (552, Some(EnhancedCode::new(5, 2, 2)))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().aborted, Some(AbortReason::Refused));
+        // The next transaction relays again (its one recipient).
+        fake.lock().unwrap().lmtp_end = vec!["250 2.0.0 <c@remote.example> Saved"];
+        let env = transaction(&router, &s, &["c@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("o1-2"))));
+        block_on(sink.write(b"x\r\n")).unwrap();
+        let d = block_on(sink.finish(Arc::new(message("o1-2"))));
+        assert_eq!(d, MessageDecision::All(Decision::Accept));
     }
 }

@@ -105,6 +105,13 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
     #[cfg(unix)]
     fn unix_stream(stream: std::os::unix::net::UnixStream) -> io::Result<Self::UnixStream>;
 
+    /// Connects to the Unix-domain socket at `path` (an LMTP store's,
+    /// say: the relay's `unix:PATH` upstream).
+    #[cfg(unix)]
+    fn connect_unix(
+        path: std::path::PathBuf,
+    ) -> impl Future<Output = io::Result<Self::UnixStream>> + Send;
+
     /// Accepts a Unix-domain connection.
     #[cfg(unix)]
     fn poll_accept_unix(

@@ -137,6 +137,11 @@ impl Runtime for TokioRuntime {
     }
 
     #[cfg(unix)]
+    async fn connect_unix(path: std::path::PathBuf) -> io::Result<tokio::net::UnixStream> {
+        tokio::net::UnixStream::connect(path).await
+    }
+
+    #[cfg(unix)]
     fn poll_accept_unix(
         listener: &tokio::net::UnixListener,
         cx: &mut Context<'_>,
