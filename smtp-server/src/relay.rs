@@ -2163,6 +2163,11 @@ mod tests {
     /// upstream for everything else.
     fn mixed(name: &str, mode: Mode) -> (Router<Local>, Fake, Arc<Mutex<Seen>>) {
         let (up, fake) = fake(name);
+        mixed_over(up, fake, mode)
+    }
+
+    /// [`mixed`] over an upstream of the caller's.
+    fn mixed_over(up: Upstream, fake: Fake, mode: Mode) -> (Router<Local>, Fake, Arc<Mutex<Seen>>) {
         let seen = Arc::<Mutex<Seen>>::default();
         let local = Local {
             mode,
@@ -2530,17 +2535,7 @@ mod tests {
         let (mut up, fake) = fake("lmtp-one");
         up.lmtp = true;
         fake.lock().unwrap().lmtp_end = vec!["552 5.2.2 <b@remote.example> Quota exceeded"];
-        let seen = Arc::<Mutex<Seen>>::default();
-        let local = Local {
-            mode: Mode::Stream,
-            seen: seen.clone(),
-        };
-        let router = Router::new(
-            vec!["local.example".into()],
-            Some(local),
-            Some(up),
-            Vec::new(),
-        );
+        let (router, fake, seen) = mixed_over(up, fake, Mode::Stream);
         let s = dialing("o1");
         let options = MailOptions::default();
         assert_eq!(

@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -212,19 +213,18 @@ async fn handed_connection() -> (OwnedFd, Client<TcpStream>) {
     (OwnedFd::from(accepted), Client::new(client))
 }
 
+/// `smtpd --inetd` storing into a Maildir at `dir`.
+fn inetd_maildir(ctx: &Ctx, dir: &Path) -> Command {
+    ctx.command(["--inetd", "--maildir", p(dir), "--hostname", "inetd.test"])
+}
+
 /// `--inetd` with a connected stream on stdin (and stdout): exactly that
 /// session, whose message is stored; after QUIT the server exits 0.
 async fn inetd_connected_stream_is_one_session(ctx: Ctx) {
     let dir = tmp();
     let (fd, mut c) = handed_connection().await;
     let out = fd.try_clone().expect("dup");
-    let mut cmd = ctx.command([
-        "--inetd",
-        "--maildir",
-        p(dir.path()),
-        "--hostname",
-        "inetd.test",
-    ]);
+    let mut cmd = inetd_maildir(&ctx, dir.path());
     cmd.stdin(Stdio::from(fd)).stdout(Stdio::from(out));
     let mut d = Smtpd::start(&mut cmd, 0);
     // The command holds our copies of the socket: closed, the server's
@@ -306,13 +306,7 @@ async fn inetd_with_stderr_on_the_socket_logs_nothing_there(ctx: Ctx) {
 async fn inetd_listening_socket_serves_clients_in_turn(ctx: Ctx) {
     let dir = tmp();
     let (fd, addr) = tcp_socket();
-    let mut cmd = ctx.command([
-        "--inetd",
-        "--maildir",
-        p(dir.path()),
-        "--hostname",
-        "inetd.test",
-    ]);
+    let mut cmd = inetd_maildir(&ctx, dir.path());
     cmd.stdin(Stdio::from(fd)).stdout(Stdio::null());
     let mut d = Smtpd::start(&mut cmd, 1);
     assert_eq!(d.addrs, [addr]);

@@ -362,13 +362,7 @@ async fn require_tls_refuses_mail_before_starttls(ctx: Ctx) {
     let mut c = d.greeted().await;
     c.expect("EHLO x\r\n", "250").await;
     c.expect("MAIL FROM:<a@x>\r\n", "530 5.7.0").await;
-    c.expect("STARTTLS\r\n", "220").await;
-    let tls = cert
-        .connector()
-        .connect(TestCert::server_name(), c.io.into_inner())
-        .await
-        .expect("handshake");
-    let mut t = crate::Client::new(tls);
+    let mut t = cert.starttls(c).await;
     t.expect("EHLO x\r\n", "250").await;
     t.expect("MAIL FROM:<a@x>\r\n", "250").await;
 }

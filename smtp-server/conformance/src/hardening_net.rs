@@ -220,13 +220,7 @@ async fn hardening_proxy_header_before_implicit_tls(ctx: Ctx) {
     let mut c = crate::Client::connect(d.addr()).await;
     c.send(&header("198.51.100.9", 25)).await;
     assert!(c.reply().await.starts_with("220 "));
-    c.expect("STARTTLS\r\n", "220").await;
-    let tls = cert
-        .connector()
-        .connect(TestCert::server_name(), c.io.into_inner())
-        .await
-        .expect("STARTTLS handshake");
-    let mut t = crate::Client::new(tls);
+    let mut t = cert.starttls(c).await;
     send_through(
         &mut t,
         "a@x",

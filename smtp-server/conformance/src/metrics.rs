@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::cases::{p, tls_server, tmp};
-use crate::support::{Ctx, Smtpd, TestCert, cases, have};
+use crate::support::{Ctx, Smtpd, cases, have};
 
 cases!(
     metrics_scripted_session_scraped_with_curl,
@@ -127,13 +127,7 @@ async fn metrics_scripted_session_scraped_with_curl(ctx: Ctx) {
     let addr = metrics_addr(&d).await;
     let mut c = d.greeted().await;
     c.expect("EHLO x\r\n", "250").await;
-    c.expect("STARTTLS\r\n", "220").await;
-    let tls = cert
-        .connector()
-        .connect(TestCert::server_name(), c.io.into_inner())
-        .await
-        .expect("handshake");
-    let mut t = crate::Client::new(tls);
+    let mut t = cert.starttls(c).await;
     t.expect("EHLO x\r\n", "250").await;
     let plain =
         |pass: &str| base64::engine::general_purpose::STANDARD.encode(format!("\0bob\0{pass}"));

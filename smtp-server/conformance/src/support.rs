@@ -325,6 +325,21 @@ impl TestCert {
         TlsConnector::from(self.client_config())
     }
 
+    /// STARTTLS on `c` (after its EHLO): the `220`, then the handshake
+    /// trusting this certificate; the client over TLS.
+    pub async fn starttls(
+        &self,
+        mut c: Client<TcpStream>,
+    ) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+        c.expect("STARTTLS\r\n", "220").await;
+        let tls = self
+            .connector()
+            .connect(TestCert::server_name(), c.io.into_inner())
+            .await
+            .expect("STARTTLS handshake");
+        Client::new(tls)
+    }
+
     /// The name the certificate is for.
     pub fn server_name() -> ServerName<'static> {
         ServerName::try_from("localhost").expect("name")
