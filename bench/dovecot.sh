@@ -55,6 +55,7 @@ ssl = no
 listen = 127.0.0.1
 default_internal_user = $(id -un)
 default_login_user = $(id -un)
+default_internal_group = $(id -gn)
 mail_location = maildir:$WORK/mail/%n/Maildir
 passdb {
   driver = passwd-file

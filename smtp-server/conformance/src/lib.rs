@@ -30,6 +30,7 @@
 
 mod activation;
 mod cases;
+mod dovecot;
 mod forward;
 mod hardening_core;
 mod hardening_net;
@@ -86,7 +87,8 @@ pub fn main(variants: &[(&'static str, Serve)]) -> ExitCode {
             .chain(forward::ALL)
             .chain(sasl::ALL)
             .chain(operations::ALL)
-            .chain(metrics::ALL);
+            .chain(metrics::ALL)
+            .chain(dovecot::ALL);
         for (name, case) in all {
             let ctx = Ctx::new(variant);
             trials.push(Trial::test(format!("{variant}::{name}"), move || {
