@@ -49,6 +49,7 @@ cases!(
     python_smtplib_starttls_login,
     curl_smtp_and_smtps,
     relay_chain_is_byte_identical,
+    relay_to_an_smtp_upstream_on_a_unix_socket,
     relay_propagates_per_recipient_refusals,
     relay_upstream_down_or_silent_451,
     relay_is_not_open,
@@ -1099,6 +1100,53 @@ async fn relay_chain_is_byte_identical(ctx: Ctx) {
         assert_eq!(text.matches("Return-Path:").count(), 1, "{text}");
         assert_eq!(text.matches("Delivered-To:").count(), 1, "{text}");
     }
+}
+
+/// Issue 17: `--relay unix:PATH` reaches an SMTP upstream on a Unix
+/// socket (here one of ours, `--listen-unix`), several recipients in one
+/// transaction as with TCP.
+async fn relay_to_an_smtp_upstream_on_a_unix_socket(ctx: Ctx) {
+    let dir = tmp();
+    let sock = dir.path().join("smtp.sock");
+    let root = dir.path().join("mail");
+    let _up = ctx.spawn([
+        "--maildir",
+        p(&root),
+        "--hostname",
+        "upstream.test",
+        "--listen-unix",
+        p(&sock),
+    ]);
+    let upstream = format!("unix:{}", p(&sock));
+    let relay = ctx.spawn(["--relay", &upstream, "--hostname", "relay.test"]);
+    let mut c = relay.greeted().await;
+    let body = "Subject: over a unix socket\r\n\r\n..dot\r\nhi\r\n";
+    let r = send_through(
+        &mut c,
+        "a@example.org",
+        &["b@example.net", "c@example.com"],
+        body,
+    )
+    .await;
+    assert!(
+        r.iter().all(|r| r.starts_with("250")),
+        "{r:?}\n{}",
+        relay.log()
+    );
+    c.expect("QUIT\r\n", "221").await;
+    for who in ["b@example.net", "c@example.com"] {
+        let text = stored_body(&root, who);
+        assert!(text.contains("by relay.test"), "{text}");
+        assert!(
+            text.ends_with("\r\nSubject: over a unix socket\r\n\r\n.dot\r\nhi\r\n"),
+            "{text:?}"
+        );
+    }
+    assert!(
+        relay.log().contains(&format!("relay:{upstream} (250")),
+        "{}",
+        relay.log()
+    );
 }
 
 async fn relay_propagates_per_recipient_refusals(ctx: Ctx) {
