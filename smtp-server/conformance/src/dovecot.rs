@@ -486,6 +486,15 @@ async fn relay_one(ctx: &Ctx, d: &Dovecot, upstream: &str) {
         d.log()
     );
     let trace = assert_delivered(d, ALICE, &msg, &smtpd);
+    // The per-message log line gives the store's own reply.
+    let lines = crate::hardening_ops::log_lines(&smtpd, "message accepted", 1).await;
+    let want = format!("stored=relay:{upstream} (250 2.0.0 <{ALICE}>");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("Saved")),
+        "{want:?} in {lines:?}"
+    );
     // One recipient in Dovecot's transaction: it names it.
     assert!(
         trace.contains(&format!("Delivered-To: {ALICE}\n")),

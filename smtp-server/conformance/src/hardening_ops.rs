@@ -13,7 +13,7 @@ cases!(
 
 /// The server's log lines containing `needle`, waited for (the log is
 /// drained by a thread).
-async fn log_lines(d: &Smtpd, needle: &str, want: usize) -> Vec<String> {
+pub(crate) async fn log_lines(d: &Smtpd, needle: &str, want: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let lines: Vec<String> = d
