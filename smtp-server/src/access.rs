@@ -10,7 +10,9 @@
 //! network is given, and refused otherwise. The address judged is the
 //! client's: the PROXY header's source, or the client an XCLIENT names
 //! (a trusted front proxy's own connection is not judged). Unix-socket
-//! clients have no address and are always let in. The rules can be
+//! clients have no address and are always let in; a client an XCLIENT
+//! names without an address (`ADDR=[UNAVAILABLE]`) is in no listed
+//! network (refused when any `allow` network is given). The rules can be
 //! replaced while the server runs ([`AccessList::set`]).
 //!
 //! ```
@@ -100,7 +102,9 @@ impl<H> AccessList<H> {
         match session.peer.remote {
             _ if session.front_proxy => true,
             Some(addr) => self.rules.get().admits(addr.ip()),
-            None => true,
+            None if session.is_unix_client() => true,
+            // A client a front proxy could not name: in no listed network.
+            None => self.rules.get().allow.is_empty(),
         }
     }
 }
@@ -166,5 +170,12 @@ mod tests {
         s.front_proxy = false;
         h.set(AccessRules::default());
         assert_eq!(connect(&s), Decision::Accept, "rules replaced");
+        // A client an XCLIENT named without an address is not a local one.
+        h.set(AccessRules::new(nets(&["192.0.2.0/24"]), vec![]));
+        s.peer.remote = None;
+        s.peer.proxied_by = Some("192.0.2.1:40000".parse().unwrap());
+        assert_eq!(connect(&s), Reply::ACCESS_DENIED.into(), "unknown address");
+        s.peer.proxied_by = None;
+        assert_eq!(connect(&s), Decision::Accept, "a Unix-socket client");
     }
 }

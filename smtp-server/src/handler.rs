@@ -91,6 +91,14 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
+    /// Whether the client came over a Unix-domain socket (a local
+    /// process): it has no address, and none was hidden by a front proxy
+    /// (an XCLIENT `ADDR=[UNAVAILABLE]` leaves no address either, but
+    /// names a remote client).
+    pub fn is_unix_client(&self) -> bool {
+        self.peer.remote.is_none() && self.peer.proxied_by.is_none()
+    }
+
     fn refresh(&mut self, s: &Session) {
         self.peer.clone_from(s.peer());
         self.lmtp = s.config().lmtp;

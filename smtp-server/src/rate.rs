@@ -150,9 +150,10 @@ impl<H, R> RateLimit<H, R> {
 
 impl<H: Handler, R: RateLimiter> RateLimit<H, R> {
     /// Whether the session's client may have one more `kind` (always
-    /// without a limit or a known address).
+    /// without a limit or for a Unix-socket client). Clients a front
+    /// proxy named without an address share the proxy's count.
     async fn admit(&self, session: &SessionInfo, kind: RateKind, limit: Option<u32>) -> bool {
-        match (limit, session.peer.remote) {
+        match (limit, session.peer.remote.or(session.peer.proxied_by)) {
             (Some(limit), Some(addr)) => self.limiter.admit(addr.ip(), kind, limit).await,
             _ => true,
         }

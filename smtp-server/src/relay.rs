@@ -51,13 +51,15 @@
 //!   (an unknown user is refused there, in the store's own words) and
 //!   then the body once per recipient it accepted. An LMTP client of ours
 //!   gets each recipient's own answer (a full mailbox refuses that
-//!   recipient only). An SMTP client gets one reply to the body, so it
-//!   may relay **one recipient per transaction**: later relayed RCPTs get
-//!   `452 4.5.3`, which clients retry in a new transaction (RFC 5321
-//!   §4.5.3.1.10), and the one answer is that recipient's: a `250` never
-//!   covers a recipient the store refused, and a recipient the store took
-//!   is never asked for again (no duplicate delivery). Local recipients
-//!   are not limited;
+//!   recipient only). An SMTP client gets one reply to the body, so a
+//!   transaction that relays holds **one recipient** and no other: later
+//!   RCPTs (relayed or local) get `452 4.5.3`, which clients retry in a
+//!   new transaction (RFC 5321 §4.5.3.1.10), and the one answer is that
+//!   recipient's: a `250` never covers a recipient the store refused, and
+//!   a recipient the store took is never asked for again (no duplicate
+//!   delivery, not even when a local delivery beside it would fail after
+//!   the store took it). Transactions of local recipients only are not
+//!   limited;
 //! - what the upstream can never take is refused for good: a message that
 //!   needs `SMTPUTF8` (`553 5.6.7`), `8BITMIME`/`BINARYMIME` (`554 5.6.3`)
 //!   or is over its `SIZE` (`552 5.3.4`).
@@ -737,8 +739,9 @@ impl<L: Handler> Router<L> {
             return true;
         }
         match session.peer.remote.map(|a| a.ip()) {
-            // A Unix-domain socket: a local client.
-            None => true,
+            // A Unix-domain socket: a local client (not one a front
+            // proxy could not name).
+            None => session.is_unix_client(),
             // `::ffff:127.0.0.1` is loopback too; Cidr maps it itself.
             Some(ip) => {
                 ip.to_canonical().is_loopback() || self.networks.iter().any(|n| n.contains(ip))
@@ -770,6 +773,26 @@ impl<L: Handler> Router<L> {
             Ok(Route::Relay)
         } else {
             Err(Reply::RELAY_DENIED)
+        }
+    }
+
+    /// Whether a recipient on `route` must wait for a transaction of its
+    /// own: toward an LMTP store an SMTP client gets one reply for the
+    /// body, so a transaction that relays holds that one recipient and no
+    /// other, relayed or local (the store's answer is then that
+    /// recipient's, and a local failure can never make the client send
+    /// again what the store took). Those get `452 4.5.3`, which clients
+    /// retry in a new transaction (RFC 5321 §4.5.3.1.10).
+    fn alone(&self, session: &SessionInfo, envelope: &Envelope, route: Route) -> bool {
+        if session.lmtp || !self.upstream.as_ref().is_some_and(|u| u.lmtp) {
+            return false;
+        }
+        match route {
+            Route::Relay => !envelope.recipients.is_empty(),
+            Route::Local => self.sessions().map.get(&session.id).is_some_and(|s| {
+                let n = envelope.recipients.len();
+                s.routes.iter().take(n).any(|r| *r == Route::Relay)
+            }),
         }
     }
 
@@ -933,13 +956,6 @@ async fn rcpt_upstream(
     }
     if let Some(r) = &st.mail_refused {
         return Decision::Reply(r.clone());
-    }
-    if up.lmtp && !session.lmtp && st.accepted > 0 {
-        // An SMTP client gets one reply to the body, an LMTP store gives
-        // one per recipient: one relayed recipient per transaction, so
-        // that reply is that recipient's (the client sends the others in
-        // a new transaction, RFC 5321 §4.5.3.1.10).
-        return Decision::Reply(Reply::TOO_MANY_RECIPIENTS);
     }
     let result = async {
         if st.conn.is_none() {
@@ -1695,6 +1711,9 @@ impl<L: Handler> Handler for Router<L> {
             Err(reply) => return reply.into(),
             Ok(route) => route,
         };
+        if self.alone(session, envelope, route) {
+            return Reply::TOO_MANY_RECIPIENTS.into();
+        }
         let decision = match route {
             Route::Local => match &self.local {
                 Some(l) => l.rcpt(session, envelope, to).await,
@@ -1859,8 +1878,12 @@ mod tests {
         let mut authed = from("198.51.100.1");
         authed.authenticated = Some("u".into());
         assert!(ok(&authed, "a@victim.example"));
-        // A Unix-socket client is local.
+        // A Unix-socket client is local; a client a front proxy named
+        // without an address (XCLIENT ADDR=[UNAVAILABLE]) is not.
         assert!(ok(&SessionInfo::default(), "a@victim.example"));
+        let mut unnamed = SessionInfo::default();
+        unnamed.peer.proxied_by = Some("192.0.2.1:40000".parse().unwrap());
+        assert!(!ok(&unnamed, "a@victim.example"));
     }
 
     // ----- streaming bodies (issue 14, item 3) -----
@@ -2526,10 +2549,10 @@ mod tests {
         }
     }
 
-    /// Issue 17: behind an SMTP front, one relayed recipient per
-    /// transaction toward an LMTP store (`452 4.5.3` for the next; local
-    /// ones are not limited, a refused one does not count); the store's
-    /// answer is the message's, and its refusal delivers nothing locally.
+    /// Issue 17: behind an SMTP front, a transaction toward an LMTP store
+    /// relays one recipient and holds no other (`452 4.5.3` for the next,
+    /// relayed or local; a refused one does not count); the store's answer
+    /// is the message's. Local recipients go in transactions of their own.
     #[test]
     fn an_smtp_client_relays_one_recipient_per_transaction_to_an_lmtp_store() {
         let (mut up, fake) = fake("lmtp-one");
@@ -2537,35 +2560,39 @@ mod tests {
         fake.lock().unwrap().lmtp_end = vec!["552 5.2.2 <b@remote.example> Quota exceeded"];
         let (router, fake, seen) = mixed_over(up, fake, Mode::Stream);
         let s = dialing("o1");
-        let options = MailOptions::default();
-        assert_eq!(
-            block_on(router.mail(&s, "a@x.example", &options)),
-            Decision::Accept
-        );
-        let mut env = Envelope {
-            from: "a@x.example".into(),
-            options,
-            recipients: Vec::new(),
-        };
-        for (to, want) in [
-            ("unknown@remote.example", Some(550)),
-            ("b@remote.example", None),
-            ("c@remote.example", Some(452)),
-            ("me@local.example", None),
-        ] {
-            let rcpt = Recipient {
-                address: to.into(),
-                notify: None,
-                orcpt: None,
+        // RCPTs with the reply code each wants (250: accepted).
+        let envelope = |rcpts: &[(&str, u16)]| {
+            let options = MailOptions::default();
+            let d = block_on(router.mail(&s, "a@x.example", &options));
+            assert_eq!(d, Decision::Accept);
+            let mut env = Envelope {
+                from: "a@x.example".into(),
+                options,
+                recipients: Vec::new(),
             };
-            let d = block_on(router.rcpt(&s, &env, &rcpt));
-            match (want, &d) {
-                (None, Decision::Accept) => env.recipients.push(rcpt),
-                (Some(452), Decision::Reply(r)) => assert_eq!(*r, Reply::TOO_MANY_RECIPIENTS),
-                (Some(code), Decision::Reply(r)) => assert_eq!(r.code(), code, "{to}"),
-                _ => panic!("{to}: {d:?}"),
+            for &(to, want) in rcpts {
+                let rcpt = Recipient {
+                    address: to.into(),
+                    notify: None,
+                    orcpt: None,
+                };
+                match block_on(router.rcpt(&s, &env, &rcpt)) {
+                    Decision::Accept if want == 250 => env.recipients.push(rcpt),
+                    Decision::Reply(r) if want == 452 => {
+                        assert_eq!(r, Reply::TOO_MANY_RECIPIENTS, "{to}")
+                    }
+                    Decision::Reply(r) => assert_eq!(r.code(), want, "{to}"),
+                    d => panic!("{to}: {d:?}"),
+                }
             }
-        }
+            env
+        };
+        let env = envelope(&[
+            ("unknown@remote.example", 550),
+            ("b@remote.example", 250),
+            ("c@remote.example", 452),
+            ("me@local.example", 452),
+        ]);
         let mut sink = stream(block_on(router.body(&s, &env, &message("o1-1"))));
         block_on(sink.write(b"Subject: q\r\n\r\nbig\r\n")).unwrap();
         match block_on(sink.finish(Arc::new(message("o1-1")))) {
@@ -2577,13 +2604,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(seen.lock().unwrap().aborted, Some(AbortReason::Refused));
-        // The next transaction relays again (its one recipient).
-        fake.lock().unwrap().lmtp_end = vec!["250 2.0.0 <c@remote.example> Saved"];
-        let env = transaction(&router, &s, &["c@remote.example"]);
+        assert_eq!(seen.lock().unwrap().aborted, None, "no local part");
+        // Local first: a relayed recipient waits too; the local copy alone.
+        let env = envelope(&[("me@local.example", 250), ("c@remote.example", 452)]);
         let mut sink = stream(block_on(router.body(&s, &env, &message("o1-2"))));
         block_on(sink.write(b"x\r\n")).unwrap();
         let d = block_on(sink.finish(Arc::new(message("o1-2"))));
+        assert_eq!(d, MessageDecision::All(Decision::Accept));
+        assert!(seen.lock().unwrap().finished);
+        // The next transaction relays again (its one recipient).
+        fake.lock().unwrap().lmtp_end = vec!["250 2.0.0 <c@remote.example> Saved"];
+        let env = transaction(&router, &s, &["c@remote.example"]);
+        let mut sink = stream(block_on(router.body(&s, &env, &message("o1-3"))));
+        block_on(sink.write(b"x\r\n")).unwrap();
+        let d = block_on(sink.finish(Arc::new(message("o1-3"))));
         assert_eq!(d, MessageDecision::All(Decision::Accept));
     }
 }
