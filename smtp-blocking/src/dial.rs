@@ -49,9 +49,7 @@ impl Dial for ThreadDial {
         Box::pin(async move {
             #[cfg(unix)]
             if let Some(path) = unix_path(&req.address) {
-                // A local socket: connecting does not wait on a network.
-                let unix = std::os::unix::net::UnixStream::connect(path)?;
-                return Ok(client_link(unix, req));
+                return Ok(client_link(connect_unix(path, limit)?, req));
             }
             let connect = |a| std::future::ready(TcpStream::connect_timeout(&a, limit));
             let tcp = connect_any(&req.address, connect).await?;
@@ -59,6 +57,24 @@ impl Dial for ThreadDial {
             Ok(client_link(tcp, req))
         })
     }
+}
+
+/// Connects to the Unix-domain socket at `path`, waiting at most `limit`
+/// for room in its backlog (a busy mail store's): Linux bounds a Unix
+/// `connect` by the socket's send timeout.
+#[cfg(unix)]
+fn connect_unix(
+    path: &std::path::Path,
+    limit: std::time::Duration,
+) -> io::Result<std::os::unix::net::UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_write_timeout(Some(limit).filter(|l| !l.is_zero()))?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    socket.set_write_timeout(None)?;
+    Ok(std::os::unix::net::UnixStream::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
 }
 
 /// The client `req` describes, driven over `socket` on the polling thread,
