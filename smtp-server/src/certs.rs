@@ -115,6 +115,10 @@ impl Certificates {
     /// The certificate for `name`: the first valid for it, else the default.
     fn choose(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let keys = self.keys.get();
+        if keys.len() < 2 {
+            // Nothing to choose from (no certificate parsed per handshake).
+            return keys.first().cloned();
+        }
         let name = name.and_then(|n| DnsName::try_from(n).ok().map(|d| d.to_lowercase_owned()));
         if let Some(name) = name.map(ServerName::DnsName) {
             let valid = |k: &&Arc<CertifiedKey>| {
