@@ -7,10 +7,11 @@
 //! installs any [`metrics::Recorder`] it likes (Prometheus, StatsD, its
 //! own) and gets every counter below; `smtpd --metrics ADDR` installs
 //! `metrics-exporter-prometheus`'s and serves its text at `/metrics`
-//! ([`serve`], feature `cli`). Without a recorder an event costs one
-//! thread-local read and one atomic load; the events of an accepted
-//! message (recipient, message, bytes) use static keys, so nothing
-//! allocates on that path either way.
+//! ([`serve`], feature `cli`). Without a recorder an event costs a
+//! thread-local read and an atomic load; the events of an accepted message
+//! (recipient, message, bytes) use static keys, so nothing allocates on
+//! that path either way (rarer events, refusals, TLS, AUTH and relay
+//! outcomes, build their label list first).
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -19,7 +20,7 @@
 //! | `smtp_connections_refused_total` | counter | `reason`: `limit`, `rate`, `proxy`, `access` | connections refused before or at the greeting: `--max-connections`/`--max-connections-per-ip`, the connection rate, a bad, missing or untrusted PROXY header, the access list |
 //! | `smtp_tls_handshakes_total` | counter | `outcome`: `ok`, `failed`; `version`: `TLSv1_2`, `TLSv1_3`, `unknown` | server-side TLS handshakes, STARTTLS and implicit TLS |
 //! | `smtp_auth_total` | counter | `mechanism` (`PLAIN`, `LOGIN`, `CRAM-MD5`, `SCRAM-SHA-256`, …); `result`: `success`, `failure` | AUTH attempts the server decided |
-//! | `smtp_messages_total` | counter | `result`: `accepted`, `refused`; `class`: `2`, `4`, `5`; `reason`: the enhanced status code of the reply (`2.0.0`, `5.3.4`, …) or `disconnected`/`refused` when no reply says more | messages at their end: accepted when a recipient got a 2xx (LMTP), refused otherwise; and bodies the session ended early (too big, bare LF, NUL, long line, timeout, shutdown, disconnect) |
+//! | `smtp_messages_total` | counter | `result`: `accepted`, `refused`; `class`: `2`, `4`, `5`; `reason`: the enhanced status code of the reply (`2.0.0`, `5.3.4`, … from a fixed set of common ones, others `2.other`/`4.other`/`5.other`, so a handler's or an upstream's replies cannot grow the series without bound) or `disconnected`/`refused` when no reply says more | messages at their end: accepted when a recipient got a 2xx (LMTP), refused otherwise; and bodies the session ended early (too big, bare LF, NUL, long line, timeout, shutdown, disconnect) |
 //! | `smtp_received_bytes_total` | counter | | message bytes received (the sizes of the messages that reached their end) |
 //! | `smtp_recipients_total` | counter | `result`: `accepted`, `refused` | RCPT decisions |
 //! | `smtp_relay_total` | counter | `outcome`: `delivered`, `deferred`, `refused`, `failed` | relayed transactions: the upstream accepted, answered 4xx, answered 5xx, or was lost |
@@ -384,36 +385,51 @@ fn class(code: u16) -> &'static str {
     }
 }
 
-/// Enhanced codes given as static labels (others are formatted).
+/// The enhanced codes a `reason` label names; any other is `2.other`,
+/// `4.other` or `5.other`: replies come from handlers and upstreams too,
+/// and every label value is a series kept for the life of the process.
 const COMMON: &[(u8, u16, u16, &str)] = &[
     (2, 0, 0, "2.0.0"),
     (2, 6, 0, "2.6.0"),
+    (4, 2, 0, "4.2.0"),
     (4, 2, 2, "4.2.2"),
     (4, 3, 0, "4.3.0"),
     (4, 3, 1, "4.3.1"),
     (4, 4, 1, "4.4.1"),
+    (4, 4, 2, "4.4.2"),
+    (4, 5, 3, "4.5.3"),
     (4, 7, 0, "4.7.0"),
     (4, 7, 1, "4.7.1"),
     (5, 1, 1, "5.1.1"),
+    (5, 2, 1, "5.2.1"),
     (5, 2, 2, "5.2.2"),
     (5, 3, 4, "5.3.4"),
     (5, 5, 2, "5.5.2"),
     (5, 6, 0, "5.6.0"),
+    (5, 6, 3, "5.6.3"),
+    (5, 6, 7, "5.6.7"),
+    (5, 7, 0, "5.7.0"),
     (5, 7, 1, "5.7.1"),
 ];
 
-/// The reason label of a reply's enhanced code (`none` without one).
+/// The reason label of a reply's enhanced code (`none` without one), from
+/// a fixed set ([`COMMON`]).
 fn status(code: Option<EnhancedCode>) -> SharedString {
     let Some(e) = code else {
         return SharedString::const_str("none");
     };
-    match COMMON
+    let label = COMMON
         .iter()
         .find(|(c, s, d, _)| (*c, *s, *d) == (e.class, e.subject, e.detail))
-    {
-        Some((.., label)) => SharedString::const_str(label),
-        None => SharedString::from_owned(e.to_string()),
-    }
+        .map_or(
+            match e.class {
+                2 => "2.other",
+                4 => "4.other",
+                _ => "5.other",
+            },
+            |(.., label)| label,
+        );
+    SharedString::const_str(label)
 }
 
 #[cfg(feature = "cli")]
@@ -694,6 +710,9 @@ mod tests {
     fn status_labels() {
         assert_eq!(&*status(None), "none");
         assert_eq!(&*status(Some(EnhancedCode::new(5, 3, 4))), "5.3.4");
-        assert_eq!(&*status(Some(EnhancedCode::new(5, 7, 26))), "5.7.26");
+        // Outside the fixed set: one label per class, never a new series
+        // per code an upstream or a handler makes up.
+        assert_eq!(&*status(Some(EnhancedCode::new(5, 7, 26))), "5.other");
+        assert_eq!(&*status(Some(EnhancedCode::new(4, 999, 999))), "4.other");
     }
 }
