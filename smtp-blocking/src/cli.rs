@@ -30,21 +30,23 @@ pub fn smtpd(setup: Setup) -> ExitCode {
     exit_code(result)
 }
 
-/// A thread that stops the server on SIGINT or SIGTERM and reloads it on
-/// SIGHUP ([`ShutdownHandle::reload`]).
+/// Threads that stop the server on SIGINT or SIGTERM and reload it on
+/// SIGHUP ([`ShutdownHandle::reload`], also for a SIGHUP during start-up).
 #[cfg(unix)]
-fn on_signal(server: ShutdownHandle) -> std::io::Result<SignalWatch> {
-    use smtp_server::cli::{SIGHUP, SIGINT, SIGTERM};
-    SignalWatch::new(&[SIGINT, SIGTERM, SIGHUP], move |sig| {
-        if sig == SIGHUP {
-            tracing::info!("SIGHUP: reloading");
+fn on_signal(server: ShutdownHandle) -> std::io::Result<(SignalWatch, Option<SignalWatch>)> {
+    use smtp_server::cli::{SIGINT, SIGTERM};
+    let reloads = {
+        let server = server.clone();
+        SignalWatch::reload_on_hangup(move || {
             let _ = server.reload();
-            return true;
-        }
+        })
+    };
+    let stops = SignalWatch::new(&[SIGINT, SIGTERM], move |sig| {
         tracing::info!(signal = sig, "stopping");
         server.shutdown();
         false
-    })
+    })?;
+    Ok((stops, reloads))
 }
 
 #[cfg(not(unix))]

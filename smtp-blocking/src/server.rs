@@ -231,8 +231,9 @@ pub struct ShutdownHandle {
 
 impl ShutdownHandle {
     /// Re-reads every reloadable setting (the certificates given with
-    /// `certificates`, sources given with `on_reload`): new sessions and
-    /// handshakes use the new values, sessions in progress keep theirs; a
+    /// `certificates`, sources given with `on_reload`): handshakes, AUTHs
+    /// and upstream connections from now on use the new values (a session
+    /// in progress keeps its TLS session; see [`smtp_server::reload`]); a
     /// source that fails keeps its old value and is logged and returned.
     pub fn reload(&self) -> Result<(), Vec<String>> {
         self.reload.reload()

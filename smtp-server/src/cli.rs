@@ -225,10 +225,11 @@ pub struct Args {
     /// The --relay upstream speaks LMTP (a mail store such as Dovecot's
     /// `lmtp`: LHLO, one reply per recipient after the body). Each RCPT
     /// gets the store's own reply. With --lmtp each recipient gets the
-    /// store's own answer to the body; an SMTP client may relay one
-    /// recipient per transaction (later ones get `452 4.5.3` and are
-    /// retried in a new transaction), so the store's answer to the body
-    /// is that recipient's and nothing is delivered twice.
+    /// store's own answer to the body; an SMTP client's transaction that
+    /// relays holds that one recipient only (later RCPTs, relayed or
+    /// local, get `452 4.5.3` and are retried in a new transaction), so
+    /// the store's answer to the body is that recipient's and nothing is
+    /// delivered twice.
     #[arg(long, requires = "relay")]
     pub relay_lmtp: bool,
     /// Require STARTTLS to the upstream (no clear-text fallback; the
@@ -282,6 +283,8 @@ pub struct Args {
     /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics (e.g.
     /// 127.0.0.1:9090): sessions, refused connections, TLS handshakes,
     /// AUTH results, messages, bytes, recipients, relay and fsync times.
+    /// Give a loopback or internal address: the exporter takes a thread
+    /// per open connection.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Log level: error, warn, info, debug or trace.
@@ -551,7 +554,10 @@ impl Setup {
                 path,
                 users.clone(),
                 move |p| {
-                    let users = load_users(p).map_err(|e| e.0)?;
+                    let users = read_users(p).map_err(|e| e.0)?;
+                    if users.is_empty() {
+                        tracing::warn!(file = %p.display(), "--auth names no user: every AUTH fails");
+                    }
                     match cram && !users.all_have_passwords() {
                         true => {
                             Err("CRAM-MD5 is offered: every user needs a plain password".into())
@@ -657,6 +663,7 @@ impl Setup {
     /// with standard error on the socket too, nothing is logged (nor
     /// printed on a panic): it would go to the client.
     pub fn from_env() -> Result<Setup, ExitCode> {
+        SignalWatch::catch_early_hangups();
         let args = <Args as clap::Parser>::parse();
         if args.inetd && crate::activation::stderr_is_stdin() {
             std::panic::set_hook(Box::new(|_| {}));
@@ -749,6 +756,11 @@ pub struct SignalWatch {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Set by a SIGHUP from [`SignalWatch::catch_early_hangups`] on.
+#[cfg(unix)]
+static EARLY_HANGUP: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
 /// The signals a [`SignalWatch`] takes (POSIX numbers).
 #[cfg(unix)]
 pub use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -778,17 +790,47 @@ impl SignalWatch {
         })
     }
 
-    /// Reloads through `reload` on each SIGHUP (logged; failures keep the
-    /// old values and are logged by the reloader). A failure to watch is
-    /// logged, not fatal: the server runs without reloads.
-    pub fn reload_on_hangup(reload: impl Fn() + Send + 'static) -> Option<SignalWatch> {
+    /// From now on a SIGHUP no longer ends the process (its default
+    /// action): one that comes while the server starts (reading its
+    /// certificates, say: a renewal's deploy hook may send it then) is
+    /// remembered, and [`SignalWatch::reload_on_hangup`] reloads for it
+    /// once the server runs. [`Setup::from_env`] calls it first thing.
+    pub fn catch_early_hangups() {
         #[cfg(unix)]
-        match SignalWatch::new(&[SIGHUP], move |_| {
-            tracing::info!("SIGHUP: reloading");
-            reload();
-            true
+        if let Err(e) =
+            signal_hook::flag::register(SIGHUP, EARLY_HANGUP.get_or_init(Default::default).clone())
+        {
+            tracing::warn!(error = %e, "cannot catch SIGHUP during start-up");
+        }
+    }
+
+    /// Reloads through `reload` on each SIGHUP (logged; failures keep the
+    /// old values and are logged by the reloader), and once at once for
+    /// a SIGHUP that came during start-up ([`SignalWatch::catch_early_hangups`]).
+    /// A failure to watch is logged, not fatal: the server runs without
+    /// reloads.
+    pub fn reload_on_hangup(reload: impl Fn() + Send + Sync + 'static) -> Option<SignalWatch> {
+        #[cfg(unix)]
+        let reload = Arc::new(reload);
+        #[cfg(unix)]
+        match SignalWatch::new(&[SIGHUP], {
+            let reload = reload.clone();
+            move |_| {
+                tracing::info!("SIGHUP: reloading");
+                reload();
+                true
+            }
         }) {
-            Ok(w) => Some(w),
+            Ok(w) => {
+                let early = EARLY_HANGUP
+                    .get()
+                    .is_some_and(|f| f.swap(false, std::sync::atomic::Ordering::SeqCst));
+                if early {
+                    tracing::info!("SIGHUP during start-up: reloading");
+                    reload();
+                }
+                Some(w)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGHUP; no reloads");
                 None
@@ -815,15 +857,22 @@ impl Drop for SignalWatch {
 }
 
 /// Reads the `--auth` file ([`Users::parse`]: `user:password` or
-/// `user:SCRAM-SHA-256$…` lines, blank lines and `#` comments skipped).
+/// `user:SCRAM-SHA-256$…` lines, blank lines and `#` comments skipped);
+/// at start it must name a user.
 pub fn load_users(path: &Path) -> Result<Users, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read auth file {}: {e}", path.display())))?;
-    let users = Users::parse(&text, &path.display().to_string()).map_err(err)?;
+    let users = read_users(path)?;
     if users.is_empty() {
         return Err(err(format!("no users in {}", path.display())));
     }
     Ok(users)
+}
+
+/// [`load_users`] without the check that a user is named: a reloaded file
+/// emptied on purpose revokes everyone.
+fn read_users(path: &Path) -> Result<Users, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read auth file {}: {e}", path.display())))?;
+    Users::parse(&text, &path.display().to_string()).map_err(err)
 }
 
 /// The mechanisms `--auth-mechanisms` names, or the default: PLAIN, LOGIN
@@ -892,6 +941,21 @@ pub fn load_tokens(path: &Path) -> Result<HashMap<String, String>, CliError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Issue 16 review: a SIGHUP while `smtpd` starts does not end it; the
+    /// server reloads for it once it runs.
+    #[cfg(unix)]
+    #[test]
+    fn a_hangup_during_start_up_reloads_once_the_server_runs() {
+        SignalWatch::catch_early_hangups();
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _watch = SignalWatch::reload_on_hangup(move || {
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reloaded for the SIGHUP that came first");
+    }
     use clap::Parser;
 
     #[test]

@@ -5,8 +5,11 @@
 //!
 //! A server's [`Reloader`] runs every registered [`Reload`]: the adapters'
 //! server handles call it (`reload()`), and `smtpd` calls it on SIGHUP.
-//! Sessions already running keep the values they took; new ones see the
-//! new values.
+//! A value is taken when it is used: a TLS handshake takes the
+//! certificates, an AUTH the user list, an upstream connection the relay
+//! credentials. So a session in progress keeps its TLS session (and an
+//! upstream connection its login), and its next AUTH or upstream
+//! connection uses the new values.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -143,8 +146,13 @@ impl Reloader {
     }
 
     /// Runs every reload, each whatever the others did; logs and returns
-    /// the failures (their sources keep their old values).
+    /// the failures (their sources keep their old values). Reloads run
+    /// one at a time (a SIGHUP and a `ServerHandle::reload` that overlap
+    /// would otherwise let the slower one put back what it read before
+    /// the faster one's newer files).
     pub fn reload(&self) -> Result<(), Vec<String>> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let errors: Vec<String> = self.0.iter().filter_map(|r| r.reload().err()).collect();
         for e in &errors {
             tracing::error!("reload failed: {e}");

@@ -302,9 +302,10 @@ struct StopRequest {
 
 impl ServerHandle {
     /// Re-reads every reloadable setting (the certificates given with
-    /// `certificates`, sources given with `on_reload`): new sessions and
-    /// handshakes use the new values, sessions in progress keep theirs; a
-    /// source that fails keeps its old value and is logged and returned.
+    /// `certificates`, sources given with `on_reload`): handshakes, AUTHs
+    /// and upstream connections from now on use the new values (a session
+    /// in progress keeps its TLS session; see [`crate::reload`]); a source
+    /// that fails keeps its old value and is logged and returned.
     /// Reads files: call it off the runtime's threads (e.g. from a
     /// thread of its own, as `smtpd`'s SIGHUP does).
     pub fn reload(&self) -> Result<(), Vec<String>> {

@@ -245,12 +245,20 @@ async fn sighup_rereads_auth_and_relay_credentials(ctx: Ctx) {
     c.expect(&auth_plain("old", "pw1"), "535").await;
     c.expect(&auth_plain("new", "pw2"), "235").await;
     // A broken list keeps the last good one.
-    std::fs::write(&users, "").expect("users");
+    std::fs::write(&users, "new:pw2\nno colon here\n").expect("users");
     let log = hangup(&up).await;
     assert!(log.contains("--auth"), "{log}");
     let mut c = up.greeted().await;
     c.expect("EHLO x\r\n", "250").await;
     c.expect(&auth_plain("new", "pw2"), "235").await;
+    // An emptied list revokes everyone (it is no broken file).
+    std::fs::write(&users, "").expect("users");
+    hangup(&up).await;
+    let mut c = up.greeted().await;
+    c.expect("EHLO x\r\n", "250").await;
+    c.expect(&auth_plain("new", "pw2"), "535").await;
+    std::fs::write(&users, "new:pw2\n").expect("users");
+    hangup(&up).await;
 
     // The relay authenticates with the old credentials and fails, until
     // its file is rewritten and re-read.
