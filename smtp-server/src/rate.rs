@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::handler::{Envelope, Handler, Layer, MailOptions, Recipient, SessionInfo};
+use futures_util::future::Either;
 use smtp_proto::reply::{EnhancedCode, Reply};
 use smtp_proto::server::Decision;
 
@@ -200,14 +201,38 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
         self.inner.connect(session).await
     }
 
-    async fn mail(&self, session: &SessionInfo, from: &str, options: &MailOptions) -> Decision {
-        let d = self.inner.mail(session, from, options).await;
-        self.count(session, d, RateKind::Message).await
+    // Without the limit, the inner handler's future as it is: no layer
+    // of ours on every message's path (issue 15's cost, 4 % of a message).
+    fn mail(
+        &self,
+        session: &SessionInfo,
+        from: &str,
+        options: &MailOptions,
+    ) -> impl Future<Output = Decision> + Send {
+        let inner = self.inner.mail(session, from, options);
+        if self.limits.messages.is_none() {
+            return Either::Left(inner);
+        }
+        Either::Right(async move {
+            let d = inner.await;
+            self.count(session, d, RateKind::Message).await
+        })
     }
 
-    async fn rcpt(&self, session: &SessionInfo, envelope: &Envelope, to: &Recipient) -> Decision {
-        let d = self.inner.rcpt(session, envelope, to).await;
-        self.count(session, d, RateKind::Recipient).await
+    fn rcpt(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        to: &Recipient,
+    ) -> impl Future<Output = Decision> + Send {
+        let inner = self.inner.rcpt(session, envelope, to);
+        if self.limits.recipients.is_none() {
+            return Either::Left(inner);
+        }
+        Either::Right(async move {
+            let d = inner.await;
+            self.count(session, d, RateKind::Recipient).await
+        })
     }
 }
 

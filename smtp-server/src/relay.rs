@@ -784,7 +784,7 @@ impl<L: Handler> Router<L> {
     /// again what the store took). Those get `452 4.5.3`, which clients
     /// retry in a new transaction (RFC 5321 §4.5.3.1.10).
     fn alone(&self, session: &SessionInfo, envelope: &Envelope, route: Route) -> bool {
-        if session.lmtp || !self.upstream.as_ref().is_some_and(|u| u.lmtp) {
+        if !self.upstream.as_ref().is_some_and(|u| u.lmtp) || session.lmtp {
             return false;
         }
         match route {
