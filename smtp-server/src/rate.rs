@@ -162,17 +162,30 @@ impl<H: Handler, R: RateLimiter> RateLimit<H, R> {
 }
 
 impl<H: Handler, R: RateLimiter> RateLimit<H, R> {
-    /// The inner handler's decision `d` on a message or a recipient, unless
-    /// it accepted and the client is over its rate of `kind`.
-    async fn count(&self, session: &SessionInfo, d: Decision, kind: RateKind) -> Decision {
+    /// The inner handler's decision on a message or a recipient (`inner`),
+    /// unless it accepted and the client is over its rate of `kind`.
+    /// Without that limit, `inner` as it is: no layer of ours on every
+    /// message's path (it cost 0.5 % of a message's instructions).
+    fn counted(
+        &self,
+        session: &SessionInfo,
+        inner: impl Future<Output = Decision> + Send,
+        kind: RateKind,
+    ) -> impl Future<Output = Decision> + Send {
         let (limit, refusal) = match kind {
             RateKind::Message => (self.limits.messages, MESSAGE_RATE),
             _ => (self.limits.recipients, RECIPIENT_RATE),
         };
-        if !matches!(d, Decision::Accept) || self.admit(session, kind, limit).await {
-            return d;
+        if limit.is_none() {
+            return Either::Left(inner);
         }
-        over(session, kind, refusal)
+        Either::Right(async move {
+            let d = inner.await;
+            if !matches!(d, Decision::Accept) || self.admit(session, kind, limit).await {
+                return d;
+            }
+            over(session, kind, refusal)
+        })
     }
 }
 
@@ -201,8 +214,6 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
         self.inner.connect(session).await
     }
 
-    // Without the limit, the inner handler's future as it is: no layer
-    // of ours on every message's path (issue 15's cost, 4 % of a message).
     fn mail(
         &self,
         session: &SessionInfo,
@@ -210,13 +221,7 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
         options: &MailOptions,
     ) -> impl Future<Output = Decision> + Send {
         let inner = self.inner.mail(session, from, options);
-        if self.limits.messages.is_none() {
-            return Either::Left(inner);
-        }
-        Either::Right(async move {
-            let d = inner.await;
-            self.count(session, d, RateKind::Message).await
-        })
+        self.counted(session, inner, RateKind::Message)
     }
 
     fn rcpt(
@@ -226,13 +231,7 @@ impl<H: Handler, R: RateLimiter> Layer for RateLimit<H, R> {
         to: &Recipient,
     ) -> impl Future<Output = Decision> + Send {
         let inner = self.inner.rcpt(session, envelope, to);
-        if self.limits.recipients.is_none() {
-            return Either::Left(inner);
-        }
-        Either::Right(async move {
-            let d = inner.await;
-            self.count(session, d, RateKind::Recipient).await
-        })
+        self.counted(session, inner, RateKind::Recipient)
     }
 }
 
