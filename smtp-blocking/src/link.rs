@@ -245,13 +245,16 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             return;
         };
         let limit = self.io_timeout;
-        // Only the server's side counts in the metrics (not a relay's).
-        let server = matches!(side, TlsSide::Accept(_));
         let done = match side {
-            TlsSide::Accept(config) => ServerConnection::new(config)
-                .map_err(io::Error::other)
-                .and_then(|c| handshake(c, plain, limit))
-                .map(|(s, info)| (Stream::Server(Box::new(s)), info)),
+            TlsSide::Accept(config) => {
+                let done = ServerConnection::new(config)
+                    .map_err(io::Error::other)
+                    .and_then(|c| handshake(c, plain, limit));
+                // Only the server's side counts in the metrics (not a relay's).
+                let version = done.as_ref().ok().map(|(_, info)| info.version.as_str());
+                smtp_server::metrics::tls_handshake(version);
+                done.map(|(s, info)| (Stream::Server(Box::new(s)), info))
+            }
             TlsSide::Connect(config, name) => ClientConnection::new(config, name)
                 .map_err(io::Error::other)
                 .and_then(|c| handshake(c, plain, limit))
@@ -260,9 +263,6 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
         match done {
             Ok((stream, info)) => {
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
-                if server {
-                    smtp_server::metrics::tls_handshake_ok(&info.version);
-                }
                 self.stream = stream;
                 if let Err(e) = self.machine.tls_established(info, Instant::now()) {
                     tracing::error!(error = %e, "tls_established refused");
@@ -270,9 +270,6 @@ impl<S: Socket, E: Drive + Stoppable> Link<S, E> {
             }
             Err(e) => {
                 tracing::info!(error = %e, "STARTTLS handshake failed");
-                if server {
-                    smtp_server::metrics::tls_handshake_failed();
-                }
                 self.machine.tls_failed(Instant::now());
             }
         }

@@ -15,7 +15,7 @@ use smtp_proto::server::PeerInfo;
 use smtp_server::accept::SocketFile;
 use smtp_server::accept::{
     ConnectionLimiter, LAST_WORDS, Listen, PeekRead, Protocol, Proxied, ProxyFront, ServerOptions,
-    SessionConfigs, Slot, Stop,
+    SessionConfigs, Slot, Stop, implicit_tls_outcome,
 };
 use smtp_server::activation::Socket as Inherited;
 use smtp_server::handler::Handler;
@@ -502,21 +502,16 @@ fn serve<H: Handler>(
         return Ok(());
     };
     // Implicit TLS: the handshake first; garbage or a timeout closes silently.
-    match handshake(config.clone(), tcp, shared.configs.tls.timeouts.command) {
-        Ok((stream, info)) => {
-            smtp_server::metrics::tls_handshake_ok(&info.version);
-            let peer = PeerInfo {
-                tls: Some(info),
-                ..peer
-            };
-            Connection::tls(stream, peer, shared.configs.tls.clone(), handler)
-                .with_stop(waiter)
-                .run()
-        }
-        Err(e) => {
-            tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
-            smtp_server::metrics::tls_handshake_failed();
-            Ok(())
-        }
-    }
+    let done = handshake(config.clone(), tcp, shared.configs.tls.timeouts.command);
+    let Some((stream, info)) = implicit_tls_outcome(Some(done), remote) else {
+        return Ok(());
+    };
+    smtp_server::metrics::tls_handshake(Some(&info.version));
+    let peer = PeerInfo {
+        tls: Some(info),
+        ..peer
+    };
+    Connection::tls(stream, peer, shared.configs.tls.clone(), handler)
+        .with_stop(waiter)
+        .run()
 }

@@ -78,15 +78,22 @@ impl ConnectionLimiter {
     /// A slot for a connection from `ip`, or `None` when a limit is reached
     /// (answer [`Reply::TOO_MANY_CONNECTIONS`](smtp_proto::reply::Reply::TOO_MANY_CONNECTIONS) and close).
     pub fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
+        let slot = self.take_slot(ip);
+        if slot.is_none() {
+            // Counted once the counts are unlocked.
+            crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
+        }
+        slot
+    }
+
+    fn take_slot(&self, ip: Option<IpAddr>) -> Option<Slot> {
         let mut c = self.counts();
         if c.total >= self.0.max_total {
-            crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
             return None;
         }
         if let (Some(ip), Some(max)) = (ip, self.0.max_per_ip) {
             let n = c.per_ip.entry(ip).or_default();
             if *n >= max {
-                crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
                 return None;
             }
             *n += 1;
@@ -130,6 +137,7 @@ impl Slot {
             if *n == 0 {
                 c.per_ip.remove(&ip);
             }
+            drop(c);
             crate::metrics::connection_refused(crate::metrics::Refusal::Limit);
             return false;
         }
@@ -477,12 +485,12 @@ pub fn implicit_tls_outcome<S, E: std::fmt::Display>(
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
             tracing::info!(peer = %remote, error = %e, "TLS handshake failed");
-            crate::metrics::tls_handshake_failed();
+            crate::metrics::tls_handshake(None);
             None
         }
         None => {
             tracing::info!(peer = %remote, "TLS handshake timed out");
-            crate::metrics::tls_handshake_failed();
+            crate::metrics::tls_handshake(None);
             None
         }
     }

@@ -265,12 +265,17 @@ where
                 }),
             }
         };
-        match timeout::<R, _>(self.io_timeout, Box::pin(handshake)).await {
+        let outcome = timeout::<R, _>(self.io_timeout, Box::pin(handshake)).await;
+        if server {
+            let version = match &outcome {
+                Some(Ok((_, info))) => Some(info.version.as_str()),
+                _ => None,
+            };
+            crate::metrics::tls_handshake(version);
+        }
+        match outcome {
             Some(Ok((tls, info))) => {
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "STARTTLS done");
-                if server {
-                    crate::metrics::tls_handshake_ok(&info.version);
-                }
                 self.stream = Stream::Tls(Box::new(tls));
                 if let Err(e) = self.machine.tls_established(info, Instant::now()) {
                     tracing::error!(error = %e, "tls_established refused");
@@ -278,16 +283,10 @@ where
             }
             Some(Err(e)) => {
                 tracing::info!(error = %e, "STARTTLS handshake failed");
-                if server {
-                    crate::metrics::tls_handshake_failed();
-                }
                 self.machine.tls_failed(Instant::now());
             }
             None => {
                 tracing::info!("STARTTLS handshake timed out");
-                if server {
-                    crate::metrics::tls_handshake_failed();
-                }
                 self.machine.tls_failed(Instant::now());
             }
         }

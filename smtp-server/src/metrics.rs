@@ -214,23 +214,17 @@ pub fn connection_refused(reason: Refusal) {
     add(&key, 1);
 }
 
-/// A completed server-side TLS handshake; `version` as in
-/// [`TlsInfo::version`](smtp_proto::server::TlsInfo) (`TLSv1.3`).
-pub fn tls_handshake_ok(version: &str) {
-    let version = match version {
-        "TLSv1.3" => "TLSv1_3",
-        "TLSv1.2" => "TLSv1_2",
-        _ => "unknown",
+/// A server-side TLS handshake (STARTTLS or implicit TLS) ended: with
+/// the protocol version it agreed, as in
+/// [`TlsInfo::version`](smtp_proto::server::TlsInfo) (`TLSv1.3`), or
+/// `None` when it failed or timed out.
+pub fn tls_handshake(version: Option<&str>) {
+    let (outcome, version) = match version {
+        None => ("failed", "unknown"),
+        Some("TLSv1.3") => ("ok", "TLSv1_3"),
+        Some("TLSv1.2") => ("ok", "TLSv1_2"),
+        Some(_) => ("ok", "unknown"),
     };
-    tls_handshake("ok", version);
-}
-
-/// A failed (or timed-out) server-side TLS handshake.
-pub fn tls_handshake_failed() {
-    tls_handshake("failed", "unknown");
-}
-
-fn tls_handshake(outcome: &'static str, version: &'static str) {
     let key = labelled(
         TLS_HANDSHAKES,
         vec![
@@ -674,8 +668,8 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             connection_refused(Refusal::Limit);
             connection_refused(Refusal::Access);
-            tls_handshake_ok("TLSv1.3");
-            tls_handshake_failed();
+            tls_handshake(Some("TLSv1.3"));
+            tls_handshake(None);
             auth(Mechanism::Plain, true);
             auth(Mechanism::ScramSha256, false);
             relay(RelayOutcome::Delivered, Some(Duration::from_millis(3)));

@@ -640,7 +640,7 @@ async fn serve_tcp<R: Runtime, H: Handler>(
             tls: Some({
                 let conn = stream.get_ref().1;
                 let mut info = tls_info(conn);
-                crate::metrics::tls_handshake_ok(&info.version);
+                crate::metrics::tls_handshake(Some(&info.version));
                 info.channel_binding = crate::accept::channel_binding(&info, |out, label| {
                     conn.export_keying_material(out, label, None)
                 });
