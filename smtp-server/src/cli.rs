@@ -389,13 +389,12 @@ fn relay_upstream(
     let Some(address) = &a.relay else {
         return Ok(None);
     };
-    let unix = crate::dial::unix_path(address);
-    if unix.is_some_and(|p| p.as_os_str().is_empty())
-        || unix.is_none()
-            && address
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
+    let valid = match crate::dial::unix_path(address) {
+        Some(path) => !path.as_os_str().is_empty(),
+        None => (address.rsplit_once(':'))
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+    };
+    if !valid {
         return Err(err(format!(
             "--relay {address}: expected HOST:PORT or unix:PATH"
         )));
@@ -558,12 +557,10 @@ impl Setup {
                     if users.is_empty() {
                         tracing::warn!(file = %p.display(), "--auth names no user: every AUTH fails");
                     }
-                    match cram && !users.all_have_passwords() {
-                        true => {
-                            Err("CRAM-MD5 is offered: every user needs a plain password".into())
-                        }
-                        false => Ok(users),
+                    if cram && !users.all_have_passwords() {
+                        return Err("CRAM-MD5 is offered: every user needs a plain password".into());
                     }
+                    Ok(users)
                 },
             )));
             config.auth.allow_plaintext = a.auth_insecure;
@@ -941,6 +938,7 @@ pub fn load_tokens(path: &Path) -> Result<HashMap<String, String>, CliError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use clap::Parser;
 
     /// Issue 16 review: a SIGHUP while `smtpd` starts does not end it; the
     /// server reloads for it once it runs.
@@ -956,7 +954,6 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(5))
             .expect("reloaded for the SIGHUP that came first");
     }
-    use clap::Parser;
 
     #[test]
     fn relay_auth_from_a_file() {
@@ -997,6 +994,30 @@ mod tests {
         )
         .unwrap();
         assert!(relay_upstream(&a, "mx.example", Duration::from_secs(5)).is_err());
+    }
+
+    /// `--relay` takes `HOST:PORT` or `unix:PATH` (issue 17), `--relay-lmtp`
+    /// makes it an LMTP upstream.
+    #[test]
+    fn relay_addresses() {
+        let upstream = |addr: &str, extra: &[&str]| {
+            let base = ["smtpd", "--sink", "--relay", addr];
+            let a = Args::try_parse_from(base.iter().chain(extra)).unwrap();
+            relay_upstream(&a, "mx.example", Duration::from_secs(5)).map(Option::unwrap)
+        };
+        for good in [
+            "127.0.0.1:25",
+            "mx.example:24",
+            "[::1]:25",
+            "unix:/run/lmtp",
+        ] {
+            assert!(upstream(good, &[]).is_ok(), "{good}");
+        }
+        for bad in ["unix:", "mx.example", ":25", "mx.example:port"] {
+            assert!(upstream(bad, &[]).is_err(), "{bad}");
+        }
+        assert!(!upstream("unix:/run/lmtp", &[]).unwrap().lmtp);
+        assert!(upstream("unix:/run/lmtp", &["--relay-lmtp"]).unwrap().lmtp);
     }
 
     #[test]
