@@ -235,28 +235,20 @@ async fn sighup_rereads_auth_and_relay_credentials(ctx: Ctx) {
         "--hostname",
         "up.test",
     ]);
-    let mut c = up.greeted().await;
-    c.expect("EHLO x\r\n", "250").await;
-    c.expect(&auth_plain("old", "pw1"), "235").await;
+    auths(&up, &[("old", "pw1", "235")]).await;
     std::fs::write(&users, "new:pw2\n").expect("users");
     hangup(&up).await;
-    let mut c = up.greeted().await;
-    c.expect("EHLO x\r\n", "250").await;
-    c.expect(&auth_plain("old", "pw1"), "535").await;
-    c.expect(&auth_plain("new", "pw2"), "235").await;
+    auths(&up, &[("old", "pw1", "535"), ("new", "pw2", "235")]).await;
     // A broken list keeps the last good one.
-    std::fs::write(&users, "new:pw2\nno colon here\n").expect("users");
+    std::fs::write(&users, "other:pw3\nno colon here\n").expect("users");
     let log = hangup(&up).await;
-    assert!(log.contains("--auth"), "{log}");
-    let mut c = up.greeted().await;
-    c.expect("EHLO x\r\n", "250").await;
-    c.expect(&auth_plain("new", "pw2"), "235").await;
+    assert!(log.contains("reload failed: --auth"), "{log}");
+    // Kept: the broken list does not name `new`.
+    auths(&up, &[("new", "pw2", "235")]).await;
     // An emptied list revokes everyone (it is no broken file).
     std::fs::write(&users, "").expect("users");
     hangup(&up).await;
-    let mut c = up.greeted().await;
-    c.expect("EHLO x\r\n", "250").await;
-    c.expect(&auth_plain("new", "pw2"), "535").await;
+    auths(&up, &[("new", "pw2", "535")]).await;
     std::fs::write(&users, "new:pw2\n").expect("users");
     hangup(&up).await;
 
@@ -273,33 +265,37 @@ async fn sighup_rereads_auth_and_relay_credentials(ctx: Ctx) {
         "--relay-auth-file",
         p(&creds),
     ]);
-    let mut c = relay.greeted().await;
-    let r = send_through(
-        &mut c,
-        "a@x.example",
-        &["b@y.example"],
-        "Subject: 1\r\n\r\n1\r\n",
-    )
-    .await;
-    assert!(!r[0].starts_with('2'), "old credentials: {r:?}");
-    c.expect("QUIT\r\n", "221").await;
+    let r = relay_one(&relay, "1").await;
+    assert!(!r.starts_with('2'), "old credentials: {r:?}");
     std::fs::write(&creds, "new:pw2\n").expect("creds");
     hangup(&relay).await;
-    let mut c = relay.greeted().await;
-    let r = send_through(
-        &mut c,
-        "a@x.example",
-        &["b@y.example"],
-        "Subject: 2\r\n\r\n2\r\n",
-    )
-    .await;
+    let r = relay_one(&relay, "2").await;
     assert!(
-        r[0].starts_with("250"),
+        r.starts_with("250"),
         "new credentials: {r:?}\n{}",
         relay.log()
     );
-    c.expect("QUIT\r\n", "221").await;
     assert_eq!(delivered(&md, "b@y.example").len(), 1);
+}
+
+/// A new session of `d`: EHLO, then each AUTH PLAIN `(user, password)`
+/// with the reply code it wants.
+async fn auths(d: &Smtpd, tries: &[(&str, &str, &str)]) {
+    let mut c = d.greeted().await;
+    c.expect("EHLO x\r\n", "250").await;
+    for (user, pass, want) in tries {
+        c.expect(&auth_plain(user, pass), want).await;
+    }
+}
+
+/// One message (subject and body `n`) through `relay` in a session of
+/// its own; the reply to its end.
+async fn relay_one(relay: &Smtpd, n: &str) -> String {
+    let mut c = relay.greeted().await;
+    let body = format!("Subject: {n}\r\n\r\n{n}\r\n");
+    let r = send_through(&mut c, "a@x.example", &["b@y.example"], &body).await;
+    c.expect("QUIT\r\n", "221").await;
+    r.into_iter().next().unwrap_or_default()
 }
 
 /// Connects to `addr` from the local address `from` (any of 127/8 on Linux).
